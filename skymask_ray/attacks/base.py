@@ -1,0 +1,93 @@
+"""The attack interface and registry.
+
+An attack is a small class registered under a name. Its typed parameters come
+from ``attack_params`` (a dataclass ``Params``). Two hooks, both optional:
+
+* data poisoning: :meth:`Attack.poison_data` transforms each malicious
+  client's dataset once, at setup; those clients then train normally
+  (``trains = True``).
+* model poisoning: :meth:`Attack.apply` replaces the malicious rows of the
+  N x P update matrix in place of the honest ones (``trains = False``: the
+  simulation skips their local training). Statistics come from benign rows
+  only; the defense always sees N updates.
+
+Attacks with a trigger (backdoors) implement :meth:`Attack.stamp` and set
+``target``, so the simulation measures backdoor success on triggered test
+samples whose true label is not the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..params import parse_params
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..context import RoundContext
+
+
+@dataclass
+class NoParams:
+    """An attack without parameters."""
+
+
+class Attack:
+    """Base class: identity on data and updates."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type] = NoParams
+    trains: ClassVar[bool] = True  # do malicious clients run local SGD?
+    target: int | None = None  # backdoor target class, if any
+
+    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        self.p = parse_params(self.Params, params, f"attack {self.name!r}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    @classmethod
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        """Validate ``cfg.attack_params`` for this attack (raises ConfigError)."""
+        parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
+
+    @property
+    def has_trigger(self) -> bool:
+        return self.target is not None
+
+    def poison_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data poisoning of one malicious client's dataset (default: none)."""
+        return x, y
+
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+        """Model poisoning: return updates with malicious rows replaced (default: unchanged)."""
+        return updates
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the backdoor trigger to a batch (attacks with a trigger only)."""
+        raise NotImplementedError(f"attack {self.name!r} has no trigger")
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def register_attack(name: str):
+    """Class decorator: set ``cls.name`` and register it in :data:`ATTACKS`."""
+
+    def deco(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        return ATTACKS.register(name)(cls)
+
+    return deco
+
+
+def benign_stats(updates: torch.Tensor, malicious: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(benign rows, their mean, their per-coordinate std) — the omniscient attacker's view."""
+    benign = updates[~malicious]
+    if len(benign) == 0:
+        raise ValueError("model-poisoning attacks need at least one benign update to read")
+    std = benign.std(dim=0, unbiased=True) if len(benign) > 1 else torch.zeros_like(benign[0])
+    return benign, benign.mean(dim=0), std

@@ -1,0 +1,41 @@
+"""Shared tensor helpers: pairwise distances (used by every distance-based attack and defense)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances between rows of ``a`` and rows of ``b`` (default ``a``).
+
+    Uses the Gram trick ``|a|^2 + |b|^2 - 2 a.b`` in float64 accumulation so that
+    N x N distances of long (P ~ 1e5..1e7) vectors cost one matrix product; the
+    result is clamped at 0 and the diagonal of ``a`` vs ``a`` is exactly 0.
+    """
+    same = b is None
+    b = a if b is None else b
+    a64, b64 = a.double(), b.double()
+    d = (a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :] - 2.0 * (a64 @ b64.T)
+    d = d.clamp_min_(0.0)
+    if same:
+        d.fill_diagonal_(0.0)
+    return d.to(a.dtype)
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Euclidean distances between rows (see :func:`pairwise_sq_distances`)."""
+    return pairwise_sq_distances(a, b).sqrt()
+
+
+def from_readonly(arr) -> torch.Tensor:
+    """A tensor view of a (possibly read-only, e.g. Ray object store) numpy array, no copy.
+
+    Callers must not write into it; torch's non-writable warning is silenced here only.
+    """
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.asarray(arr))

@@ -1,0 +1,84 @@
+r"""The mask-weighted model of SkyMask on stacked tensors, with its coordinate-local gradient.
+
+K = N + 1 models (row 0: the server's) are stacked as a K x P tensor ``models``
+with real-valued mask logits ``masks`` of the same shape. The masked network's
+parameters are
+
+.. math:: W_i = \frac{\sum_k \sigma(m_{ki}) w_{ki}}{\sum_k \sigma(m_{ki})},
+
+and the mask gradient is local to coordinate i:
+
+.. math:: \frac{\partial L}{\partial m_{ki}} = \sigma'(m_{ki})
+          \frac{w_{ki} - W_i}{\sum_k \sigma(m_{ki})} \frac{\partial L}{\partial W_i}.
+
+So a :class:`MaskShard` holding any column range of the K x P state can take
+its own step from the matching slice of dL/dW, which is what lets the state be
+split by parameter coordinate over several actors or GPUs with O(P) traffic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import SkyMaskConfig
+
+
+def masked_average(masks: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+    """W = sum_k sigmoid(m_k) w_k / sum_k sigmoid(m_k), element-wise (one fused expression)."""
+    s = torch.sigmoid(masks)
+    return (s * models).sum(0) / s.sum(0)
+
+
+def mask_gradient(masks: torch.Tensor, models: torch.Tensor, grad_w: torch.Tensor) -> torch.Tensor:
+    """dL/dm from dL/dW by the closed form above (no K x P autograd graph)."""
+    s = torch.sigmoid(masks)
+    total = s.sum(0)
+    w = (s * models).sum(0) / total
+    return s * (1 - s) * (models - w) / total * grad_w
+
+
+class MaskShard:
+    """One column range of the K x P masks and models, with its optimiser.
+
+    The optimiser is torch's own SGD or Adam over the mask tensor; the
+    gradient is clamped element-wise to ``mask_grad_clip`` first (the paper's
+    code: SGD, lr 1e7, clamp 1e-7, i.e. at most 1 per step).
+    """
+
+    def __init__(self, models: torch.Tensor, cfg: SkyMaskConfig, lr: float) -> None:
+        self.models = models
+        self.cfg = cfg
+        self.masks = torch.full_like(models, float(cfg.mask_init))
+        if cfg.optimizer == "adam":
+            self.opt: torch.optim.Optimizer = torch.optim.Adam([self.masks], lr=lr)
+        else:
+            self.opt = torch.optim.SGD([self.masks], lr=lr)
+
+    def weighted_average(self) -> torch.Tensor:
+        """This shard's slice of W."""
+        return masked_average(self.masks, self.models)
+
+    def step(self, grad_w: torch.Tensor) -> None:
+        """One optimiser step from this shard's slice of dL/dW."""
+        g = mask_gradient(self.masks, self.models, grad_w.to(self.masks.device))
+        if self.cfg.mask_grad_clip is not None:
+            g.clamp_(-self.cfg.mask_grad_clip, self.cfg.mask_grad_clip)
+        self.masks.grad = g
+        self.opt.step()
+        self.masks.grad = None
+
+    def bits(self) -> torch.Tensor:
+        """Binary masks 1[sigmoid(m) > threshold] (K x P_shard, bool)."""
+        return torch.sigmoid(self.masks) > self.cfg.threshold
+
+    def gram(self) -> torch.Tensor:
+        """This shard's contribution B B^T (K x K, float64) to the Gram matrix of the bits."""
+        b = self.bits().to(torch.float32)
+        return (b @ b.T).double()
+
+    def on_counts(self) -> torch.Tensor:
+        """Number of mask bits on, per model (K,)."""
+        return self.bits().sum(1)
+
+    def logit_range(self) -> tuple[float, float]:
+        return float(self.masks.min()), float(self.masks.max())
