@@ -1,6 +1,12 @@
-"""Attacks, registered by name in :data:`ATTACKS`; importing this package registers them all."""
+"""Attacks, registered by name in :data:`ATTACKS`; importing this package registers them all.
 
-from . import basic  # noqa: F401  (registers)
-from .base import ATTACKS, Attack, register_attack
+Modules by family: :mod:`.data_poisoning` (none, label_flip, scaling,
+lie_backdoor), :mod:`.model_poisoning` (lie, min_max, min_sum, fang_trim,
+fang_krum, sign_flip, ipm, gaussian), :mod:`.finegrained` (layer, parameter)
+and :mod:`.adaptive` (adaptive).
+"""
 
-__all__ = ["ATTACKS", "Attack", "register_attack"]
+from . import adaptive, data_poisoning, finegrained, model_poisoning  # noqa: F401  (registers)
+from .base import ATTACKS, Attack, benign_stats, register_attack
+
+__all__ = ["ATTACKS", "Attack", "benign_stats", "register_attack"]

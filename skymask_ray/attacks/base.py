@@ -11,6 +11,10 @@ from ``attack_params`` (a dataclass ``Params``). Two hooks, both optional:
   simulation skips their local training). Statistics come from benign rows
   only; the defense always sees N updates.
 
+Fine-grained wrappers (:mod:`.finegrained`) run any composable attack on a
+subset of the coordinates; the adaptive attack (:mod:`.adaptive`) needs whole
+model vectors and is not composable.
+
 Attacks with a trigger (backdoors) implement :meth:`Attack.stamp` and set
 ``target``, so the simulation measures backdoor success on triggered test
 samples whose true label is not the target.
@@ -41,8 +45,10 @@ class Attack:
 
     name: ClassVar[str] = "base"
     Params: ClassVar[type] = NoParams
-    trains: ClassVar[bool] = True  # do malicious clients run local SGD?
+    trains: ClassVar[bool] = True  # do malicious clients run local SGD? (wrappers set it per instance)
     target: int | None = None  # backdoor target class, if any
+    needs_server_update: ClassVar[bool] = False  # ask the round loop for g_0 even if the defense does not
+    composable: ClassVar[bool] = True  # may run on a coordinate subset inside a fine-grained wrapper
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
         self.p = parse_params(self.Params, params, f"attack {self.name!r}")

@@ -1,0 +1,204 @@
+r"""Data-poisoning attacks: malicious clients train on transformed data (``trains = True``).
+
+``none`` and ``label_flip`` only change data. The backdoors (``scaling``,
+``lie_backdoor``) stamp a trigger on part of each malicious client's samples,
+relabel them to ``target``, let the client train, then transform its trained
+update (scale it, or clamp it into the benign range).
+
+Trigger: images (N x C x H x W, or N x H x W) get a ``trigger_size`` x
+``trigger_size`` square in the top-left corner of every channel set to
+``trigger_value`` (default 1.0, the maximum of [0, 1] images). Vector data
+(N x D, e.g. UCI HAR's 561 features, which lie in [-1, 1]) gets its first
+``trigger_size`` features set to ``trigger_value`` (1.0 is also HAR's
+maximum): the 1-D analogue of a corner patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ConfigError
+from .base import Attack, benign_stats, register_attack
+from .model_poisoning import _is_num, paper_z
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..context import RoundContext
+
+
+@register_attack("none")
+class NoAttack(Attack):
+    """No attack: malicious clients behave honestly (a control)."""
+
+
+@dataclass
+class LabelFlipParams:
+    mapping: str | dict[Any, Any] = "reverse"  # reverse (y -> C-1-y) | shift (y -> y+shift mod C) | {from: to, ...}
+    shift: int = 1
+
+    def validate(self) -> None:
+        if isinstance(self.mapping, dict):
+            try:
+                pairs = [(int(k), int(v)) for k, v in self.mapping.items()]
+            except (TypeError, ValueError):
+                raise ValueError(f"mapping must map class indices to class indices, got {self.mapping!r}") from None
+            if not pairs or any(a < 0 or b < 0 for a, b in pairs):
+                raise ValueError(f"mapping must be a non-empty dict of class indices >= 0, got {self.mapping!r}")
+        elif self.mapping not in ("reverse", "shift"):
+            raise ValueError(f"mapping must be 'reverse', 'shift' or a dict {{from: to}}, got {self.mapping!r}")
+        if not isinstance(self.shift, int) or isinstance(self.shift, bool):
+            raise ValueError(f"shift must be an integer, got {self.shift!r}")
+
+
+@register_attack("label_flip")
+class LabelFlip(Attack):
+    r"""Label flipping: malicious clients train on relabelled data.
+
+    ``mapping: reverse`` (default) :math:`y \to C - 1 - y`; ``shift``
+    :math:`y \to (y + \text{shift}) \bmod C`; a dict maps the listed classes
+    and leaves the others unchanged (a targeted flip such as ``{7: 1}``).
+
+    Reference: Fang et al., "Local Model Poisoning Attacks to Byzantine-Robust
+    Federated Learning", USENIX Security 2020 (label flipping baseline).
+    """
+
+    Params = LabelFlipParams
+
+    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        super().__init__(params, cfg, num_classes)
+        c = num_classes
+        table = torch.arange(c)
+        if self.p.mapping == "reverse":
+            table = (c - 1) - table
+        elif self.p.mapping == "shift":
+            table = (table + self.p.shift) % c
+        else:
+            for a, b in ((int(k), int(v)) for k, v in self.p.mapping.items()):
+                if a >= c or b >= c:
+                    raise ConfigError(f"attack 'label_flip': mapping {a} -> {b} is outside the {c} classes")
+                table[a] = b
+        self.table = table
+
+    def poison_data(self, x, y, generator):
+        return x, self.table.to(y.device)[y]
+
+
+@dataclass
+class BackdoorParams:
+    target: int = 0
+    poison_fraction: float = 0.5  # share of each malicious client's samples that get the trigger
+    trigger_size: int = 5
+    trigger_value: float = 1.0
+
+    def validate(self) -> None:
+        if not isinstance(self.target, int) or isinstance(self.target, bool) or self.target < 0:
+            raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
+        if not _is_num(self.poison_fraction) or not 0 < self.poison_fraction <= 1:
+            raise ValueError(f"poison_fraction must be in (0, 1], got {self.poison_fraction!r}")
+        if not isinstance(self.trigger_size, int) or self.trigger_size < 1:
+            raise ValueError(f"trigger_size must be an integer >= 1, got {self.trigger_size!r}")
+        if not _is_num(self.trigger_value):
+            raise ValueError(f"trigger_value must be a number, got {self.trigger_value!r}")
+
+
+class Backdoor(Attack):
+    """Shared trigger, data poisoning and target of the backdoor attacks."""
+
+    Params = BackdoorParams
+    trains = True
+
+    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        super().__init__(params, cfg, num_classes)
+        if self.p.target >= num_classes:
+            raise ConfigError(f"attack {self.name!r}: target {self.p.target} is outside the {num_classes} classes")
+        self.target = self.p.target
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """A copy of the batch with the trigger (top-left square, or first features of vectors)."""
+        out = x.clone()
+        k = self.p.trigger_size
+        if out.dim() == 2:
+            out[:, :k] = self.p.trigger_value
+        else:
+            out[..., :k, :k] = self.p.trigger_value
+        return out
+
+    def poison_data(self, x, y, generator):
+        n = len(y)
+        chosen = torch.randperm(n, generator=generator)[: round(self.p.poison_fraction * n)].to(y.device)
+        x, y = x.clone(), y.clone()
+        x[chosen] = self.stamp(x[chosen])
+        y[chosen] = self.target
+        return x, y
+
+
+@dataclass
+class ScalingParams(BackdoorParams):
+    scale: float | None = None  # None: N / f (model replacement)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.scale is not None and (not _is_num(self.scale) or self.scale <= 0):
+            raise ValueError(f"scale must be > 0 or null, got {self.scale!r}")
+
+
+@register_attack("scaling")
+class Scaling(Backdoor):
+    r"""Scaling backdoor / model replacement (Bagdasaryan et al., "How To Backdoor
+    Federated Learning", AISTATS 2020).
+
+    Malicious clients stamp the trigger on ``poison_fraction`` (default half)
+    of their samples, relabel them to ``target`` (default 0), train, and send
+    :math:`\gamma g_k` with :math:`\gamma` = ``scale``, default N/f, so that the
+    averaged model is (nearly) replaced by the backdoored one.
+    """
+
+    Params = ScalingParams
+
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+        f = int(malicious.sum())
+        if f == 0:
+            return updates
+        scale = self.p.scale if self.p.scale is not None else len(updates) / f
+        out = updates.clone()
+        out[malicious] = updates[malicious] * scale
+        return out
+
+
+@dataclass
+class LieBackdoorParams(BackdoorParams):
+    z: float | None = None  # None: the paper's z from N and f (its absolute value)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.z is not None and (not _is_num(self.z) or self.z < 0):
+            raise ValueError(f"z must be a number >= 0 or null, got {self.z!r}")
+
+
+@register_attack("lie_backdoor")
+class LieBackdoor(Backdoor):
+    r"""Backdoor within the benign range (Baruch et al., "A Little Is Enough", NeurIPS 2019).
+
+    Malicious clients train on trigger-stamped, relabelled data like
+    ``scaling``; each trained update is then clamped per coordinate into the
+    range the LIE attack considers undetectable:
+
+    .. math:: g_m = \min(\max(g_k, \mu - z\sigma), \mu + z\sigma)
+
+    with :math:`\mu, \sigma` the benign mean and standard deviation and
+    :math:`z` the paper's value (see ``lie``) or a given one.
+    """
+
+    Params = LieBackdoorParams
+
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+        if not malicious.any():
+            return updates
+        _, mu, sigma = benign_stats(updates, malicious)
+        z = self.p.z if self.p.z is not None else abs(paper_z(len(updates), int(malicious.sum())))
+        out = updates.clone()
+        out[malicious] = torch.minimum(torch.maximum(updates[malicious], mu - z * sigma), mu + z * sigma)
+        return out

@@ -1,0 +1,228 @@
+r"""Fine-grained attacks, the SkyMask paper's motivation: any attack, on part of the model only.
+
+``layer`` and ``parameter`` wrap a registered base attack (``base``,
+``base_params``); they are not copies of it. Each round the wrapper picks a
+coordinate set :math:`J` and runs the base attack on the N x |J| sub-matrix
+``updates[:, J]``, as if those coordinates were the whole model: the base
+attack's statistics and constraints (min_max's distance bound, Krum's
+scores, ...) are computed on :math:`J` alone. Malicious row k then is
+
+.. math:: g_{kj} = \begin{cases} \tilde g_{kj} & j \in J \text{ (base attack)}\\
+          r_{kj} & j \notin J \end{cases}
+
+where the rest :math:`r_k` is chosen by ``rest``:
+
+* ``own``: the client's own honestly trained update (the wrapper sets
+  ``trains = True`` so malicious clients run local SGD on clean data);
+* ``mean``: the benign mean :math:`\mu` (no training needed for
+  model-poisoning bases; the only honest choice when the base poisons data,
+  since the client's own update then is poisoned everywhere);
+* ``auto`` (default): ``own`` for model-poisoning bases, ``mean`` for bases
+  that train (label_flip, scaling, lie_backdoor).
+
+Data poisoning, the trigger and the target are the base attack's. Wrappers
+nest (``layer`` over ``parameter``); the adaptive attack, which needs whole
+model vectors, cannot be wrapped. The base attack sees a context whose
+``global_weights`` and ``server_update`` are restricted to :math:`J` (its
+``spec`` is still the whole model's).
+
+Reference: Yan et al., "SkyMask: Attack-agnostic Robust Federated Learning
+with Fine-grained Learnable Masks", ECCV 2024 (layer- and parameter-level
+attacks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ConfigError
+from ..params import parse_params
+from .base import ATTACKS, Attack, register_attack
+from .model_poisoning import _is_num
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
+    from ..context import RoundContext
+    from ..models import ParamSpec
+
+
+@dataclass
+class FineGrainedParams:
+    base: str = "min_max"
+    base_params: dict[str, Any] = field(default_factory=dict)
+    rest: str = "auto"  # own | mean | auto
+
+    def validate(self) -> None:
+        if not isinstance(self.base, str):
+            raise ValueError(f"base must be an attack name, got {self.base!r}")
+        if not isinstance(self.base_params, dict):
+            raise ValueError(f"base_params must be a mapping, got {self.base_params!r}")
+        if self.rest not in ("auto", "own", "mean"):
+            raise ValueError(f"rest must be auto, own or mean, got {self.rest!r}")
+
+
+def _trains(cls: type[Attack], params: dict[str, Any] | None) -> bool:
+    """Would an instance of ``cls`` with ``params`` train? (Wrappers decide per instance.)"""
+    if issubclass(cls, FineGrained):
+        p = parse_params(cls.Params, params, f"attack {cls.name!r}")
+        base_cls, rest = cls.resolve(p)
+        return rest == "own" or _trains(base_cls, p.base_params)
+    return cls.trains
+
+
+class FineGrained(Attack):
+    """Run a base attack on a coordinate subset (:meth:`coordinates`); the rest stays benign."""
+
+    Params = FineGrainedParams
+    trains = False  # per instance: see __init__
+    last_coordinates: torch.Tensor | None = None  # diagnostics: J of the latest round
+
+    @classmethod
+    def resolve(cls, p: FineGrainedParams) -> tuple[type[Attack], str]:
+        """The base attack's class and the effective ``rest``; ConfigError where they conflict."""
+        owner = f"attack {cls.name!r}"
+        base_cls = ATTACKS.get(p.base)
+        if not base_cls.composable:
+            raise ConfigError(f"{owner}: base attack {p.base!r} needs whole model vectors and cannot be restricted")
+        base_trains = _trains(base_cls, p.base_params)
+        rest = p.rest if p.rest != "auto" else ("mean" if base_trains else "own")
+        if rest == "own" and base_trains:
+            raise ConfigError(
+                f"{owner}: rest 'own' needs a base attack whose clients train on clean data; "
+                f"{p.base!r} trains on poisoned data, use rest 'mean'"
+            )
+        return base_cls, rest
+
+    @classmethod
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        p = parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
+        base_cls, _ = cls.resolve(p)
+        base_cls.check(dataclasses.replace(cfg, attack=p.base, attack_params=p.base_params))
+
+    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        super().__init__(params, cfg, num_classes)
+        base_cls, self.rest = self.resolve(self.p)
+        base_cfg = dataclasses.replace(cfg, attack=self.p.base, attack_params=self.p.base_params)
+        self.base = base_cls(self.p.base_params, base_cfg, num_classes)
+        self.trains = self.base.trains or self.rest == "own"
+        self.target = self.base.target
+
+    def poison_data(self, x, y, generator):
+        return self.base.poison_data(x, y, generator)
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.stamp(x)
+
+    def coordinates(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+        """Sorted indices J of the coordinates the base attack may change this round."""
+        raise NotImplementedError
+
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+        if not malicious.any():
+            return updates
+        idx = self.coordinates(updates, malicious, ctx)
+        self.last_coordinates = idx
+        sub_ctx = dataclasses.replace(
+            ctx,
+            global_weights=ctx.global_weights[idx.to(ctx.global_weights.device)],
+            server_update=None if ctx.server_update is None else ctx.server_update[idx.to(ctx.server_update.device)],
+        )
+        poisoned = self.base.apply(updates[:, idx], malicious, sub_ctx)[malicious]
+        if self.rest == "own":
+            rows = updates[malicious].clone()
+        else:
+            rows = updates[~malicious].mean(0).expand(int(malicious.sum()), -1).clone()
+        rows[:, idx] = poisoned
+        out = updates.clone()
+        out[malicious] = rows
+        return out
+
+
+@dataclass
+class LayerParams(FineGrainedParams):
+    layers: str | list[str] = "last"  # parameter-name prefixes (e.g. fc2, layers.8), or "last"
+
+    def validate(self) -> None:
+        super().validate()
+        items = [self.layers] if isinstance(self.layers, str) else self.layers
+        if not isinstance(items, list) or not items or not all(isinstance(s, str) and s for s in items):
+            raise ValueError(f"layers must be 'last' or a non-empty list of parameter-name prefixes, got {self.layers!r}")
+
+
+@register_attack("layer")
+class Layer(FineGrained):
+    r"""Layer-level attack: the base attack on the chosen layers only.
+
+    ``layers`` holds parameter-name prefixes matched at a dot boundary
+    (``fc2`` selects ``fc2.weight`` and ``fc2.bias``, not ``fc20.*``; a full
+    name selects one tensor) or ``"last"``: every parameter of the module that
+    owns the model's last parameter (``fc2`` of cnn, ``fc`` of lr and
+    resnet20). Malicious coordinates outside them follow ``rest`` (module
+    docstring).
+    """
+
+    Params = LayerParams
+
+    def layer_names(self, spec: "ParamSpec") -> list[str]:
+        """The selected parameter names, in model order."""
+        wanted = [self.p.layers] if isinstance(self.p.layers, str) else list(self.p.layers)
+        chosen: set[str] = set()
+        for w in wanted:
+            if w == "last":
+                w = spec.names[-1].rsplit(".", 1)[0]
+            hits = {n for n in spec.names if n == w or n.startswith(w + ".")}
+            if not hits:
+                raise ConfigError(f"attack 'layer': no parameter matches {w!r}; parameters: {', '.join(spec.names)}")
+            chosen |= hits
+        return [n for n in spec.names if n in chosen]
+
+    def coordinates(self, updates, malicious, ctx):
+        slices = ctx.spec.slices()
+        parts = [torch.arange(slices[n].start, slices[n].stop) for n in self.layer_names(ctx.spec)]
+        return torch.cat(parts).to(updates.device)
+
+
+@dataclass
+class ParameterParams(FineGrainedParams):
+    fraction: float = 0.1  # share of the P coordinates that are poisoned
+    selection: str = "random"  # random | magnitude
+    resample: bool = False  # random: draw a new subset every round instead of keeping the first
+
+    def validate(self) -> None:
+        super().validate()
+        if not _is_num(self.fraction) or not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        if self.selection not in ("random", "magnitude"):
+            raise ValueError(f"selection must be random or magnitude, got {self.selection!r}")
+        if not isinstance(self.resample, bool):
+            raise ValueError(f"resample must be true or false, got {self.resample!r}")
+
+
+@register_attack("parameter")
+class Parameter(FineGrained):
+    r"""Parameter-level attack: the base attack on :math:`k = \max(1, \mathrm{round}(\text{fraction}\cdot P))` coordinates.
+
+    ``selection: random`` draws J uniformly from ``ctx.generator`` once and
+    keeps it for the whole run (a persistent target), or every round with
+    ``resample: true``. ``selection: magnitude`` takes, every round, the k
+    coordinates with the largest benign mean :math:`|\mu_j|`, the ones
+    benign training moves most. Malicious coordinates outside J follow
+    ``rest`` (module docstring).
+    """
+
+    Params = ParameterParams
+    _fixed: torch.Tensor | None = None
+
+    def coordinates(self, updates, malicious, ctx):
+        p = updates.shape[1]
+        k = max(1, round(self.p.fraction * p))
+        if self.p.selection == "magnitude":
+            mu = updates[~malicious].mean(0)
+            return mu.abs().topk(k).indices.sort().values
+        if self._fixed is None or self.p.resample or len(self._fixed) != k:
+            self._fixed = torch.randperm(p, generator=ctx.generator)[:k].sort().values
+        return self._fixed.to(updates.device)

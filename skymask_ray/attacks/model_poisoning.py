@@ -1,0 +1,426 @@
+r"""Model-poisoning attacks: the malicious rows of the N x P update matrix are crafted, not trained.
+
+Every attack here has ``trains = False`` (the round loop skips the malicious
+clients' local SGD), reads only the benign rows (the omniscient threat model
+of the papers) and writes the malicious rows in place, so the defense still
+sees N updates (SPEC section 11). Updates follow the convention
+:math:`g_k = w_t - w_k`.
+
+``spread`` (every attack here, default 0): with :math:`\sigma` the benign
+per-coordinate standard deviation, attacker k adds its own noise
+:math:`e_k = \text{spread}\cdot\sigma\odot\xi_k`, :math:`\xi_k \sim
+\mathcal{N}(0, I)` drawn from ``ctx.generator``, so attackers are not
+identical copies (identical rows are trivially clustered by SkyMask, FLAME or
+Krum-like rules). With a single benign update :math:`\sigma = 0` and
+:math:`|\mu|` is the scale instead. Where an attack has a constraint
+(min_max, min_sum, fang_krum), the noisy variants are what the search checks,
+so every variant satisfies it; if the noise alone breaks a min-max/min-sum
+bound it is halved until it does not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from ..linalg import krum_scores, pairwise_distances, pairwise_sq_distances
+from .base import Attack, benign_stats, register_attack
+
+if TYPE_CHECKING:
+    from ..context import RoundContext
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass
+class SpreadParams:
+    """Parameters every model-poisoning attack shares."""
+
+    spread: float = 0.0  # per-attacker noise, in units of the benign per-coordinate std
+
+    def validate(self) -> None:
+        if not _is_num(self.spread) or self.spread < 0:
+            raise ValueError(f"spread must be a number >= 0, got {self.spread!r}")
+
+
+def spread_noise(
+    spread: float, f: int, mu: torch.Tensor, sigma: torch.Tensor, num_benign: int, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Independent per-attacker noise ``spread * scale * N(0, I)`` (f x P), or None when spread is 0."""
+    if spread == 0 or f == 0:
+        return None
+    scale = sigma if num_benign > 1 else mu.abs()
+    xi = torch.randn(f, mu.numel(), generator=generator, device=generator.device, dtype=torch.float32)
+    return spread * scale * xi.to(device=mu.device, dtype=mu.dtype)
+
+
+def _rows(point: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """The malicious rows: one shared point, plus each attacker's noise if any."""
+    return point[None] if noise is None else point + noise
+
+
+class ModelPoisoning(Attack):
+    """Template: benign statistics and spread noise in, malicious rows out (:meth:`craft`)."""
+
+    Params = SpreadParams
+    trains = False
+
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+        if not malicious.any():
+            return updates
+        benign, mu, sigma = benign_stats(updates, malicious)
+        f = int(malicious.sum())
+        noise = spread_noise(self.p.spread, f, mu, sigma, len(benign), ctx.generator)
+        rows = self.craft(updates, malicious, benign, mu, sigma, noise, ctx)
+        out = updates.clone()
+        out[malicious] = rows.to(out.dtype).expand(f, -1)
+        return out
+
+    def craft(
+        self,
+        updates: torch.Tensor,
+        malicious: torch.Tensor,
+        benign: torch.Tensor,
+        mu: torch.Tensor,
+        sigma: torch.Tensor,
+        noise: torch.Tensor | None,
+        ctx: "RoundContext",
+    ) -> torch.Tensor:
+        """The malicious rows, (f x P) or (1 x P) shared by all attackers."""
+        raise NotImplementedError
+
+
+@dataclass
+class LieParams(SpreadParams):
+    z: float | None = None  # None: the paper's z from N and f
+
+    def validate(self) -> None:
+        super().validate()
+        if self.z is not None and not _is_num(self.z):
+            raise ValueError(f"z must be a number or null, got {self.z!r}")
+
+
+def paper_z(n: int, f: int) -> float:
+    r""":math:`z = \Phi^{-1}((N - s)/N)` with :math:`s = \lfloor N/2 + 1\rfloor - f` (Baruch et al.).
+
+    For f >= N/2 the quantile leaves (0, 1) and is clamped to [1e-6, 1 - 1e-6].
+    """
+    s = math.floor(n / 2 + 1) - f
+    q = min(max((n - s) / n, 1e-6), 1 - 1e-6)
+    return NormalDist().inv_cdf(q)
+
+
+@register_attack("lie")
+class Lie(ModelPoisoning):
+    r"""A Little Is Enough (Baruch et al., NeurIPS 2019).
+
+    .. math:: g_m = \mu - z\sigma,\quad s = \lfloor N/2 + 1\rfloor - f,\quad
+              z = \Phi^{-1}\left(\frac{N - s}{N}\right)
+
+    with :math:`\mu, \sigma` the per-coordinate mean and standard deviation of
+    the benign updates, or a given ``z``.
+    """
+
+    Params = LieParams
+    paper_z = staticmethod(paper_z)
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        z = self.p.z if self.p.z is not None else paper_z(len(updates), int(malicious.sum()))
+        return _rows(mu - z * sigma, noise)
+
+
+@dataclass
+class ShejwalkarParams(SpreadParams):
+    deviation: str = "unit_vec"  # unit_vec | sign | std
+    gamma_init: float = 10.0
+    tol: float = 1e-5
+
+    def validate(self) -> None:
+        super().validate()
+        if self.deviation not in ("unit_vec", "sign", "std"):
+            raise ValueError(f"deviation must be unit_vec, sign or std, got {self.deviation!r}")
+        if not _is_num(self.gamma_init) or self.gamma_init <= 0:
+            raise ValueError(f"gamma_init must be > 0, got {self.gamma_init!r}")
+        if not _is_num(self.tol) or self.tol <= 0:
+            raise ValueError(f"tol must be > 0, got {self.tol!r}")
+
+
+MinMaxParams = ShejwalkarParams
+
+
+def deviation_vector(kind: str, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The perturbation direction d of Shejwalkar & Houmansadr: unit vector of mu, sign of mu, or sigma."""
+    if kind == "unit_vec":
+        return mu / mu.norm().clamp(min=1e-12)
+    if kind == "sign":
+        return torch.sign(mu)
+    return sigma
+
+
+def max_gamma(ok: Callable[[float], bool], gamma_init: float, tol: float, max_doublings: int = 60) -> float:
+    """Largest gamma >= 0 with ok(gamma), to within ``tol``, for ok true on [0, gamma*] and false beyond.
+
+    The paper's search halves a step from ``gamma_init``; here the bracket is
+    first doubled until ok fails (so gamma* > 2 * gamma_init is found too),
+    then bisected until it is narrower than ``tol``. The result satisfies ok;
+    ``result + tol`` does not (unless the doubling cap was hit).
+    """
+    if not ok(0.0):
+        return 0.0
+    lo, hi = 0.0, gamma_init
+    for _ in range(max_doublings):
+        if not ok(hi):
+            break
+        lo, hi = hi, 2 * hi
+    else:
+        return lo
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class Shejwalkar(ModelPoisoning):
+    """Shared search of min_max and min_sum: rows ``mu - gamma d (+ noise)`` with the largest feasible gamma."""
+
+    Params = ShejwalkarParams
+    last_gamma: float | None = None  # diagnostics: gamma of the latest round
+
+    def feasible(self, benign: torch.Tensor) -> Callable[[torch.Tensor], bool]:
+        """ok(rows): do all candidate rows satisfy the attack's bound?"""
+        raise NotImplementedError
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        d = deviation_vector(self.p.deviation, mu, sigma)
+        ok_rows = self.feasible(benign)
+        e = torch.zeros_like(mu)[None] if noise is None else noise
+        for _ in range(30):
+            if ok_rows(mu + e):
+                break
+            e = e / 2
+        else:
+            e = torch.zeros_like(mu)[None]
+        gamma = max_gamma(lambda g: ok_rows(mu - g * d + e), self.p.gamma_init, self.p.tol)
+        self.last_gamma = gamma
+        return mu - gamma * d + e
+
+
+@register_attack("min_max")
+class MinMax(Shejwalkar):
+    r"""Min-Max (Shejwalkar & Houmansadr, NDSS 2021), AGR-agnostic.
+
+    .. math:: g_m = \mu - \gamma d,\quad \gamma = \max\{\gamma :
+              \max_i \|g_m - g_i\| \le \max_{i,j} \|g_i - g_j\|\}
+
+    over benign updates :math:`g_i`, with d the unit vector of :math:`\mu`
+    (``deviation: unit_vec``), :math:`\mathrm{sign}(\mu)` or :math:`\sigma`;
+    gamma by binary search (:func:`max_gamma`).
+    """
+
+    def feasible(self, benign):
+        bound = pairwise_distances(benign).max()
+        return lambda rows: bool(pairwise_distances(rows, benign).max() <= bound)
+
+
+@register_attack("min_sum")
+class MinSum(Shejwalkar):
+    r"""Min-Sum (Shejwalkar & Houmansadr, NDSS 2021), AGR-agnostic.
+
+    .. math:: g_m = \mu - \gamma d,\quad \gamma = \max\{\gamma :
+              \sum_i \|g_m - g_i\|^2 \le \min_j \sum_i \|g_j - g_i\|^2\}
+
+    over benign updates, with the same deviations and search as min_max.
+    """
+
+    def feasible(self, benign):
+        bound = pairwise_sq_distances(benign).sum(1).min()
+        return lambda rows: bool(pairwise_sq_distances(rows, benign).sum(1).max() <= bound)
+
+
+@dataclass
+class FangTrimParams(SpreadParams):
+    b: float = 2.0  # the push factor is drawn uniformly from [1, b]
+
+    def validate(self) -> None:
+        super().validate()
+        if not _is_num(self.b) or self.b < 1:
+            raise ValueError(f"b must be >= 1, got {self.b!r}")
+
+
+@register_attack("fang_trim")
+class FangTrim(ModelPoisoning):
+    r"""Full-knowledge Trim attack (Fang et al., USENIX Security 2020).
+
+    Per coordinate j, :math:`s_j = \mathrm{sign}(\sum_i g_{ij})` over benign
+    updates. Where :math:`s_j > 0` the attackers send values below the benign
+    minimum :math:`m_j`, where :math:`s_j \le 0` above the benign maximum
+    :math:`M_j`, pushed by a factor :math:`k \sim U[1, b]` drawn per attacker
+    and coordinate:
+
+    .. math:: g_{mj} = \begin{cases} m_j / k & s_j > 0, m_j > 0\\
+              k\, m_j & s_j > 0, m_j \le 0\\ k\, M_j & s_j \le 0, M_j > 0\\
+              M_j / k & s_j \le 0, M_j \le 0 \end{cases}
+
+    (the paper's intervals :math:`[w/b, w]` and :math:`[w, b w]`, b = 2).
+    """
+
+    Params = FangTrimParams
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        f = int(malicious.sum())
+        down = benign.sum(0) > 0
+        lo, hi = benign.min(0).values, benign.max(0).values
+        u = torch.rand(f, mu.numel(), generator=ctx.generator, device=ctx.generator.device)
+        k = 1 + u.to(device=mu.device, dtype=mu.dtype) * (self.p.b - 1)
+        below = torch.where(lo > 0, lo / k, lo * k)
+        above = torch.where(hi > 0, hi * k, hi / k)
+        rows = torch.where(down, below, above)
+        return rows if noise is None else rows + noise
+
+
+@dataclass
+class FangKrumParams(SpreadParams):
+    threshold: float = 1e-5  # stop halving lambda below this (the paper's value)
+
+    def validate(self) -> None:
+        super().validate()
+        if not _is_num(self.threshold) or self.threshold <= 0:
+            raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
+
+
+@register_attack("fang_krum")
+class FangKrum(ModelPoisoning):
+    r"""Full-knowledge Krum attack (Fang et al., USENIX Security 2020).
+
+    All attackers send :math:`-\lambda s` with :math:`s = \mathrm{sign}(\sum_i g_i)`
+    over benign updates (so the model moves against the benign direction).
+    :math:`\lambda` starts at the paper's upper bound
+
+    .. math:: \lambda_{\max} = \frac{1}{(N - 2f - 1)\sqrt{P}} \min_{i}
+              \sum_{l \in \Gamma_i} \|g_l - g_i\| + \frac{1}{\sqrt{P}} \max_i \|g_i\|
+
+    (:math:`\Gamma_i`: the N - f - 2 benign updates nearest to benign
+    :math:`g_i`; N - 2f - 1 is clamped to >= 1 for f >= N/2) and is halved
+    until Krum (:func:`~skymask_ray.linalg.krum_scores` with the true f)
+    selects a malicious row, or until it falls below ``threshold``; then the
+    last tried value is sent.
+    """
+
+    Params = FangKrumParams
+    last_lambda: float | None = None  # diagnostics: lambda of the latest round
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        n, p = len(updates), mu.numel()
+        f, nb = int(malicious.sum()), len(benign)
+        s = torch.sign(benign.sum(0))
+        d_bb = pairwise_sq_distances(benign)
+        c = min(n - f - 2, nb - 1)
+        term1 = 0.0
+        if c >= 1:
+            dist = d_bb.sqrt().fill_diagonal_(float("inf"))
+            near = dist.topk(c, dim=1, largest=False).values.sum(1).min()
+            term1 = float(near) / (max(n - 2 * f - 1, 1) * math.sqrt(p))
+        lam = term1 + float(benign.norm(dim=1).max()) / math.sqrt(p)
+        d2 = torch.zeros(n, n, dtype=d_bb.dtype, device=d_bb.device)
+        d2[:nb, :nb] = d_bb
+        while True:
+            rows = _rows(-lam * s, noise)
+            d2[nb:, :nb] = pairwise_sq_distances(rows, benign).expand(f, nb)
+            d2[:nb, nb:] = d2[nb:, :nb].T
+            d2[nb:, nb:] = pairwise_sq_distances(rows) if noise is not None else 0.0
+            if int(krum_scores(d2, f).argmin()) >= nb or lam / 2 < self.p.threshold:
+                break
+            lam /= 2
+        self.last_lambda = lam
+        return rows
+
+
+@dataclass
+class SignFlipParams(SpreadParams):
+    scale: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not _is_num(self.scale) or self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale!r}")
+
+
+@register_attack("sign_flip")
+class SignFlip(ModelPoisoning):
+    r"""Sign flipping: :math:`g_m = -c\,\mu` (c = ``scale``, default 1).
+
+    The benign mean reversed, as in ByzFL's SignFlipping; the attack of Li et
+    al., "RSA: Byzantine-Robust Stochastic Aggregation Methods for Distributed
+    Learning from Heterogeneous Datasets", AAAI 2019.
+    """
+
+    Params = SignFlipParams
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        return _rows(-self.p.scale * mu, noise)
+
+
+@dataclass
+class IpmParams(SpreadParams):
+    eps: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        if not _is_num(self.eps) or self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+
+
+@register_attack("ipm")
+class InnerProductManipulation(ModelPoisoning):
+    r"""Inner-product manipulation: :math:`g_m = -\epsilon\,\mu`.
+
+    Xie, Koyejo and Gupta, "Fall of Empires: Breaking Byzantine-tolerant SGD
+    by Inner Product Manipulation", UAI 2019. A small :math:`\epsilon`
+    (default 0.1, the paper's setting against Krum and median) keeps the
+    attackers close to the benign ones while making the inner product of the
+    aggregate with the true gradient negative.
+    """
+
+    Params = IpmParams
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        return _rows(-self.p.eps * mu, noise)
+
+
+@dataclass
+class GaussianParams(SpreadParams):
+    mean: float = 0.0
+    std: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not _is_num(self.mean):
+            raise ValueError(f"mean must be a number, got {self.mean!r}")
+        if not _is_num(self.std) or self.std < 0:
+            raise ValueError(f"std must be >= 0, got {self.std!r}")
+
+
+@register_attack("gaussian")
+class Gaussian(ModelPoisoning):
+    r"""Gaussian noise: every attacker sends its own :math:`g_m \sim \mathcal{N}(\text{mean}, \text{std}^2 I)`.
+
+    The Gaussian Byzantine behaviour of Blanchard et al., "Machine Learning
+    with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
+    """
+
+    Params = GaussianParams
+
+    def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
+        f = int(malicious.sum())
+        xi = torch.randn(f, mu.numel(), generator=ctx.generator, device=ctx.generator.device)
+        rows = self.p.mean + self.p.std * xi.to(device=mu.device, dtype=mu.dtype)
+        return rows if noise is None else rows + noise
