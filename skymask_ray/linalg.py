@@ -39,3 +39,21 @@ def from_readonly(arr) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return torch.from_numpy(np.asarray(arr))
+
+
+def krum_scores(sq_dists: torch.Tensor, f: int) -> torch.Tensor:
+    r"""Krum score of every row (Blanchard et al., NeurIPS 2017) from its squared-distance matrix.
+
+    .. math:: s_i = \sum_{j \in \mathcal{N}_i} \|g_i - g_j\|^2,
+
+    with :math:`\mathcal{N}_i` the :math:`N - f - 2` rows nearest to row i
+    (itself excluded). ``sq_dists`` is the N x N output of
+    :func:`pairwise_sq_distances`. The neighbour count is clamped to
+    [1, N - 1] so the score stays defined where N <= 2f + 2 (Krum's guarantee
+    no longer holds there; callers that need it check N themselves).
+    """
+    n = sq_dists.shape[0]
+    m = min(max(n - f - 2, 1), n - 1)
+    d = sq_dists.clone()
+    d.fill_diagonal_(float("inf"))
+    return d.topk(m, dim=1, largest=False).values.sum(1)
