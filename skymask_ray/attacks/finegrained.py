@@ -15,10 +15,10 @@ where the rest :math:`r_k` is chosen by ``rest``:
 * ``own``: the client's own honestly trained update (the wrapper sets
   ``trains = True`` so malicious clients run local SGD on clean data);
 * ``mean``: the benign mean :math:`\mu` (no training needed for
-  model-poisoning bases; the only honest choice when the base poisons data,
-  since the client's own update then is poisoned everywhere);
-* ``auto`` (default): ``own`` for model-poisoning bases, ``mean`` for bases
-  that train (label_flip, scaling, lie_backdoor).
+  model-poisoning bases; the only choice when the base poisons data, since
+  the client's own update then is poisoned everywhere);
+* ``auto`` (default): ``mean`` for bases that poison data (label_flip,
+  scaling, lie_backdoor), ``own`` otherwise.
 
 Data poisoning, the trigger and the target are the base attack's. Wrappers
 nest (``layer`` over ``parameter``); the adaptive attack, which needs whole
@@ -66,12 +66,20 @@ class FineGrainedParams:
 
 
 def _trains(cls: type[Attack], params: dict[str, Any] | None) -> bool:
-    """Would an instance of ``cls`` with ``params`` train? (Wrappers decide per instance.)"""
+    """Would an instance of ``cls`` with ``params`` run local SGD? (Wrappers decide per instance.)"""
     if issubclass(cls, FineGrained):
         p = parse_params(cls.Params, params, f"attack {cls.name!r}")
         base_cls, rest = cls.resolve(p)
         return rest == "own" or _trains(base_cls, p.base_params)
     return cls.trains
+
+
+def _poisons_data(cls: type[Attack], params: dict[str, Any] | None) -> bool:
+    """Does ``cls`` transform the malicious clients' data (so their trained updates are not honest)?"""
+    if issubclass(cls, FineGrained):
+        p = parse_params(cls.Params, params, f"attack {cls.name!r}")
+        return _poisons_data(ATTACKS.get(p.base), p.base_params)
+    return cls.poison_data is not Attack.poison_data
 
 
 class FineGrained(Attack):
@@ -88,12 +96,12 @@ class FineGrained(Attack):
         base_cls = ATTACKS.get(p.base)
         if not base_cls.composable:
             raise ConfigError(f"{owner}: base attack {p.base!r} needs whole model vectors and cannot be restricted")
-        base_trains = _trains(base_cls, p.base_params)
-        rest = p.rest if p.rest != "auto" else ("mean" if base_trains else "own")
-        if rest == "own" and base_trains:
+        poisoned = _poisons_data(base_cls, p.base_params)
+        rest = p.rest if p.rest != "auto" else ("mean" if poisoned else "own")
+        if rest == "own" and poisoned:
             raise ConfigError(
-                f"{owner}: rest 'own' needs a base attack whose clients train on clean data; "
-                f"{p.base!r} trains on poisoned data, use rest 'mean'"
+                f"{owner}: rest 'own' needs the clients' honest updates, but {p.base!r} trains on "
+                "poisoned data; use rest 'mean'"
             )
         return base_cls, rest
 
