@@ -1,0 +1,101 @@
+"""The cluster-launcher configs in cluster/ pass Ray's own schema and install this package."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
+CONFIGS = sorted(CLUSTER_DIR.glob("*.yaml"))
+GPU_CONFIGS = [p for p in CONFIGS if p.name != "cluster-cpu.yaml"]
+GPU_INSTANCE_PREFIXES = ("g4dn.", "g5.", "g6.", "g6e.", "p3.", "p4d.", "p5.")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _schema() -> dict[str, Any]:
+    with open(Path(ray.autoscaler.__file__).parent / "ray-schema.json") as f:
+        return json.load(f)
+
+
+def _all_commands(config: dict[str, Any]) -> list[str]:
+    cmds = list(config.get("setup_commands", [])) + list(config.get("head_setup_commands", []))
+    for node_type in config["available_node_types"].values():
+        cmds += node_type.get("worker_setup_commands", [])
+    return cmds
+
+
+def _is_gpu_type(node_type: dict[str, Any]) -> bool:
+    node_config = node_type["node_config"]
+    instance = str(node_config.get("InstanceType", ""))
+    return (
+        node_type.get("resources", {}).get("GPU", 0) >= 1
+        or instance.startswith(GPU_INSTANCE_PREFIXES)
+        or bool(node_config.get("guestAccelerators"))
+    )
+
+
+def test_expected_configs_exist() -> None:
+    assert {p.name for p in CONFIGS} >= {"cluster.yaml", "cluster-cpu.yaml", "cluster-gcp.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_raw_config_matches_ray_schema(path: Path) -> None:
+    jsonschema.validate(_load(path), _schema())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_survives_ray_prepare_and_validate(path: Path) -> None:
+    """What `ray up` does before touching the cloud: merge defaults, then validate."""
+    config = prepare_config(copy.deepcopy(_load(path)))
+    validate_config(config)
+    assert config["head_node_type"] in config["available_node_types"]
+    head = config["available_node_types"][config["head_node_type"]]
+    assert not _is_gpu_type(head), "the head node is a CPU node"
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["min_workers"] <= node_type["max_workers"] <= config["max_workers"], name
+    assert 1 <= config["idle_timeout_minutes"] <= 60
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_setup_installs_this_package_from_the_mounted_checkout(path: Path) -> None:
+    config = _load(path)
+    mounts = config["file_mounts"]
+    remote = next((r for r, local in mounts.items() if local == "."), None)
+    assert remote is not None, "file_mounts copies the local checkout ('.') to the nodes"
+    installs = [c for c in _all_commands(config) if "pip install" in c and f"-e {remote}" in c]
+    assert installs, f"a setup command runs `pip install -e {remote}`"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_workers_autoscale(path: Path) -> None:
+    config = _load(path)
+    workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+    assert workers
+    assert all(t.get("max_workers", config["max_workers"]) > t.get("min_workers", 0) for t in workers)
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.name)
+def test_gpu_worker_type_declares_a_gpu(path: Path) -> None:
+    config = _load(path)
+    workers = {n: t for n, t in config["available_node_types"].items() if n != config["head_node_type"]}
+    gpu_types = [t for t in workers.values() if _is_gpu_type(t)]
+    assert gpu_types, "a worker type with a GPU for the mask trainer"
+    assert all(t["resources"].get("GPU", 0) >= 1 for t in gpu_types), "GPU resource declared explicitly"
+    assert any(t.get("min_workers", 0) >= 1 for t in gpu_types), "a GPU is present when a run starts"
+
+
+def test_cpu_config_has_no_gpu() -> None:
+    config = _load(CLUSTER_DIR / "cluster-cpu.yaml")
+    assert not any(_is_gpu_type(t) for t in config["available_node_types"].values())

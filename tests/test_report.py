@@ -1,0 +1,233 @@
+"""report: plots and the Markdown summary from synthetic rounds.parquet / masks.parquet files."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from skymask_ray.report import build_report, load_runs, make_report
+from skymask_ray.results import COLUMNS, RoundWriter
+
+MASKS = pa.schema(
+    [
+        ("round", pa.int32()),
+        ("index", pa.int32()),
+        ("pc1", pa.float64()),
+        ("pc2", pa.float64()),
+        ("label", pa.int32()),
+        ("malicious", pa.bool_()),
+        ("accepted", pa.bool_()),
+        ("is_server", pa.bool_()),
+    ]
+)
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(dataset="synthetic", model="mlp", attack="min_max", fallback=False, config_hash="h", version="0")
+    row.update(values)
+    return row
+
+
+def write_run(
+    root: Path,
+    defense: str,
+    clients: int = 20,
+    fraction: float = 0.2,
+    seed: int = 0,
+    rounds: int = 5,
+    eval_every: int = 2,
+    backdoor: bool = False,
+    masks: bool = True,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """One run's rounds.parquet (and masks.parquet for skymask); returns its path and rows."""
+    out = root / f"{defense}-N{clients}-f{fraction}-s{seed}"
+    rng = np.random.default_rng([clients, int(fraction * 100), seed, len(defense)])
+    writer = RoundWriter(out / "rounds.parquet")
+    malicious = round(clients * fraction)
+    rows = []
+    for r in range(1, rounds + 1):
+        evaluated = r % eval_every == 0 or r == rounds
+        tp = malicious if defense == "skymask" else 0
+        fp = int(rng.integers(0, 2)) if defense == "skymask" else 0
+        row = _row(
+            round=r, clients=clients, malicious_fraction=fraction, malicious=malicious, defense=defense,
+            seed=seed, accuracy=0.9 - 0.6 * 0.6**r + 0.02 * rng.random() if evaluated else None,
+            loss=2.0 / r if evaluated else None,
+            backdoor_success=0.05 * r if backdoor and evaluated else None,
+            tp=tp, fp=fp, tn=clients - malicious - fp, fn=malicious - tp,
+            tpr=tp / malicious if malicious else None,
+            fpr=fp / (clients - malicious), accepted=clients - tp - fp, fallback=r == 1 and defense == "skymask",
+            t_clients=0.01 * clients, t_server=0.1, t_attack=0.01, t_defense=0.02 * clients, t_eval=0.05,
+            t_round=0.03 * clients + rng.random(), peak_rss_mb=300.0 + 4 * clients + r,
+        )
+        writer.append(row)
+        rows.append(row)
+    if defense == "skymask" and masks:
+        records = []
+        for r in range(1, rounds + 1):
+            records.append(dict(round=r, index=0, pc1=1.0, pc2=0.2, label=0, malicious=False, accepted=True,
+                                is_server=True))
+            for k in range(clients):
+                bad = k < malicious
+                centre = (-2.0, 1.0) if bad else (1.0, 0.0)
+                records.append(dict(round=r, index=k + 1, pc1=centre[0] + 0.3 * rng.standard_normal(),
+                                    pc2=centre[1] + 0.3 * rng.standard_normal(), label=int(bad),
+                                    malicious=bad, accepted=not bad and k != clients - 1, is_server=False))
+        pq.write_table(pa.Table.from_pylist(records, schema=MASKS), out / "masks.parquet")
+    return out / "rounds.parquet", rows
+
+
+def table_rows(summary: Path) -> list[dict[str, str]]:
+    """The run table of summary.md as dicts keyed by the header."""
+    lines = [ln for ln in summary.read_text().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def assert_png(path: Path, min_w: int = 400, min_h: int = 300) -> None:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.verify()
+    with Image.open(path) as img:
+        w, h = img.size
+        assert min_w <= w <= 6000 and min_h <= h <= 6000, (path.name, img.size)
+        assert len(set(np.asarray(img.convert("L")).ravel()[::97].tolist())) > 5, "not a blank image"
+
+
+@pytest.fixture()
+def grid(tmp_path: Path) -> tuple[Path, dict[tuple[str, int, float, int], list[dict[str, Any]]]]:
+    root = tmp_path / "results"
+    runs = {}
+    for defense in ("fedavg", "skymask"):
+        for clients in (20, 50):
+            for fraction in (0.2, 0.5):
+                for seed in (0, 1):
+                    _, rows = write_run(root, defense, clients, fraction, seed, backdoor=defense == "fedavg")
+                    runs[(defense, clients, fraction, seed)] = rows
+    return root, runs
+
+
+def test_full_grid_writes_every_plot_and_a_row_per_run(grid, tmp_path: Path) -> None:
+    root, runs = grid
+    out = tmp_path / "report"
+    report = build_report([root], out)
+    names = {p.name for p in report.files}
+    assert {"accuracy_vs_round.png", "fraction_sweep.png", "scaling.png", "summary.md"} <= names
+    masks = sorted(n for n in names if n.startswith("mask_pca_"))
+    assert len(masks) == 8 and all(n.endswith("_r5.png") for n in masks)
+    assert report.skipped == {}
+    for p in report.files:
+        assert p.exists() and p.parent == out
+        if p.suffix == ".png":
+            assert_png(p)
+
+    rows = table_rows(out / "summary.md")
+    assert len(rows) == len(runs)
+    for row in rows:
+        key = (row["defense"], int(row["clients"]), float(row["f"]), int(row["seed"]))
+        recorded = runs[key]
+        assert row["dataset"] == "synthetic" and row["attack"] == "min_max"
+        assert row["rounds"] == "5"
+        assert row["final accuracy"] == f"{recorded[-1]['accuracy']:.4f}"
+        tpr = [r["tpr"] for r in recorded if r["tpr"] is not None]
+        assert row["mean TPR"] == f"{np.mean(tpr):.3f}"
+        assert row["mean FPR"] == f"{np.mean([r['fpr'] for r in recorded]):.3f}"
+        assert row["mean round s"] == f"{np.mean([r['t_round'] for r in recorded]):.2f}"
+        assert row["peak MB"] == f"{max(r['peak_rss_mb'] for r in recorded):.0f}"
+        assert row["fallbacks"] == ("1" if key[0] == "skymask" else "0")
+        expected_backdoor = f"{recorded[-1]['backdoor_success']:.4f}" if key[0] == "fedavg" else "—"
+        assert row["final backdoor success"] == expected_backdoor
+    text = (out / "summary.md").read_text()
+    assert "![accuracy_vs_round](accuracy_vs_round.png)" in text
+    assert "Skipped" not in text
+
+
+def test_make_report_returns_paths_and_accepts_files(grid, tmp_path: Path) -> None:
+    root, _ = grid
+    files = sorted(root.rglob("rounds.parquet"))[:3]
+    written = make_report(files, tmp_path / "r")
+    assert all(isinstance(p, Path) and p.exists() for p in written)
+    assert len(table_rows(tmp_path / "r" / "summary.md")) == 3
+
+
+def test_single_run_skips_sweeps_cleanly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path, rows = write_run(tmp_path / "res", "skymask", masks=False)
+    with caplog.at_level(logging.INFO, logger="skymask_ray.report"):
+        report = build_report([path], tmp_path / "out")
+    assert {p.name for p in report.files} == {"accuracy_vs_round.png", "summary.md"}
+    assert set(report.skipped) == {
+        "accuracy and TPR/FPR vs malicious fraction",
+        "round time and peak memory vs client count",
+        "mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0",
+    }
+    assert "malicious_fraction=0.2" in report.skipped["accuracy and TPR/FPR vs malicious fraction"]
+    assert "no masks.parquet" in report.skipped["mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0"]
+    assert "skipped round time and peak memory vs client count" in caplog.text
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Skipped plots" in text and "clients=20" in text
+    assert not any("backdoor" in column for column in table_rows(tmp_path / "out" / "summary.md")[0])
+    assert_png(tmp_path / "out" / "accuracy_vs_round.png")
+
+
+def test_no_accuracy_anywhere_skips_the_accuracy_plot(tmp_path: Path) -> None:
+    writer = RoundWriter(tmp_path / "run" / "rounds.parquet")
+    writer.append(_row(round=1, clients=10, malicious_fraction=0.0, defense="fedavg", seed=0, t_round=1.0))
+    report = build_report([tmp_path], tmp_path / "out")
+    assert "accuracy vs round" in report.skipped
+    assert [p.name for p in report.files] == ["summary.md"]
+    row = table_rows(tmp_path / "out" / "summary.md")[0]
+    assert row["final accuracy"] == "—" and row["mean TPR"] == "—" and row["mean round s"] == "1.00"
+
+
+def test_mask_round_choice(grid, tmp_path: Path) -> None:
+    root, _ = grid
+    run_dir = root / "skymask-N20-f0.5-s1"
+    written = make_report([run_dir], tmp_path / "r2", round=2)
+    assert [p.name for p in written if p.name.startswith("mask_pca_")] == [
+        "mask_pca_synthetic-mlp-N20-f0.5-min_max-skymask-s1_r2.png"
+    ]
+    report = build_report([run_dir], tmp_path / "r99", mask_round=99)
+    assert not any(p.name.startswith("mask_pca_") for p in report.files)
+    (reason,) = [why for name, why in report.skipped.items() if name.startswith("mask PCA")]
+    assert "round 99" in reason and "rounds 1..5" in reason
+
+
+def test_resumed_file_keeps_the_last_row_per_round(tmp_path: Path) -> None:
+    rows = [_row(round=r, clients=10, malicious_fraction=0.1, defense="krum", seed=3, accuracy=acc)
+            for r, acc in ((1, 0.1), (2, 0.2), (2, 0.25), (3, 0.3), (3, 0.35))]
+    from skymask_ray.results import SCHEMA
+
+    path = tmp_path / "rounds.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    (run,) = load_runs(path)
+    assert run.rounds.tolist() == [1, 2, 3]
+    assert run.metrics["accuracy"].tolist() == [0.1, 0.25, 0.35]
+    assert math.isclose(run.last("accuracy"), 0.35)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_report([tmp_path / "nope"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no rounds.parquet below"):
+        make_report([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(ValueError, match="no result paths"):
+        make_report([], tmp_path / "out")
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not a rounds file"):
+        make_report([tmp_path / "other.parquet"], tmp_path / "out")
+    RoundWriter(tmp_path / "killed" / "rounds.parquet").append(
+        _row(round=1, clients=10, malicious_fraction=0.0, defense="fedavg", seed=0))
+    pq.write_table(pq.read_table(tmp_path / "killed" / "rounds.parquet").slice(0, 0),
+                   tmp_path / "killed" / "rounds.parquet")
+    with pytest.raises(ValueError, match="no rounds recorded"):
+        make_report([tmp_path / "killed"], tmp_path / "out")
