@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..errors import ConfigError
+from ..linalg import pairwise_distances
 from ..params import parse_params
 from ..registry import Registry
+from ..seeding import child_seed
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -83,3 +86,92 @@ def mean_of(updates: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
     if not accepted.any():
         return torch.zeros_like(updates[0])
     return updates[accepted].mean(dim=0)
+
+
+def all_accepted(updates: torch.Tensor) -> torch.Tensor:
+    """An (N,) all-True mask on the updates' device."""
+    return torch.ones(len(updates), dtype=torch.bool, device=updates.device)
+
+
+def sklearn_seed(ctx: "RoundContext", *path: object) -> int:
+    """A ``random_state`` for scikit-learn, derived from the run seed and the round."""
+    return child_seed(ctx.seed, "defense", ctx.round, *path) % 2**32
+
+
+def distances_to(updates: torch.Tensor, point: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """(N,) Euclidean distances from every row to ``point``, through the shared helper.
+
+    Rows go in blocks so the helper's float64 copies stay at ``block x P``.
+    """
+    point = point.reshape(1, -1)
+    return torch.cat([pairwise_distances(updates[i : i + block], point)[:, 0] for i in range(0, len(updates), block)])
+
+
+def column_blocks(n: int, p: int, budget: int = 2**25) -> list[slice]:
+    """Column slices of an N x P matrix holding about ``budget`` elements each (bounds temporaries)."""
+    width = max(1, budget // max(n, 1))
+    return [slice(i, min(i + width, p)) for i in range(0, p, width)]
+
+
+@dataclass
+class DegradeParams:
+    """Parameters shared by defenses with a bound on f (see :class:`BoundedDefense`)."""
+
+    degrade: bool = False  # clamp f to the largest value the assumption allows instead of failing
+
+    def validate(self) -> None:
+        if not isinstance(self.degrade, bool):
+            raise ValueError(f"degrade must be true or false, got {self.degrade!r}")
+
+
+class BoundedDefense(Defense):
+    """A defense that tolerates at most ``max_f(N)`` Byzantine clients.
+
+    ``assumption`` states the condition (e.g. ``N >= 4f + 3``). :meth:`check`
+    rejects a config that breaks it with one :class:`ConfigError`, unless the
+    user sets ``degrade: true``; then f is clamped to ``max_f(N)`` and the round's
+    ``info`` records ``f_assumed`` and ``f_used``. At aggregation time f is clamped
+    the same way when the loop dropped invalid rows (fewer than ``cfg.clients``).
+    """
+
+    Params: ClassVar[type] = DegradeParams
+    assumption: ClassVar[str] = ""
+
+    @staticmethod
+    def max_f(n: int) -> int:
+        """The largest f the rule tolerates with N = n clients (-1: none)."""
+        raise NotImplementedError
+
+    @classmethod
+    def f_of(cls, p: Any, f: int) -> int:
+        """The count the assumption is about (f itself unless a parameter overrides it)."""
+        return f
+
+    @classmethod
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        cls.resolve_f(cfg.clients, cls.f_of(p, cfg.num_malicious), p.degrade)
+
+    @classmethod
+    def resolve_f(cls, n: int, f: int, degrade: bool) -> int:
+        """f if the assumption holds for N = n, the clamped f if ``degrade``; else a ConfigError."""
+        fmax = cls.max_f(n)
+        if f <= fmax:
+            return f
+        if fmax < 0:
+            raise ConfigError(f"defense {cls.name!r} assumes {cls.assumption}, which no f satisfies with N={n} clients")
+        if degrade:
+            return fmax
+        raise ConfigError(
+            f"defense {cls.name!r} assumes {cls.assumption}, but N={n} and f={f} (at most f={fmax} for N={n}); "
+            f"lower malicious_fraction, add clients, or set defense_params degrade: true to clamp f to {fmax}"
+        )
+
+    def effective_f(self, n: int, f: int, info: dict[str, Any]) -> int:
+        """Resolve f for this round's N = n rows and record a clamp in ``info``."""
+        f = self.f_of(self.p, f)
+        dropped = self.cfg is not None and n < self.cfg.clients
+        used = self.resolve_f(n, f, self.p.degrade or dropped)
+        if used != f:
+            info.update(f_assumed=f, f_used=used)
+        return used

@@ -1,0 +1,162 @@
+"""Distance-based selection: krum, multi_krum and bulyan.
+
+All three score clients from one N x N matrix of squared distances
+(:func:`skymask_ray.linalg.pairwise_sq_distances`).
+
+References: Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
+Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017 (Krum,
+Multi-Krum); El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of
+Distributed Learning in Byzantium", ICML 2018 (Bulyan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..linalg import pairwise_sq_distances
+from ..params import parse_params
+from .base import Aggregate, BoundedDefense, DegradeParams, column_blocks, mean_of, register_defense
+from .statistics import coordinate_median
+
+
+def krum_scores(sq_dist: torch.Tensor, f: int) -> torch.Tensor:
+    r"""Krum scores :math:`s_k = \sum_{j \in \mathcal N_k} \|g_k - g_j\|^2` over the
+    :math:`N - f - 2` nearest other rows (at least 1, at most N - 1)."""
+    n = len(sq_dist)
+    k = min(max(n - f - 2, 1), n - 1)
+    if k <= 0:
+        return torch.zeros(n, dtype=sq_dist.dtype, device=sq_dist.device)
+    d = sq_dist.clone()
+    d.fill_diagonal_(float("inf"))
+    return d.topk(k, dim=1, largest=False).values.sum(dim=1)
+
+
+def _krum_bound(n: int) -> int:
+    """Largest f with N > 2f + 2."""
+    return (n - 3) // 2
+
+
+@register_defense("krum")
+class Krum(BoundedDefense):
+    r"""Krum (Blanchard et al., NeurIPS 2017): :math:`\mathrm{AGG} = g_{k^*}`,
+    :math:`k^* = \arg\min_k \sum_{j \in \mathcal N_k} \|g_k - g_j\|^2` over the :math:`N-f-2`
+    nearest neighbours. Assumes :math:`N > 2f + 2`. Accepts only :math:`k^*`.
+    """
+
+    assumption = "N > 2f + 2"
+    max_f = staticmethod(_krum_bound)
+
+    def aggregate(self, updates, ctx):
+        info: dict[str, Any] = {}
+        f = self.effective_f(len(updates), ctx.num_malicious, info)
+        scores = krum_scores(pairwise_sq_distances(updates), f)
+        best = int(scores.argmin())
+        accepted = torch.zeros(len(updates), dtype=torch.bool, device=updates.device)
+        accepted[best] = True
+        info["selected"] = best
+        return Aggregate(updates[best].clone(), accepted, None, info)
+
+
+@dataclass
+class MultiKrumParams(DegradeParams):
+    m: int | None = None  # updates averaged (None: N - f)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.m is not None and (not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 1):
+            raise ValueError(f"m must be an integer >= 1 or null, got {self.m!r}")
+
+
+@register_defense("multi_krum")
+class MultiKrum(BoundedDefense):
+    r"""Multi-Krum (Blanchard et al., NeurIPS 2017): the mean of the :math:`m` updates with the
+    lowest Krum scores (:func:`krum_scores`), :math:`m = N - f` by default. Assumes :math:`N > 2f + 2`.
+    """
+
+    Params = MultiKrumParams
+    assumption = "N > 2f + 2"
+    max_f = staticmethod(_krum_bound)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        if p.m is not None and p.m > cfg.clients:
+            raise ConfigError(f"defense 'multi_krum' averages m updates, which needs m <= N; got m={p.m}, N={cfg.clients}")
+
+    def aggregate(self, updates, ctx):
+        n = len(updates)
+        info: dict[str, Any] = {}
+        f = self.effective_f(n, ctx.num_malicious, info)
+        m = min(self.p.m if self.p.m is not None else n - f, n)
+        scores = krum_scores(pairwise_sq_distances(updates), f)
+        accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
+        accepted[scores.argsort()[:m]] = True
+        info["m"] = m
+        return Aggregate(mean_of(updates, accepted), accepted, None, info)
+
+
+def bulyan_select(sq_dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
+    """Bulyan's first stage: apply Krum ``theta`` times, each time removing the chosen row.
+
+    Returns the (theta,) indices of the chosen rows, in the order chosen.
+    """
+    remaining = torch.arange(len(sq_dist), device=sq_dist.device)
+    chosen = []
+    for _ in range(theta):
+        sub = sq_dist[remaining][:, remaining]
+        pick = int(krum_scores(sub, f).argmin())
+        chosen.append(remaining[pick])
+        remaining = torch.cat([remaining[:pick], remaining[pick + 1 :]])
+    return torch.stack(chosen)
+
+
+def closest_to_median_mean(selected: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Bulyan's second stage: per coordinate, the mean of the :math:`\beta` values closest to the
+    coordinate-wise median. Returns the (P,) mean and each row's (theta,) count of used values."""
+    theta, p = selected.shape
+    out = torch.empty(p, dtype=selected.dtype, device=selected.device)
+    used = torch.zeros(theta, dtype=torch.long, device=selected.device)
+    for cols in column_blocks(theta, p):
+        x = selected[:, cols]
+        med, _ = coordinate_median(x)
+        idx = (x - med).abs().topk(beta, dim=0, largest=False).indices
+        out[cols] = x.gather(0, idx).mean(dim=0)
+        used += torch.bincount(idx.flatten(), minlength=theta)
+    return out, used
+
+
+@register_defense("bulyan")
+class Bulyan(BoundedDefense):
+    r"""Bulyan (El Mhamdi et al., ICML 2018).
+
+    1. Select :math:`\theta = N - 2f` updates by applying Krum :math:`\theta` times, removing the
+       chosen update each time.
+    2. Per coordinate, average the :math:`\beta = \theta - 2f` selected values closest to the
+       coordinate-wise median of the selected set.
+
+    Assumes :math:`N \ge 4f + 3`. ``weights``: each client's share of the averaged values; clients
+    never used (all those Krum did not select) count as rejected.
+    """
+
+    assumption = "N >= 4f + 3"
+
+    @staticmethod
+    def max_f(n: int) -> int:
+        return (n - 3) // 4
+
+    def aggregate(self, updates, ctx):
+        n, p = updates.shape
+        info: dict[str, Any] = {}
+        f = self.effective_f(n, ctx.num_malicious, info)
+        theta, beta = n - 2 * f, n - 4 * f
+        chosen = bulyan_select(pairwise_sq_distances(updates), f, theta)
+        agg, used = closest_to_median_mean(updates[chosen], beta)
+        weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
+        weights[chosen] = used.to(updates.dtype) / (p * beta)
+        info.update(theta=theta, beta=beta)
+        return Aggregate(agg, weights > 0, weights, info)
