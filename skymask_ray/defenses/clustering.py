@@ -65,6 +65,9 @@ class Flame(Defense):
 
     1. HDBSCAN (min_cluster_size :math:`\lfloor N/2\rfloor + 1`, min_samples 1, single cluster
        allowed) on the cosine distances of the updates; clients in the majority cluster are admitted.
+       With a minimum size above N/2 the root is the only cluster, and HDBSCAN's single-cluster
+       labelling (scikit-learn's, like the ``hdbscan`` package of the reference code) keeps only
+       its densest core: about min_cluster_size clients are admitted, the rest count as rejected.
     2. Clip to the median norm :math:`S_t = \mathrm{med}_k \|g_k\|` (the distance of each local
        model to the global one): :math:`\tilde g_k = g_k \min(1, S_t/\|g_k\|)`.
     3. :math:`\mathrm{AGG} = \frac{1}{|A|}\sum_{k\in A}\tilde g_k + \mathcal N(0, \sigma^2 I)`,
@@ -91,7 +94,7 @@ class Flame(Defense):
         mcs = min(self.p.min_cluster_size or n // 2 + 1, n)
         dist = cosine_distances(updates).double().cpu().numpy()
         labels = HDBSCAN(
-            min_cluster_size=max(mcs, 2), min_samples=1, metric="precomputed", allow_single_cluster=True
+            min_cluster_size=max(mcs, 2), min_samples=1, metric="precomputed", allow_single_cluster=True, copy=True
         ).fit_predict(dist)
         found = labels[labels >= 0]
         admitted = np.zeros(n, dtype=bool)

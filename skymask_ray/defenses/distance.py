@@ -158,5 +158,5 @@ class Bulyan(BoundedDefense):
         agg, used = closest_to_median_mean(updates[chosen], beta)
         weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
         weights[chosen] = used.to(updates.dtype) / (p * beta)
-        info.update(theta=theta, beta=beta)
+        info.update(theta=theta, beta=beta, selected=chosen.tolist())
         return Aggregate(agg, weights > 0, weights, info)

@@ -44,18 +44,20 @@ def lbfgs_hvp(s: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.to(v.dtype)
 
 
-def gap_statistic(scores: np.ndarray, k_max: int, samples: int, seed: int) -> int:
+def gap_statistic(scores: np.ndarray, k_max: int, samples: int, seed: int, rtol: float = 1e-4) -> int:
     r"""Number of clusters by the gap statistic (Tibshirani, Walther, Hastie 2001) on 1-D scores.
 
     Scores are scaled to [0, 1]; :math:`W_k` is the k-means inertia, the reference is uniform on
     [0, 1]: :math:`\mathrm{Gap}(k) = \overline{\log W^*_k} - \log W_k`; the answer is the smallest k
     with :math:`\mathrm{Gap}(k) \ge \mathrm{Gap}(k+1) - s_{k+1}`, :math:`s_k = \mathrm{sd}(\log W^*_k)\sqrt{1 + 1/B}`.
+    Scores whose range is below ``rtol`` times their mean are one group (the scaling would
+    otherwise blow float noise up into clusters).
     """
     from sklearn.cluster import KMeans
 
     n = len(scores)
     span = float(scores.max() - scores.min())
-    if n < 2 or span <= 0:
+    if n < 2 or span <= rtol * abs(float(scores.mean())):
         return 1
     x = ((scores - scores.min()) / span).reshape(-1, 1)
     rng = np.random.default_rng(seed)
