@@ -17,52 +17,80 @@ def build(params: dict | None = None, epochs: int = 5):
     return ATTACKS.get("adaptive")(params, cfg, 3)
 
 
-def test_search_keeps_the_largest_alpha_its_simulation_accepts(tiny_world, monkeypatch):
-    w = tiny_world
-    attack = build({"search_steps": 6})
-    ctx = w.ctx()
-    mu = w.updates[~w.malicious].mean(0)
-    harmful = ATTACKS.get("min_max")(None, make_cfg("min_max"), 3).apply(w.updates, w.malicious, w.ctx())[w.malicious]
-    threshold = 0.37
+def harmful_rows(w) -> torch.Tensor:
+    return ATTACKS.get("min_max")(None, make_cfg("min_max"), 3).apply(w.updates, w.malicious, w.ctx())[w.malicious]
 
-    def fake_simulate(updates, g0, ctx, seed):
+
+def test_grid_search_maximises_alpha_times_accepted_share(tiny_world, monkeypatch):
+    w = tiny_world
+    attack = build({"search_steps": 4, "anchor": "mean", "cluster_seeds": 2})
+    mu = w.updates[~w.malicious].mean(0)
+    harmful = harmful_rows(w)
+    # attacker 0 passes for alpha <= 0.3, attacker 1 for alpha <= 0.6: shares 0, 0.5 (0.5), 0.5 (0.25), 1 (0.125)
+    limits = [0.3, 0.6]
+
+    def fake_simulate(updates, g0, ctx, seeds):
         alpha = float((updates[w.malicious][0] - mu).norm() / (harmful[0] - mu).norm())
-        accepted = torch.ones(len(updates), dtype=torch.bool)
-        accepted[w.malicious] = alpha <= threshold
+        accepted = torch.ones(len(seeds), len(updates), dtype=torch.bool)
+        for k, limit in enumerate(limits):
+            accepted[:, k] = alpha <= limit
         return accepted
 
     monkeypatch.setattr(attack, "simulate", fake_simulate)
-    out = attack.apply(w.updates, w.malicious, ctx)
-    assert threshold - 1 / 2**6 <= attack.last_alpha <= threshold
-    assert len(attack.last_trials) == 7
-    torch.testing.assert_close(out[w.malicious], mu + attack.last_alpha * (harmful - mu))
+    out = attack.apply(w.updates, w.malicious, w.ctx())
+    assert attack.last_trials == [(1.0, 0.0), (0.5, 0.5), (0.25, 1.0)]
+    assert attack.last_alpha == 0.5  # 0.5 * 0.5 beats 0.25 * 1.0 and the untried 0.125
+    torch.testing.assert_close(out[w.malicious], mu + 0.5 * (harmful - mu))
     assert torch.equal(out[~w.malicious], w.updates[~w.malicious])
 
 
-def test_search_takes_max_alpha_when_it_passes(tiny_world, monkeypatch):
-    attack = build({"max_alpha": 2.0})
-    monkeypatch.setattr(attack, "simulate", lambda u, g0, ctx, seed: torch.ones(len(u), dtype=torch.bool))
-    attack.apply(tiny_world.updates, tiny_world.malicious, tiny_world.ctx())
-    assert attack.last_alpha == 2.0 and len(attack.last_trials) == 1
+def test_accept_fraction_excludes_candidates_below_it(tiny_world, monkeypatch):
+    w = tiny_world
+    attack = build({"search_steps": 2, "anchor": "mean", "accept_fraction": 1.0})
+    monkeypatch.setattr(attack, "simulate", lambda u, g0, ctx, seeds: torch.stack(
+        [torch.tensor([True, False] + [True] * (len(u) - 2))] * len(seeds)))
+    out = attack.apply(w.updates, w.malicious, w.ctx())
+    assert attack.last_alpha == 0.0 and len(attack.last_trials) == 3
+    mu = w.updates[~w.malicious].mean(0)
+    torch.testing.assert_close(out[w.malicious], mu.expand(2, -1))
 
 
-def test_end_to_end_result_is_accepted_by_its_own_skymask(tiny_world):
+def test_benign_anchors_are_distinct_accepted_benign_rows(tiny_world, monkeypatch):
+    w = tiny_world
+    attack = build({"search_steps": 1})
+    rejected_benign = 2  # the simulation rejects benign client 2 and, at alpha > 0, all attackers
+    mu = w.updates[~w.malicious].mean(0)
+
+    def fake_simulate(updates, g0, ctx, seeds):
+        accepted = torch.ones(len(seeds), len(updates), dtype=torch.bool)
+        accepted[:, rejected_benign] = False
+        if not torch.isin(updates[w.malicious], updates[~w.malicious]).all():
+            accepted[:, w.malicious] = False
+        return accepted
+
+    monkeypatch.setattr(attack, "simulate", fake_simulate)
+    out = attack.apply(w.updates, w.malicious, w.ctx())
+    assert attack.last_alpha == 0.0 and attack.last_trials[0][0] == 0.0
+    rows = out[w.malicious]
+    assert not torch.equal(rows[0], rows[1])
+    for row in rows:
+        matches = [k for k in range(len(w.updates)) if not w.malicious[k] and torch.equal(row, w.updates[k])]
+        assert matches and rejected_benign not in matches
+    assert not torch.equal(rows[0], mu)
+
+
+def test_end_to_end_sends_the_best_scoring_candidate(tiny_world):
     w = tiny_world
     attack = build({"search_steps": 3})
     assert not attack.trains and attack.needs_server_update
     out = attack.apply(w.updates, w.malicious, w.ctx(seed=1))
     assert out.shape == w.updates.shape
     assert torch.equal(out[~w.malicious], w.updates[~w.malicious])
-    assert 1 <= len(attack.last_trials) <= 4
+    assert 2 <= len(attack.last_trials) <= 5
     alpha = attack.last_alpha
-    assert 0.0 <= alpha <= 1.0
-    if alpha > 0:
-        share = dict(attack.last_trials)[alpha]
-        assert share >= attack.p.accept_fraction
-    seed = int(torch.randint(2**31 - 1, (1,), generator=torch.Generator().manual_seed(1)))
-    again = attack.simulate(out, w.server_update, w.ctx(), seed)
-    if alpha > 0:
-        assert again[w.malicious].all()
+    shares = dict(attack.last_trials[1:])
+    assert alpha == 0.0 or shares[alpha] >= attack.p.accept_fraction
+    assert all(a * s <= alpha * shares.get(alpha, 0.0) + 1e-12 for a, s in shares.items() if s >= attack.p.accept_fraction)
 
 
 def test_own_server_model_when_server_steps_given(tiny_world):
@@ -81,6 +109,8 @@ def test_own_server_model_when_server_steps_given(tiny_world):
     ({"base": "layer", "base_params": {"rest": "own"}}, "must be a model-poisoning attack"),
     ({"search_steps": -1}, "search_steps"),
     ({"accept_fraction": 0}, "accept_fraction"),
+    ({"anchor": "median"}, "anchor must be"),
+    ({"cluster_seeds": 0}, "cluster_seeds"),
     ({"base_params": {"tol": -1}}, "tol must be"),
 ])
 def test_bad_params_are_config_errors(params, match):
