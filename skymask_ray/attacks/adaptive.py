@@ -12,8 +12,9 @@ attacker draws its own from ``ctx.generator``).
 
 Design, once per round:
 
-1. Harmful rows :math:`H` (f x P) from a composable model-poisoning ``base``
-   attack (default ``min_max``, any ``base_params``, ``spread`` included).
+1. Harmful rows :math:`H` (f x P) from a model-poisoning ``base`` attack
+   whose clients do not train (default ``min_max``; any ``base_params``,
+   ``spread`` included; ``layer``/``parameter`` with ``rest: mean`` too).
 2. Anchors :math:`a_k`: with ``anchor: benign`` (default) each attacker
    starts from its own copy of a benign update, drawn from ``ctx.generator``
    (identical malicious rows, even copies of the benign mean, form their own
@@ -70,9 +71,8 @@ from ..errors import ConfigError
 from ..params import parse_params
 from ..skymask.select import cluster_from_gram
 from ..skymask.trainer import LocalShards, default_mask_lr, train_masks
-from .base import ATTACKS, Attack, benign_stats, register_attack
+from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
 from .finegrained import _trains
-from .model_poisoning import _is_num
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -97,9 +97,9 @@ class AdaptiveParams:
             raise ValueError(f"base_params must be a mapping, got {self.base_params!r}")
         if not isinstance(self.search_steps, int) or self.search_steps < 0:
             raise ValueError(f"search_steps must be an integer >= 0, got {self.search_steps!r}")
-        if not _is_num(self.max_alpha) or self.max_alpha <= 0:
+        if not is_number(self.max_alpha) or self.max_alpha <= 0:
             raise ValueError(f"max_alpha must be > 0, got {self.max_alpha!r}")
-        if not _is_num(self.accept_fraction) or not 0 < self.accept_fraction <= 1:
+        if not is_number(self.accept_fraction) or not 0 < self.accept_fraction <= 1:
             raise ValueError(f"accept_fraction must be in (0, 1], got {self.accept_fraction!r}")
         if self.anchor not in ("benign", "mean"):
             raise ValueError(f"anchor must be benign or mean, got {self.anchor!r}")
@@ -123,8 +123,10 @@ class Adaptive(Attack):
     @classmethod
     def resolve(cls, p: AdaptiveParams) -> type[Attack]:
         base_cls = ATTACKS.get(p.base)
-        if not base_cls.composable or _trains(base_cls, p.base_params):
-            raise ConfigError(f"attack 'adaptive': base {p.base!r} must be a model-poisoning attack (min_max, lie, ...)")
+        if issubclass(base_cls, Adaptive) or _trains(base_cls, p.base_params):
+            raise ConfigError(
+                f"attack 'adaptive': base {p.base!r} must be a model-poisoning attack (min_max, lie, ...)"
+            )
         return base_cls
 
     @classmethod

@@ -12,8 +12,8 @@ from ``attack_params`` (a dataclass ``Params``). Two hooks, both optional:
   only; the defense always sees N updates.
 
 Fine-grained wrappers (:mod:`.finegrained`) run any composable attack on a
-subset of the coordinates; the adaptive attack (:mod:`.adaptive`) needs whole
-model vectors and is not composable.
+subset of the coordinates; ``layer`` (it reads the model's ParamSpec) and the
+adaptive attack (it needs whole model vectors) are not composable.
 
 Attacks with a trigger (backdoors) implement :meth:`Attack.stamp` and set
 ``target``, so the simulation measures backdoor success on triggered test
@@ -88,6 +88,11 @@ def register_attack(name: str):
         return ATTACKS.register(name)(cls)
 
     return deco
+
+
+def is_number(x: object) -> bool:
+    """An int or float, not a bool (for parameter validation)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def benign_stats(updates: torch.Tensor, malicious: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ConfigError
-from .base import Attack, benign_stats, register_attack
-from .model_poisoning import _is_num, paper_z
+from .base import Attack, benign_stats, is_number, register_attack
+from .model_poisoning import paper_z
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -96,11 +96,11 @@ class BackdoorParams:
     def validate(self) -> None:
         if not isinstance(self.target, int) or isinstance(self.target, bool) or self.target < 0:
             raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
-        if not _is_num(self.poison_fraction) or not 0 < self.poison_fraction <= 1:
+        if not is_number(self.poison_fraction) or not 0 < self.poison_fraction <= 1:
             raise ValueError(f"poison_fraction must be in (0, 1], got {self.poison_fraction!r}")
         if not isinstance(self.trigger_size, int) or self.trigger_size < 1:
             raise ValueError(f"trigger_size must be an integer >= 1, got {self.trigger_size!r}")
-        if not _is_num(self.trigger_value):
+        if not is_number(self.trigger_value):
             raise ValueError(f"trigger_value must be a number, got {self.trigger_value!r}")
 
 
@@ -141,7 +141,7 @@ class ScalingParams(BackdoorParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.scale is not None and (not _is_num(self.scale) or self.scale <= 0):
+        if self.scale is not None and (not is_number(self.scale) or self.scale <= 0):
             raise ValueError(f"scale must be > 0 or null, got {self.scale!r}")
 
 
@@ -174,7 +174,7 @@ class LieBackdoorParams(BackdoorParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.z is not None and (not _is_num(self.z) or self.z < 0):
+        if self.z is not None and (not is_number(self.z) or self.z < 0):
             raise ValueError(f"z must be a number >= 0 or null, got {self.z!r}")
 
 

@@ -21,8 +21,9 @@ where the rest :math:`r_k` is chosen by ``rest``:
   scaling, lie_backdoor), ``own`` otherwise.
 
 Data poisoning, the trigger and the target are the base attack's. Wrappers
-nest (``layer`` over ``parameter``); the adaptive attack, which needs whole
-model vectors, cannot be wrapped. The base attack sees a context whose
+nest (``layer`` over ``parameter``: a fraction of the last layer); ``layer``
+itself (it reads the whole model's ``ParamSpec``) and the adaptive attack
+(it needs whole model vectors) cannot be wrapped. The base attack sees a context whose
 ``global_weights`` and ``server_update`` are restricted to :math:`J` (its
 ``spec`` is still the whole model's).
 
@@ -41,8 +42,8 @@ import torch
 
 from ..errors import ConfigError
 from ..params import parse_params
-from .base import ATTACKS, Attack, register_attack
-from .model_poisoning import _is_num
+from ..seeding import torch_generator
+from .base import ATTACKS, Attack, is_number, register_attack
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -95,7 +96,7 @@ class FineGrained(Attack):
         owner = f"attack {cls.name!r}"
         base_cls = ATTACKS.get(p.base)
         if not base_cls.composable:
-            raise ConfigError(f"{owner}: base attack {p.base!r} needs whole model vectors and cannot be restricted")
+            raise ConfigError(f"{owner}: base attack {p.base!r} needs the whole model and cannot be restricted")
         poisoned = _poisons_data(base_cls, p.base_params)
         rest = p.rest if p.rest != "auto" else ("mean" if poisoned else "own")
         if rest == "own" and poisoned:
@@ -158,7 +159,7 @@ class LayerParams(FineGrainedParams):
         super().validate()
         items = [self.layers] if isinstance(self.layers, str) else self.layers
         if not isinstance(items, list) or not items or not all(isinstance(s, str) and s for s in items):
-            raise ValueError(f"layers must be 'last' or a non-empty list of parameter-name prefixes, got {self.layers!r}")
+            raise ValueError(f"layers must be 'last' or a non-empty list of name prefixes, got {self.layers!r}")
 
 
 @register_attack("layer")
@@ -174,6 +175,7 @@ class Layer(FineGrained):
     """
 
     Params = LayerParams
+    composable = False  # its coordinates come from the whole model's ParamSpec
 
     def layer_names(self, spec: "ParamSpec") -> list[str]:
         """The selected parameter names, in model order."""
@@ -202,7 +204,7 @@ class ParameterParams(FineGrainedParams):
 
     def validate(self) -> None:
         super().validate()
-        if not _is_num(self.fraction) or not 0 < self.fraction <= 1:
+        if not is_number(self.fraction) or not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
         if self.selection not in ("random", "magnitude"):
             raise ValueError(f"selection must be random or magnitude, got {self.selection!r}")
@@ -212,11 +214,14 @@ class ParameterParams(FineGrainedParams):
 
 @register_attack("parameter")
 class Parameter(FineGrained):
-    r"""Parameter-level attack: the base attack on :math:`k = \max(1, \mathrm{round}(\text{fraction}\cdot P))` coordinates.
+    r"""Parameter-level attack: the base attack on a subset J of the coordinates.
 
-    ``selection: random`` draws J uniformly from ``ctx.generator`` once and
-    keeps it for the whole run (a persistent target), or every round with
-    ``resample: true``. ``selection: magnitude`` takes, every round, the k
+    :math:`|J| = k = \max(1, \mathrm{round}(\text{fraction}\cdot P))`.
+
+    ``selection: random`` draws J uniformly once per run, from a stream
+    derived from the run's seed (``ctx.seed``) so that a resumed run keeps
+    the same J (a persistent target), or every round from ``ctx.generator``
+    with ``resample: true``. ``selection: magnitude`` takes, every round, the k
     coordinates with the largest benign mean :math:`|\mu_j|`, the ones
     benign training moves most. Malicious coordinates outside J follow
     ``rest`` (module docstring).
@@ -231,6 +236,9 @@ class Parameter(FineGrained):
         if self.p.selection == "magnitude":
             mu = updates[~malicious].mean(0)
             return mu.abs().topk(k).indices.sort().values
-        if self._fixed is None or self.p.resample or len(self._fixed) != k:
-            self._fixed = torch.randperm(p, generator=ctx.generator)[:k].sort().values
+        if self.p.resample:
+            return torch.randperm(p, generator=ctx.generator)[:k].sort().values.to(updates.device)
+        if self._fixed is None or len(self._fixed) != k:
+            gen = torch_generator(ctx.seed, "attack", "parameter-coordinates")
+            self._fixed = torch.randperm(p, generator=gen)[:k].sort().values
         return self._fixed.to(updates.device)

@@ -28,14 +28,10 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..linalg import krum_scores, pairwise_distances, pairwise_sq_distances
-from .base import Attack, benign_stats, register_attack
+from .base import Attack, benign_stats, is_number, register_attack
 
 if TYPE_CHECKING:
     from ..context import RoundContext
-
-
-def _is_num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -45,7 +41,7 @@ class SpreadParams:
     spread: float = 0.0  # per-attacker noise, in units of the benign per-coordinate std
 
     def validate(self) -> None:
-        if not _is_num(self.spread) or self.spread < 0:
+        if not is_number(self.spread) or self.spread < 0:
             raise ValueError(f"spread must be a number >= 0, got {self.spread!r}")
 
 
@@ -102,7 +98,7 @@ class LieParams(SpreadParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.z is not None and not _is_num(self.z):
+        if self.z is not None and not is_number(self.z):
             raise ValueError(f"z must be a number or null, got {self.z!r}")
 
 
@@ -145,13 +141,11 @@ class ShejwalkarParams(SpreadParams):
         super().validate()
         if self.deviation not in ("unit_vec", "sign", "std"):
             raise ValueError(f"deviation must be unit_vec, sign or std, got {self.deviation!r}")
-        if not _is_num(self.gamma_init) or self.gamma_init <= 0:
+        if not is_number(self.gamma_init) or self.gamma_init <= 0:
             raise ValueError(f"gamma_init must be > 0, got {self.gamma_init!r}")
-        if not _is_num(self.tol) or self.tol <= 0:
+        if not is_number(self.tol) or self.tol <= 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
 
-
-MinMaxParams = ShejwalkarParams
 
 
 def deviation_vector(kind: str, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -252,7 +246,7 @@ class FangTrimParams(SpreadParams):
 
     def validate(self) -> None:
         super().validate()
-        if not _is_num(self.b) or self.b < 1:
+        if not is_number(self.b) or self.b < 1:
             raise ValueError(f"b must be >= 1, got {self.b!r}")
 
 
@@ -293,7 +287,7 @@ class FangKrumParams(SpreadParams):
 
     def validate(self) -> None:
         super().validate()
-        if not _is_num(self.threshold) or self.threshold <= 0:
+        if not is_number(self.threshold) or self.threshold <= 0:
             raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
 
 
@@ -350,7 +344,7 @@ class SignFlipParams(SpreadParams):
 
     def validate(self) -> None:
         super().validate()
-        if not _is_num(self.scale) or self.scale <= 0:
+        if not is_number(self.scale) or self.scale <= 0:
             raise ValueError(f"scale must be > 0, got {self.scale!r}")
 
 
@@ -358,9 +352,10 @@ class SignFlipParams(SpreadParams):
 class SignFlip(ModelPoisoning):
     r"""Sign flipping: :math:`g_m = -c\,\mu` (c = ``scale``, default 1).
 
-    The benign mean reversed, as in ByzFL's SignFlipping; the attack of Li et
-    al., "RSA: Byzantine-Robust Stochastic Aggregation Methods for Distributed
-    Learning from Heterogeneous Datasets", AAAI 2019.
+    The benign mean reversed, as ByzFL's SignFlipping does; after the
+    sign-flipping attack of Li et al., "RSA: Byzantine-Robust Stochastic
+    Aggregation Methods for Distributed Learning from Heterogeneous
+    Datasets", AAAI 2019 (there each attacker negates its own gradient).
     """
 
     Params = SignFlipParams
@@ -375,7 +370,7 @@ class IpmParams(SpreadParams):
 
     def validate(self) -> None:
         super().validate()
-        if not _is_num(self.eps) or self.eps <= 0:
+        if not is_number(self.eps) or self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
 
 
@@ -403,9 +398,9 @@ class GaussianParams(SpreadParams):
 
     def validate(self) -> None:
         super().validate()
-        if not _is_num(self.mean):
+        if not is_number(self.mean):
             raise ValueError(f"mean must be a number, got {self.mean!r}")
-        if not _is_num(self.std) or self.std < 0:
+        if not is_number(self.std) or self.std < 0:
             raise ValueError(f"std must be >= 0, got {self.std!r}")
 
 

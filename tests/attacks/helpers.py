@@ -25,7 +25,9 @@ def two_layer_spec() -> ParamSpec:
     return ParamSpec(names, shapes, tuple(offsets), off)
 
 
-def make_updates(n: int, f: int, p: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def make_updates(
+    n: int, f: int, p: int, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """N x P updates with a common drift plus per-client noise; the first f clients are malicious (rows zero)."""
     g = torch.Generator().manual_seed(seed)
     drift = torch.randn(p, generator=g, dtype=dtype)

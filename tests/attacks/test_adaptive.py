@@ -90,7 +90,15 @@ def test_end_to_end_sends_the_best_scoring_candidate(tiny_world):
     alpha = attack.last_alpha
     shares = dict(attack.last_trials[1:])
     assert alpha == 0.0 or shares[alpha] >= attack.p.accept_fraction
-    assert all(a * s <= alpha * shares.get(alpha, 0.0) + 1e-12 for a, s in shares.items() if s >= attack.p.accept_fraction)
+    best = alpha * shares.get(alpha, 0.0)
+    assert all(a * s <= best + 1e-12 for a, s in shares.items() if s >= attack.p.accept_fraction)
+
+
+def test_fine_grained_base_with_mean_rest(tiny_world):
+    w = tiny_world
+    attack = build({"search_steps": 1, "base": "layer", "base_params": {"rest": "mean", "layers": "last"}}, epochs=2)
+    out = attack.apply(w.updates, w.malicious, w.ctx())
+    assert out.shape == w.updates.shape and torch.equal(out[~w.malicious], w.updates[~w.malicious])
 
 
 def test_own_server_model_when_server_steps_given(tiny_world):
@@ -107,6 +115,7 @@ def test_own_server_model_when_server_steps_given(tiny_world):
 @pytest.mark.parametrize("params,match", [
     ({"base": "label_flip"}, "must be a model-poisoning attack"),
     ({"base": "layer", "base_params": {"rest": "own"}}, "must be a model-poisoning attack"),
+    ({"base": "adaptive"}, "must be a model-poisoning attack"),
     ({"search_steps": -1}, "search_steps"),
     ({"accept_fraction": 0}, "accept_fraction"),
     ({"anchor": "median"}, "anchor must be"),

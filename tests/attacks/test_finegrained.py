@@ -108,6 +108,9 @@ def test_parameter_random_subset_is_fixed_unless_resampled():
             attack.apply(updates, mal, make_ctx(updates, mal, seed=seed))
             picks[key].append(attack.last_coordinates)
     assert torch.equal(*picks["fixed"]) and not torch.equal(*picks["resampled"])
+    resumed = build("parameter", {"fraction": 0.3})  # a fresh instance, as after a resume
+    resumed.apply(updates, mal, make_ctx(updates, mal, seed=9))
+    assert torch.equal(resumed.last_coordinates, picks["fixed"][0])
 
 
 def test_parameter_magnitude_picks_largest_benign_mean():
@@ -133,6 +136,7 @@ def test_wrappers_nest():
 @pytest.mark.parametrize("params,match", [
     ({"base": "nope"}, "unknown attack 'nope'"),
     ({"base": "adaptive"}, "cannot be restricted"),
+    ({"base": "layer"}, "cannot be restricted"),
     ({"base": "label_flip", "rest": "own"}, "use rest 'mean'"),
     ({"base": "min_max", "base_params": {"deviation": "bad"}}, "deviation must be"),
     ({"layers": []}, "layers must be"),
