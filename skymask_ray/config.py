@@ -205,6 +205,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}")
     _check(cfg.workers is None or (isinstance(cfg.workers, int) and cfg.workers >= 1), "workers must be >= 1")
     DATASETS.get(d.dataset)
+    _check(d.data_dir is None or Path(d.data_dir).is_dir(), f"data directory {d.data_dir!r} does not exist")
     MODELS.get(cfg.model)
     _check(d.partition in ("bias", "dirichlet", "iid", "subject"), f"partition must be bias, dirichlet, iid or subject, got {d.partition!r}")
     _check(_is_num(d.bias) and 0.0 <= d.bias <= 1.0, f"bias must be in [0, 1], got {d.bias!r}")

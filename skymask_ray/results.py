@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +38,7 @@ SCHEMA = pa.schema(
         ("tpr", pa.float64()),
         ("fpr", pa.float64()),
         ("accepted", pa.int32()),
+        ("invalid", pa.int32()),
         ("fallback", pa.bool_()),
         ("t_clients", pa.float64()),
         ("t_server", pa.float64()),
@@ -88,11 +89,29 @@ def _clean(v: Any) -> Any:
     return v
 
 
-class RoundWriter:
-    """Append rows to ``path`` (Parquet), rewriting it atomically after each row."""
+MASK_SCHEMA = pa.schema(
+    [
+        ("round", pa.int32()),
+        ("index", pa.int32()),
+        ("pc1", pa.float64()),
+        ("pc2", pa.float64()),
+        ("label", pa.int32()),
+        ("malicious", pa.bool_()),
+        ("accepted", pa.bool_()),
+        ("is_server", pa.bool_()),
+    ]
+)
 
-    def __init__(self, path: str | Path, keep_existing: bool = False) -> None:
+
+class ParquetLog:
+    """Append rows to ``path`` (Parquet), rewriting it atomically after each append.
+
+    ``keep_existing`` keeps rows already there (resume); otherwise the file starts empty.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema = SCHEMA, keep_existing: bool = False) -> None:
         self.path = Path(path)
+        self.schema = schema
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if keep_existing and self.path.exists():
@@ -100,15 +119,22 @@ class RoundWriter:
         elif self.path.exists():
             self.path.unlink()
 
-    def append(self, row: dict[str, Any]) -> None:
-        missing = [c for c in COLUMNS if c not in row]
-        if missing:
-            raise KeyError(f"round row lacks columns {missing}")
-        self.rows.append({c: _clean(row[c]) for c in COLUMNS})
-        table = pa.Table.from_pylist(self.rows, schema=SCHEMA)
+    def append(self, *rows: dict[str, Any]) -> None:
+        names = self.schema.names
+        for row in rows:
+            missing = [c for c in names if c not in row]
+            if missing:
+                raise KeyError(f"row lacks columns {missing}")
+            self.rows.append({c: _clean(row[c]) for c in names})
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
         tmp = self.path.with_name(self.path.name + ".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, self.path)
+
+
+    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop rows for which ``keep`` is false (resume from an earlier checkpoint)."""
+        self.rows = [r for r in self.rows if keep(r)]
 
 
 def read_rounds(path: str | Path) -> pa.Table:
@@ -120,3 +146,6 @@ def read_rounds(path: str | Path) -> pa.Table:
             raise FileNotFoundError(f"no rounds.parquet below {p}")
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     return pq.read_table(p)
+
+
+RoundWriter = ParquetLog

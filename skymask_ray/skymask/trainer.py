@@ -53,7 +53,7 @@ class LocalShards:
 
     def __init__(self, models: torch.Tensor, cfg: SkyMaskConfig, lr: float, n: int = 1) -> None:
         self.bounds = np.linspace(0, models.shape[1], n + 1).astype(int)
-        self.shards = [MaskShard(models[:, a:b], cfg, lr) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        self.shards = [MaskShard(models[:, a:b].contiguous(), cfg, lr) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
 
     def weighted_average(self) -> torch.Tensor:
         return torch.cat([s.weighted_average() for s in self.shards])
@@ -111,7 +111,7 @@ def train_masks(
             out = functional_call(model, (spec.unflatten(w), bufs), (x[idx],))
             loss = F.cross_entropy(out, y[idx])
             (grad_w,) = torch.autograd.grad(loss, w)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             shards.step(grad_w)
             step = len(losses) - 1
             if step == cfg.early_stop_step and cfg.early_stop_step > 0 and losses[0] - losses[step] < cfg.early_stop_delta:
@@ -150,6 +150,12 @@ class MaskTrainer:
 
     def device_name(self) -> str:
         return str(self.device)
+
+    def rss_mb(self) -> float:
+        """Peak resident memory of this process (MB)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     def server_update(
         self, w: np.ndarray, buffers: dict[str, np.ndarray], s: SGDSettings, seed: int, round_idx: int

@@ -40,7 +40,7 @@ def _quadratic_run(defense, ctx, rounds: int, bad: list[int], n: int = 10, p: in
     a = q @ torch.diag(torch.linspace(0.2, 1.0, p)) @ q.T
     centres = torch.randn(n, p, generator=gen)
     w = 5 * torch.randn(p, generator=gen)
-    fld = defense("fldetector", n, len(bad), {"window": 3})
+    fld = defense("fldetector", n, len(bad), {"window": 3, "k_max": 5, "gap_samples": 10})
     history = []
     for r in range(1, rounds + 1):
         updates = (w - centres) @ a
@@ -71,7 +71,7 @@ def test_fldetector_flags_nobody_when_every_client_is_consistent(defense, ctx):
 
 def test_fldetector_state_round_trips(defense, ctx):
     fld, _ = _quadratic_run(defense, ctx, rounds=5, bad=[1])
-    again = defense("fldetector", 10, 1, {"window": 3})
+    again = defense("fldetector", 10, 1, {"window": 3, "k_max": 5, "gap_samples": 10})
     again.load_state_dict(fld.state_dict())
     for name in ("prev_weights", "prev_aggregate", "prev_updates"):
         torch.testing.assert_close(getattr(again, name), getattr(fld, name))

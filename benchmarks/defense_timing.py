@@ -1,0 +1,157 @@
+"""Time one aggregation of every registered defense (skymask excepted) at N = 100, 500, 1000 clients.
+
+P = 139,960 (the paper's Fashion-MNIST cnn); random updates with 20 % planted
+outliers. Each defense runs in a forked child so that its extra peak memory
+(child peak RSS minus the RSS at the fork) is measured on its own. Stateful
+defenses are warmed up first (centered_clipping: one round; fldetector: enough
+rounds to fill its window) and the steady-state round is timed.
+
+Usage: ``python benchmarks/defense_timing.py [--clients 100,500,1000] [--repeats 3]``.
+Writes ``benchmarks/results/defense_timing.md`` and ``.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from skymask_ray.config import ExperimentConfig
+from skymask_ray.context import RoundContext
+from skymask_ray.defenses import DEFENSES
+from skymask_ray.models import ParamSpec
+
+P = 139_960
+FRACTION = 0.2
+THREADS = 2
+OUT = Path(__file__).parent / "results"
+
+
+def planted_updates(n: int, p: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Benign rows ``mu + noise``; the first 20 % are outliers ``-3 mu + noise``. Returns (updates, g_0)."""
+    gen = torch.Generator().manual_seed(seed)
+    mu = 0.01 * torch.randn(p, generator=gen)
+    x = torch.randn(n, p, generator=gen).mul_(0.01).add_(mu)
+    f = int(round(n * FRACTION))
+    x[:f] += -4 * mu
+    return x, mu.clone()
+
+
+def _ctx(x: torch.Tensor, f: int, r: int, w: torch.Tensor, g0: torch.Tensor) -> RoundContext:
+    spec = ParamSpec(("w",), (torch.Size([x.shape[1]]),), (0,), x.shape[1])
+    return RoundContext(round=r, global_weights=w, spec=spec, num_clients=len(x), num_malicious=f,
+                        generator=torch.Generator().manual_seed(r), seed=0, server_update=g0)
+
+
+def _warmup_rounds(name: str, cls: type, params: dict) -> int:
+    if name == "centered_clipping":
+        return 1
+    if name == "fldetector":
+        return cls.Params(**params).window + 1
+    return 0
+
+
+def run_one(name: str, x: torch.Tensor, g0: torch.Tensor, repeats: int, queue: mp.Queue) -> None:
+    """Child process: warm up, time ``repeats`` rounds, report median seconds and memory."""
+    torch.set_num_threads(THREADS)
+    base_rss = _rss_mb()
+    n = len(x)
+    cfg = ExperimentConfig(clients=n, malicious_fraction=FRACTION, defense=name)
+    cls = DEFENSES.get(name)
+    cls.check(cfg)
+    d = cls({}, cfg)
+    f = cfg.num_malicious
+    w = torch.zeros(x.shape[1])
+    gen = torch.Generator().manual_seed(1)
+    r = 0
+    for r in range(1, _warmup_rounds(name, cls, {}) + 1):
+        noisy = x + 0.001 * torch.randn(x.shape, generator=gen)
+        agg = d.aggregate(noisy, _ctx(noisy, f, r, w, g0))
+        w = w - 0.5 * agg.update
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        agg = d.aggregate(x, _ctx(x, f, r + 1 + i, w, g0))
+        times.append(time.perf_counter() - t0)
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[:f] = True
+    rejected = ~agg.accepted.cpu()
+    queue.put({
+        "seconds": sorted(times)[len(times) // 2],
+        "extra_peak_mb": _rss_mb() - base_rss,
+        "rejected_malicious": int((rejected & bad).sum()), "rejected_benign": int((rejected & ~bad).sum()),
+        "fallback": bool(agg.fallback),
+    })
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="100,500,1000")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds per cell (default: 3 for N <= 100, else 1)")
+    ap.add_argument("--defenses", default=None, help="comma-separated subset (default: all but skymask)")
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    names = args.defenses.split(",") if args.defenses else [n for n in DEFENSES.names() if n != "skymask"]
+    sizes = [int(v) for v in args.clients.split(",")]
+    ctx = mp.get_context("fork")
+    rows = []
+    for n in sizes:
+        x, g0 = planted_updates(n, P)
+        repeats = args.repeats or (3 if n <= 100 else 1)
+        for name in names:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=run_one, args=(name, x, g0, repeats, queue))
+            proc.start()
+            proc.join()
+            res = queue.get() if proc.exitcode == 0 else {"seconds": float("nan"), "extra_peak_mb": float("nan"),
+                                                          "rejected_malicious": -1, "rejected_benign": -1,
+                                                          "fallback": False}
+            row = {"defense": name, "clients": n, "params": P, "malicious": int(round(n * FRACTION)), **res}
+            rows.append(row)
+            print(f"N={n:5d} {name:18s} {row['seconds']:8.3f} s  +{row['extra_peak_mb']:7.0f} MB  "
+                  f"rejected mal {row['rejected_malicious']:4d} ben {row['rejected_benign']:4d}", flush=True)
+        del x
+    write(rows, names, sizes)
+
+
+def write(rows: list[dict], names: list[str], sizes: list[int]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "defense_timing.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cell = {(r["defense"], r["clients"]): r for r in rows}
+    lines = [
+        "# Defense aggregation time",
+        "",
+        f"One aggregation of N x P float32 updates, P = {P:,} (the paper's cnn), 20 % planted outliers "
+        f"(`-3 mu + noise` against `mu + noise`), torch {torch.__version__}, {THREADS} threads, "
+        f"{platform.processor() or platform.machine()}, CPU only. Seconds per aggregation (median of the timed "
+        "rounds); stateful defenses timed after warm-up. `+MB`: the defense's extra peak RSS. "
+        "`rej mal/ben`: malicious / benign clients rejected at the largest N. "
+        "Generated by `python benchmarks/defense_timing.py`.",
+        "",
+        "| defense | " + " | ".join(f"N={n} s" for n in sizes) + f" | +MB at N={sizes[-1]} | rej mal/ben at N={sizes[-1]} |",
+        "|---|" + "---:|" * (len(sizes) + 2),
+    ]
+    for name in names:
+        last = cell[(name, sizes[-1])]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{cell[(name, n)]['seconds']:.3f}" for n in sizes)
+            + f" | {last['extra_peak_mb']:.0f} | {last['rejected_malicious']}/{last['rejected_benign']} |"
+        )
+    (OUT / "defense_timing.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""End-to-end runs on the session's multi-node Ray cluster (small data, a few rounds)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+
+from skymask_ray.config import build_config
+from skymask_ray.results import COLUMNS
+from skymask_ray.simulation import Simulation, run_experiment
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "data": {"dataset": "digits", "root_size": 50},
+    "model": "mlp",
+    "clients": 20,
+    "malicious_fraction": 0.3,
+    "workers": 2,
+    "train": {"local_lr": 0.5, "batch_size": 16, "grad_clip": None, "local_epochs": 2},
+}
+
+
+def _cfg(**kw):
+    ov = {**BASE, **kw}
+    return build_config(overrides=ov)
+
+
+def test_skymask_run_rows_detection_and_placement(ray_cluster, tmp_path):
+    _, gpu_node = ray_cluster
+    cfg = _cfg(attack="min_max", defense="skymask", rounds=3)
+    with Simulation(cfg, tmp_path) as sim:
+        trainer_node = ray.get(sim.trainer.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+        worker_nodes = set(ray.get([w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+                                    for w in sim.pool.workers]))
+        assert sim.layout.gpu and sim.layout.trainer_bundle.get("GPU") == 1.0
+        sim.run()
+    assert trainer_node == gpu_node  # the mask trainer asked for (and got) the GPU node
+    assert len(worker_nodes) == 2  # SPREAD: client workers on different nodes
+    rows = pq.read_table(tmp_path / "rounds.parquet").to_pylist()
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert set(COLUMNS) <= set(rows[0])
+    f = cfg.num_malicious
+    for r in rows:
+        assert r["tp"] + r["fn"] == f and r["fp"] + r["tn"] == cfg.clients - f
+        assert r["accepted"] == r["tn"] + r["fn"]
+        assert r["trained_clients"] == cfg.clients - f  # model poisoners skip local training
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["t_round"] > 0 and r["peak_rss_mb"] > 100
+    assert np.mean([r["tpr"] for r in rows]) == 1.0  # min_max's identical vectors are all caught
+    assert np.mean([r["fpr"] for r in rows]) <= 0.2
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    masks = pq.read_table(tmp_path / "masks.parquet").to_pylist()
+    assert len(masks) == 3 * (cfg.clients + 1) and sum(m["is_server"] for m in masks) == 3
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_min_max_breaks_fedavg_but_not_fltrust(ray_cluster, tmp_path):
+    accs = {}
+    for attack, defense in (("none", "fedavg"), ("min_max", "fedavg"), ("min_max", "fltrust")):
+        path = run_experiment(_cfg(attack=attack, defense=defense, rounds=4, malicious_fraction=0.4),
+                              tmp_path / f"{attack}-{defense}")
+        accs[attack, defense] = pq.read_table(path).column("accuracy").to_pylist()[-1]
+    assert accs["none", "fedavg"] > 0.6
+    assert accs["min_max", "fedavg"] < 0.2  # chance is 0.1
+    assert accs["min_max", "fltrust"] > accs["min_max", "fedavg"] + 0.2
+
+
+def test_worker_killed_mid_round_is_restarted_and_work_redone(ray_cluster, tmp_path):
+    cfg = _cfg(attack="none", defense="fedavg", rounds=1, clients=16)
+    with Simulation(cfg, tmp_path) as sim:
+        ids = list(range(cfg.clients))
+        clean = sim.pool.train(sim.weights, sim.buffers, 1, ids).updates
+        victim = sim.pool.workers[0]
+        killer = threading.Timer(0.3, lambda: ray.kill(victim, no_restart=False))
+        killer.start()
+        faulty = sim.pool.train(sim.weights, sim.buffers, 1, ids).updates
+        killer.join()
+        pid_after = ray.get(victim.pid.remote())
+    assert pid_after > 0
+    assert torch.equal(clean, faulty)
+
+
+def test_resume_gives_the_same_rows(ray_cluster, tmp_path):
+    cfg = _cfg(attack="lie", defense="skymask", rounds=4)
+    full = pq.read_table(run_experiment(cfg, tmp_path / "full")).to_pylist()
+    short = build_config(overrides={**BASE, "attack": "lie", "defense": "skymask", "rounds": 4})
+    with Simulation(short, tmp_path / "part") as sim:
+        sim.run_round(1)
+        sim.run_round(2)
+    resumed = pq.read_table(run_experiment(cfg, tmp_path / "part", resume=True)).to_pylist()
+    keys = ["round", "accuracy", "loss", "tp", "fp", "tn", "fn", "accepted"]
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
+
+
+def test_killed_run_keeps_finished_rounds(tmp_path):
+    """SIGKILL a CLI run half way: rounds.parquet stays readable with every finished round."""
+    out = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    cmd = [sys.executable, "-m", "skymask_ray.cli", "run", "--dataset", "digits", "--model", "mlp",
+           "--clients", "10", "--rounds", "200", "--defense", "fedavg", "--root-size", "30", "--workers", "1",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        rows = 0
+        while time.time() < deadline and rows < 3:
+            time.sleep(0.5)
+            if (out / "rounds.parquet").exists():
+                rows = pq.read_table(out / "rounds.parquet").num_rows
+        assert rows >= 3, "the run did not get going"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    table = pq.read_table(out / "rounds.parquet")
+    rounds = table.column("round").to_pylist()
+    assert rounds == list(range(1, len(rounds) + 1)) and len(rounds) >= 3
