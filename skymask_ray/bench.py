@@ -132,6 +132,7 @@ def run_grid(
     out: Path,
     echo: Callable[[str], None] = lambda s: None,
     concurrency: int = 1,
+    progress: Callable[[int, str], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell not already complete; returns one summary row per cell."""
     import ray
@@ -145,12 +146,16 @@ def run_grid(
     try:
         todo = [c for c in cells if not cell_done(c, out / cell_name(c))]
         echo(f"{len(cells)} cells, {len(cells) - len(todo)} already complete")
+        bar = progress(len(todo), "cell") if progress is not None else None
+        say = bar.write if bar is not None else echo
         if concurrency <= 1:
             from .cli import round_line
 
             for i, cfg in enumerate(todo, 1):
-                echo(f"[{i}/{len(todo)}] {cell_name(cfg)}")
-                _run_cell(cfg, out / cell_name(cfg), lambda row: echo("  " + round_line(row)))
+                say(f"[{i}/{len(todo)}] {cell_name(cfg)}")
+                _run_cell(cfg, out / cell_name(cfg), lambda row: say("  " + round_line(row)))
+                if bar is not None:
+                    bar.update(1)
         else:
             task = ray.remote(num_cpus=0)(_run_cell)
             pending = [task.remote(c, out / cell_name(c), None) for c in todo[:concurrency]]
@@ -158,10 +163,14 @@ def run_grid(
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done)
-                echo(f"cell finished ({len(cells) - len(queue) - len(pending)}/{len(cells)})")
+                say(f"cell finished ({len(todo) - len(queue) - len(pending)}/{len(todo)})")
+                if bar is not None:
+                    bar.update(1)
                 if queue:
                     pending.append(task.remote(queue[0], out / cell_name(queue[0]), None))
                     queue = queue[1:]
+        if bar is not None:
+            bar.__exit__(None, None, None)
         (out / "metadata.json").write_text(json.dumps(metadata(time.perf_counter() - t0), indent=2))
     finally:
         if started:

@@ -111,6 +111,36 @@ def round_line(row: dict[str, Any]) -> str:
     )
 
 
+class _Lines:
+    """Stand-in for a progress bar off a terminal: only the lines are printed."""
+
+    n = 0
+
+    def write(self, line: str) -> None:
+        click.echo(line)
+
+    def refresh(self) -> None:
+        pass
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+
+    def __enter__(self) -> "_Lines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def progress(total: int, unit: str) -> Any:
+    """A tqdm bar with ETA on a terminal; plain lines (no bar) when output is not a terminal."""
+    if not sys.stderr.isatty():
+        return _Lines()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, dynamic_ncols=True, leave=False)
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
@@ -137,7 +167,14 @@ def run(config_file, preset, clients, malicious, attack, defense, out, resume, *
     _set(ov, "attack", attack)
     _set(ov, "defense", defense)
     cfg = build_config(preset, config_file, ov)
-    path = run_experiment(cfg, out, resume=resume, on_round=lambda row: click.echo(round_line(row)))
+    with progress(cfg.rounds, "rounds") as bar:
+
+        def on_round(row: dict[str, Any]) -> None:
+            bar.write(round_line(row))
+            bar.n = row["round"]
+            bar.refresh()
+
+        path = run_experiment(cfg, out, resume=resume, on_round=on_round)
     click.echo(f"wrote {path}")
 
 
@@ -186,7 +223,8 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, gri
             grid[key] = given
         elif key not in grid and default is not None and grid_file is None:
             grid[key] = default
-    rows = run_grid(preset, config_file, base, grid, Path(out), echo=click.echo, concurrency=concurrency)
+    rows = run_grid(preset, config_file, base, grid, Path(out), echo=click.echo, concurrency=concurrency,
+                    progress=progress)
     table = summary_table(rows)
     Path(out, "summary.md").write_text(table + "\n")
     click.echo(table)

@@ -36,7 +36,8 @@ from .models import ParamSpec, buffers_of, build_model
 from .results import MASK_SCHEMA, SCHEMA, ParquetLog, detection
 from .runtime import init_ray, plan_layout, reserve_trainer
 from .seeding import numpy_rng, torch_generator
-from .skymask.trainer import MaskSelection, MaskTrainer
+from .skymask.sharding import auto_shards, sharded_select, start_shard_workers
+from .skymask.trainer import MaskSelection, MaskTrainer, default_mask_lr
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class Simulation:
         self.pool = ClientPool(cfg, self.data.x_train, self.data.y_train, self.parts, poisoned,
                                self.data.num_classes, self.spec.numel, self.layout.workers, self.layout.worker_cpus)
         self.trainer_device = ray.get(self.trainer.device_name.remote(), timeout=600)
+        self.mask_lr = default_mask_lr(cfg.skymask, cfg.model)
+        self.shard_workers: list = []
 
     def _restore(self, ckpt: Checkpoint) -> None:
         if ckpt.config_hash != self.hash:
@@ -232,10 +235,16 @@ class Simulation:
         """Send SkyMask's server work to the trainer actor (updates travel once, as one array)."""
 
         def select(updates: torch.Tensor, server_update: torch.Tensor) -> MaskSelection:
+            bufs = {k: b.numpy() for k, b in self.buffers.items()}
+            n_shards = auto_shards(updates.shape[0] + 1, updates.shape[1], self.cfg.skymask)
+            if n_shards > 1:
+                if len(self.shard_workers) != n_shards:
+                    self.shard_workers = start_shard_workers(n_shards, self.cfg.skymask.shard_memory_gb)
+                return sharded_select(self.shard_workers, self.trainer, w, bufs, updates, server_update,
+                                      self.cfg.skymask, self.mask_lr, self.cfg.seed, r)
             ref = ray.put(updates.cpu().numpy())
-            return ray.get(self.trainer.select.remote(
-                w.numpy(), {k: b.numpy() for k, b in self.buffers.items()}, ref, server_update.cpu().numpy(),
-                self.cfg.seed, r, self.cfg.skymask.shards or 1), timeout=3600)
+            return ray.get(self.trainer.select.remote(w.numpy(), bufs, ref, server_update.cpu().numpy(),
+                                                      self.cfg.seed, r), timeout=3600)
 
         return select
 
@@ -261,6 +270,8 @@ class Simulation:
 
     def close(self) -> None:
         self.pool.shutdown()
+        for a in self.shard_workers:
+            ray.kill(a)
         ray.kill(self.trainer)
         ray.util.remove_placement_group(self.pg)
         if self.started_ray:

@@ -9,7 +9,7 @@ from skymask_ray.config import SkyMaskConfig
 from skymask_ray.models import ParamSpec, build_model
 from skymask_ray.skymask.masked import mask_gradient, masked_average
 from skymask_ray.skymask.select import cluster_from_gram
-from skymask_ray.skymask.trainer import LocalShards, train_masks
+from skymask_ray.skymask.trainer import LocalShards, RootLoss, train_masks
 
 
 def _setup(k=5, seed=0):
@@ -54,7 +54,8 @@ def test_sharded_training_gives_identical_masks_and_gram():
     results = []
     for n in (1, 2, 3):
         shards = LocalShards(models.clone(), cfg, lr=1e7, n=n)
-        losses = train_masks(shards, model, spec, {}, (x, y), cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+        losses = train_masks(shards, RootLoss(model, spec, {}, (x, y), torch.device("cpu")), len(y), cfg,
+                             torch.Generator().manual_seed(0))
         bits = torch.cat([s.bits() for s in shards.shards], dim=1)
         results.append((losses, bits, shards.gram()))
     for losses, bits, gram in results[1:]:
@@ -67,7 +68,8 @@ def test_mask_training_lowers_loss_and_moves_logits():
     model, spec, models, _, x, y = _setup(k=4, seed=2)
     cfg = SkyMaskConfig(mask_epochs=20, early_stop_step=0)
     shards = LocalShards(models, cfg, lr=1e7)
-    losses = train_masks(shards, model, spec, {}, (x, y), cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    losses = train_masks(shards, RootLoss(model, spec, {}, (x, y), torch.device("cpu")), len(y), cfg,
+                             torch.Generator().manual_seed(0))
     assert len(losses) == 20 and losses[-1] < losses[0]
     m = shards.shards[0].masks
     assert m.min() < 1.0 - 0.5 or m.max() > 1.0 + 0.5  # the paper-rate SGD moves logits by up to 1 per step
@@ -76,8 +78,8 @@ def test_mask_training_lowers_loss_and_moves_logits():
 def test_early_stop_when_loss_flat():
     model, spec, models, _, x, y = _setup(k=3, seed=3)
     cfg = SkyMaskConfig(mask_epochs=20, early_stop_step=10, early_stop_delta=1e9)  # never falls by 1e9
-    losses = train_masks(LocalShards(models, cfg, lr=1e7), model, spec, {}, (x, y), cfg,
-                         torch.Generator().manual_seed(0), torch.device("cpu"))
+    losses = train_masks(LocalShards(models, cfg, lr=1e7), RootLoss(model, spec, {}, (x, y), torch.device("cpu")),
+                         len(y), cfg, torch.Generator().manual_seed(0))
     assert len(losses) == 11
 
 

@@ -49,18 +49,29 @@ class MaskShard:
         self.models = models
         self.cfg = cfg
         self.masks = torch.full_like(models, float(cfg.mask_init))
+        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if cfg.optimizer == "adam":
             self.opt: torch.optim.Optimizer = torch.optim.Adam([self.masks], lr=lr)
         else:
             self.opt = torch.optim.SGD([self.masks], lr=lr)
 
+    @torch.no_grad()
     def weighted_average(self) -> torch.Tensor:
-        """This shard's slice of W."""
-        return masked_average(self.masks, self.models)
+        """This shard's slice of W (sigmoid and sums are kept for the next :meth:`step`)."""
+        s = torch.sigmoid(self.masks)
+        total = s.sum(0)
+        w = (s * self.models).sum(0).div_(total)
+        self._cache = (s, total, w)
+        return w
 
+    @torch.no_grad()
     def step(self, grad_w: torch.Tensor) -> None:
-        """One optimiser step from this shard's slice of dL/dW."""
-        g = mask_gradient(self.masks, self.models, grad_w.to(self.masks.device))
+        """One optimiser step from this shard's slice of dL/dW (same formula as :func:`mask_gradient`)."""
+        if self._cache is None:
+            self.weighted_average()
+        s, total, w = self._cache  # type: ignore[misc]
+        self._cache = None
+        g = torch.sub(self.models, w).mul_(s).mul_(1 - s).mul_(grad_w.to(self.masks.device) / total)
         if self.cfg.mask_grad_clip is not None:
             g.clamp_(-self.cfg.mask_grad_clip, self.cfg.mask_grad_clip)
         self.masks.grad = g

@@ -10,9 +10,10 @@ local shard by default, or column shards on other actors
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -69,6 +70,14 @@ class LocalShards:
         return sum(s.on_counts() for s in self.shards)  # type: ignore[return-value]
 
 
+def stack_models(w: torch.Tensor, updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor:
+    """The (N+1) x P model matrix on w's device: row 0 = w - g_0 (server), rows 1.. = w - g_k."""
+    models = torch.empty(updates.shape[0] + 1, updates.shape[1], device=w.device)
+    models[0] = w - server_update.to(w.device)
+    torch.sub(w[None], updates.to(w.device), out=models[1:])
+    return models
+
+
 @dataclass
 class MaskSelection:
     """What SkyMask's server-side work found in one round (clients indexed 0..N-1)."""
@@ -82,41 +91,81 @@ class MaskSelection:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class RootLoss:
+    """Loss of the network at flat weights W on a root batch, and dL/dW.
+
+    BatchNorm runs in train mode (batch statistics) on a copy of the global
+    running statistics, as SPEC section 5 asks.
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: ParamSpec, buffers: dict[str, torch.Tensor],
+                 root: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> None:
+        self.model, self.spec, self.buffers, self.root, self.device = model, spec, buffers, root, device
+
+    def __len__(self) -> int:
+        return len(self.root[1])
+
+    def __call__(self, w: torch.Tensor, idx: torch.Tensor) -> tuple[float, torch.Tensor]:
+        x, y = self.root
+        self.model.train()
+        w = w.to(self.device).requires_grad_(True)
+        bufs = {n: b.clone() for n, b in self.buffers.items()}
+        out = functional_call(self.model, (self.spec.unflatten(w), bufs), (x[idx],))
+        loss = F.cross_entropy(out, y[idx])
+        (grad_w,) = torch.autograd.grad(loss, w)
+        return float(loss.detach()), grad_w
+
+
 def train_masks(
     shards: Shards,
-    model: torch.nn.Module,
-    spec: ParamSpec,
-    buffers: dict[str, torch.Tensor],
-    root: tuple[torch.Tensor, torch.Tensor],
+    loss_grad: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor]],
+    n_root: int,
     cfg: SkyMaskConfig,
     generator: torch.Generator,
-    device: torch.device,
 ) -> list[float]:
     """Train the masks on the root set; returns the loss before every step.
 
     Each step: gather W from the shards, one forward/backward of the masked
-    network on a root batch for dL/dW (BatchNorm in train mode on a copy of the
-    global statistics), scatter dL/dW back. Early stop at step
-    ``early_stop_step`` if the loss fell by less than ``early_stop_delta``.
+    network on a root batch for dL/dW (``loss_grad``), scatter dL/dW back to
+    the shards. Early stop at step ``early_stop_step`` if the loss fell by
+    less than ``early_stop_delta`` since step 0.
     """
-    x, y = root
-    model.train()
     losses: list[float] = []
-    bs = cfg.mask_batch_size or len(y)
+    bs = cfg.mask_batch_size or n_root
     for _ in range(cfg.mask_epochs):
-        order = torch.randperm(len(y), generator=generator) if bs < len(y) else torch.arange(len(y))
+        order = torch.randperm(n_root, generator=generator) if bs < n_root else torch.arange(n_root)
         for idx in order.split(bs):
-            w = shards.weighted_average().to(device).requires_grad_(True)
-            bufs = {n: b.clone() for n, b in buffers.items()}
-            out = functional_call(model, (spec.unflatten(w), bufs), (x[idx],))
-            loss = F.cross_entropy(out, y[idx])
-            (grad_w,) = torch.autograd.grad(loss, w)
-            losses.append(float(loss.detach()))
+            loss, grad_w = loss_grad(shards.weighted_average(), idx)
+            losses.append(loss)
             shards.step(grad_w)
             step = len(losses) - 1
             if step == cfg.early_stop_step and cfg.early_stop_step > 0 and losses[0] - losses[step] < cfg.early_stop_delta:
                 return losses
     return losses
+
+
+def train_and_select(
+    shards: Shards,
+    loss_grad: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor]],
+    n_root: int,
+    numel: int,
+    cfg: SkyMaskConfig,
+    seed: int,
+    round_idx: int,
+) -> MaskSelection:
+    """Mask training, then clustering from the summed Gram matrix; row 0 is the server."""
+    t0 = time.perf_counter()
+    losses = train_masks(shards, loss_grad, n_root, cfg, torch_generator(seed, "mask", round_idx))
+    t1 = time.perf_counter()
+    gram = shards.gram().cpu().numpy()
+    on = (shards.on_counts().double() / numel).cpu().numpy()
+    result = cluster_from_gram(gram, seed=int(seed + round_idx))
+    t2 = time.perf_counter()
+    return MaskSelection(
+        accepted=result.benign[1:].copy(), coords=result.coords, labels=result.labels, losses=losses,
+        on_fraction=on, degenerate=result.degenerate,
+        timings={"t_mask_train": t1 - t0, "t_mask_cluster": t2 - t1},
+    )
 
 
 class MaskTrainer:
@@ -132,10 +181,9 @@ class MaskTrainer:
         cfg: SkyMaskConfig,
         device: str = "auto",
         threads: int | None = None,
-        shard_factory: Any = None,
     ) -> None:
-        if threads is not None:
-            torch.set_num_threads(threads)
+        # Ray pins actors to 1 thread; the trainer runs while client workers idle, so use the node's cores.
+        torch.set_num_threads(threads or os.cpu_count() or 1)
         want_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         if device == "cuda" and not want_cuda:
             raise RuntimeError("device 'cuda' requested but CUDA is not available on the mask-trainer node")
@@ -146,7 +194,6 @@ class MaskTrainer:
         self.root = (torch.as_tensor(np.array(root_x)).to(self.device), torch.as_tensor(np.array(root_y)).to(self.device))
         self.cfg = cfg
         self.lr = default_mask_lr(cfg, model_name)
-        self.shard_factory = shard_factory
 
     def device_name(self) -> str:
         return str(self.device)
@@ -167,6 +214,16 @@ class MaskTrainer:
         upd, out_bufs = train_sequential(self.model, self.spec, w_t, [self.root], [gen], s, bufs)
         return upd[0].cpu().numpy(), {n: b.cpu().numpy() for n, b in out_bufs[0].items()}
 
+    def loss_grad(self, w: np.ndarray, idx: np.ndarray, buffers: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
+        """One root-batch loss and dL/dW at W (for parameter-sharded mask training)."""
+        bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
+        loss, g = RootLoss(self.model, self.spec, bufs, self.root, self.device)(
+            torch.as_tensor(np.array(w), device=self.device), torch.as_tensor(np.array(idx)))
+        return loss, g.cpu().numpy()
+
+    def n_root(self) -> int:
+        return len(self.root[1])
+
     def select(
         self,
         w: np.ndarray,
@@ -175,36 +232,16 @@ class MaskTrainer:
         server_update: np.ndarray,
         seed: int,
         round_idx: int,
-        shards: int = 1,
     ) -> MaskSelection:
-        """Train masks for the server (row 0) and N clients, binarise, cluster, select."""
+        """Train masks for the server (row 0) and N clients here, binarise, cluster, select."""
         t0 = time.perf_counter()
         w_t = torch.as_tensor(np.array(w), device=self.device)
-        g = from_readonly(updates).to(self.device)
-        models = torch.empty(g.shape[0] + 1, g.shape[1], device=self.device)
-        models[0] = w_t - torch.as_tensor(np.array(server_update), device=self.device)
-        torch.sub(w_t[None], g, out=models[1:])
-        del g
-        if self.shard_factory is not None and shards > 1:
-            state: Shards = self.shard_factory(models, self.cfg, self.lr, shards)
-        else:
-            state = LocalShards(models, self.cfg, self.lr, max(shards, 1))
+        models = stack_models(w_t, from_readonly(updates), torch.as_tensor(np.array(server_update)))
+        shards = LocalShards(models, self.cfg, self.lr)
+        del models
         bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
-        gen = torch_generator(seed, "mask", round_idx)
         t1 = time.perf_counter()
-        losses = train_masks(state, self.model, self.spec, bufs, self.root, self.cfg, gen, self.device)
-        t2 = time.perf_counter()
-        gram = state.gram().cpu().numpy()
-        on = (state.on_counts().double() / self.spec.numel).cpu().numpy()
-        del state, models
-        result = cluster_from_gram(gram, seed=int(seed + round_idx))
-        t3 = time.perf_counter()
-        return MaskSelection(
-            accepted=result.benign[1:].copy(),
-            coords=result.coords,
-            labels=result.labels,
-            losses=losses,
-            on_fraction=on,
-            degenerate=result.degenerate,
-            timings={"t_mask_setup": t1 - t0, "t_mask_train": t2 - t1, "t_mask_cluster": t3 - t2},
-        )
+        loss = RootLoss(self.model, self.spec, bufs, self.root, self.device)
+        sel = train_and_select(shards, loss, len(loss), self.spec.numel, self.cfg, seed, round_idx)
+        sel.timings["t_mask_setup"] = t1 - t0
+        return sel
