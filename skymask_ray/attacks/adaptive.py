@@ -70,7 +70,7 @@ from ..clients.training import SGDSettings, train_sequential
 from ..errors import ConfigError
 from ..params import parse_params
 from ..skymask.select import cluster_from_gram
-from ..skymask.trainer import LocalShards, default_mask_lr, train_masks
+from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_models, train_masks
 from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
 from .finegrained import _trains
 
@@ -160,10 +160,10 @@ class Adaptive(Attack):
         """
         sky = self.cfg.skymask
         w = ctx.global_weights.to(updates.device)
-        models = torch.cat([(w - g0.to(w.device))[None], w[None] - updates])
-        shards = LocalShards(models, sky, default_mask_lr(sky, self.cfg.model))
+        shards = LocalShards(stack_models(w, updates, g0), sky, default_mask_lr(sky, self.cfg.model))
         gen = torch.Generator().manual_seed(seeds[0])
-        train_masks(shards, ctx.model, ctx.spec, ctx.buffers, ctx.root, sky, gen, updates.device)
+        loss = RootLoss(ctx.model, ctx.spec, ctx.buffers, ctx.root, updates.device)
+        train_masks(shards, loss, len(loss), sky, gen)
         gram = shards.gram().cpu().numpy()
         accepted = [torch.from_numpy(cluster_from_gram(gram, seed=s).benign[1:]) for s in seeds]
         return torch.stack(accepted).to(updates.device)
