@@ -32,6 +32,15 @@ class Registry(Generic[T]):
 
         return deco
 
+    def register_class(self, name: str) -> Callable[[T], T]:
+        """Class decorator: also set the class attribute ``name`` (attacks and defenses know their name)."""
+
+        def deco(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            return self.register(name)(cls)
+
+        return deco
+
     def add(self, name: str, obj: T) -> T:
         """Register ``obj`` under ``name`` without a decorator."""
         return self.register(name)(obj)

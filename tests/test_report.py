@@ -14,20 +14,9 @@ import pytest
 from PIL import Image
 
 from skymask_ray.report import build_report, load_runs, make_report
-from skymask_ray.results import COLUMNS, RoundWriter
+from skymask_ray.results import COLUMNS, MASK_SCHEMA, RoundWriter
 
-MASKS = pa.schema(
-    [
-        ("round", pa.int32()),
-        ("index", pa.int32()),
-        ("pc1", pa.float64()),
-        ("pc2", pa.float64()),
-        ("label", pa.int32()),
-        ("malicious", pa.bool_()),
-        ("accepted", pa.bool_()),
-        ("is_server", pa.bool_()),
-    ]
-)
+
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -82,7 +71,7 @@ def write_run(
                 records.append(dict(round=r, index=k + 1, pc1=centre[0] + 0.3 * rng.standard_normal(),
                                     pc2=centre[1] + 0.3 * rng.standard_normal(), label=int(bad),
                                     malicious=bad, accepted=not bad and k != clients - 1, is_server=False))
-        pq.write_table(pa.Table.from_pylist(records, schema=MASKS), out / "masks.parquet")
+        pq.write_table(pa.Table.from_pylist(records, schema=MASK_SCHEMA), out / "masks.parquet")
     return out / "rounds.parquet", rows
 
 

@@ -80,14 +80,7 @@ class Attack:
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
-def register_attack(name: str):
-    """Class decorator: set ``cls.name`` and register it in :data:`ATTACKS`."""
-
-    def deco(cls: type[Attack]) -> type[Attack]:
-        cls.name = name
-        return ATTACKS.register(name)(cls)
-
-    return deco
+register_attack = ATTACKS.register_class
 
 
 def is_number(x: object) -> bool:

@@ -71,14 +71,7 @@ class Defense:
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
-def register_defense(name: str):
-    """Class decorator: set ``cls.name`` and register it in :data:`DEFENSES`."""
-
-    def deco(cls: type[Defense]) -> type[Defense]:
-        cls.name = name
-        return DEFENSES.register(name)(cls)
-
-    return deco
+register_defense = DEFENSES.register_class
 
 
 def mean_of(updates: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
