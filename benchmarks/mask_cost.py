@@ -1,0 +1,129 @@
+"""SkyMask's server-side cost: stacked-tensor masks (ours) vs per-client parameter lists (the reference code).
+
+For N clients (+ the server) of the paper's Fashion-MNIST cnn (P = 139,960)
+it times 20 mask-training steps on a 100-sample root batch, plus the Gram/PCA
++ GMM clustering, and measures each variant's peak resident memory in a fresh
+subprocess (so one variant's allocations cannot hide the other's).
+
+* ``stacked``: skymask_ray's trainer: (N+1) x P masks and models, the mask
+  gradient in closed form per coordinate, KernelPCA on the Gram matrix.
+* ``per_client``: the public reference structure: one mask tensor per client
+  and per layer, the masked layer a Python sum over clients, autograd through it,
+  sklearn PCA on the stacked binary masks.
+
+    python benchmarks/mask_cost.py [--clients 100,500] [--steps 20]
+
+Prints a table and writes benchmarks/results/mask_cost.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_variant(variant: str, n: int, steps: int) -> dict:
+    """Time and peak memory of one variant, in this process (called in a subprocess).
+
+    A 5-client, 1-step warm-up runs first so one-off costs (lazy imports, first
+    kernel calls) are not charged to either variant.
+    """
+    _variant(variant, 5, 1)
+    return _variant(variant, n, steps)
+
+
+def _variant(variant: str, n: int, steps: int) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+    from torch.func import functional_call
+
+    from skymask_ray.config import SkyMaskConfig
+    from skymask_ray.models import ParamSpec, build_model
+    from skymask_ray.skymask.trainer import LocalShards, RootLoss, train_and_select
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 28, 28), 10)
+    spec = ParamSpec.of(model)
+    w = spec.flatten(model)
+    models = w[None] + 0.01 * torch.randn(n + 1, spec.numel)
+    x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
+    cfg = SkyMaskConfig(mask_epochs=steps, early_stop_step=0)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    if variant == "stacked":
+        shards = LocalShards(models, cfg, 1e7)
+        del models
+        train_and_select(shards, RootLoss(model, spec, {}, (x, y), torch.device("cpu")), 100, spec.numel, cfg, 0, 1)
+    else:
+        per = [spec.unflatten(models[k]) for k in range(n + 1)]
+        masks = [{name: torch.ones_like(t, requires_grad=True) for name, t in per[k].items()} for k in range(n + 1)]
+        opt = torch.optim.SGD([m for d in masks for m in d.values()], lr=1e7)
+        for _ in range(steps):
+            params = {}
+            for name in spec.names:
+                num = sum(torch.sigmoid(masks[k][name]) * per[k][name] for k in range(n + 1))
+                den = sum(torch.sigmoid(masks[k][name]) for k in range(n + 1))
+                params[name] = num / den
+            loss = F.cross_entropy(functional_call(model, params, (x,)), y)
+            opt.zero_grad()
+            loss.backward()
+            for d in masks:
+                for m in d.values():
+                    m.grad.clamp_(-1e-7, 1e-7)
+            opt.step()
+        bits = np.stack([torch.cat([(torch.sigmoid(m) > 0.5).reshape(-1) for m in d.values()]).numpy()
+                         for d in masks]).astype(np.float32)
+        coords = PCA(n_components=2, random_state=0).fit_transform(bits)
+        GaussianMixture(2, random_state=0, reg_covar=1e-6).fit_predict(coords)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": variant, "clients": n, "steps": steps, "seconds": seconds, "peak_rss_mb": peak,
+            "extra_rss_mb": peak - base_rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="SkyMask mask-training cost: stacked vs per-client lists")
+    ap.add_argument("--clients", default="100,500")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, int(args.clients), args.steps)))
+        return
+    rows = []
+    for n in [int(c) for c in args.clients.split(",")]:
+        for variant in ("stacked", "per_client"):
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--clients", str(n),
+                                  "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    lines = ["| N | variant | seconds (20 steps + clustering) | peak RSS MB | speed-up | memory ratio |",
+             "|---|---|---|---|---|---|"]
+    for n in sorted({r["clients"] for r in rows}):
+        s = next(r for r in rows if r["clients"] == n and r["variant"] == "stacked")
+        p = next(r for r in rows if r["clients"] == n and r["variant"] == "per_client")
+        for r in (s, p):
+            lines.append(f"| {n} | {r['variant']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
+                         f"{p['seconds'] / r['seconds']:.2f}x | {r['peak_rss_mb'] / p['peak_rss_mb']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
+    Path("benchmarks/results/mask_cost.md").write_text(
+        f"# SkyMask mask training: stacked tensors vs per-client parameter lists\n\n"
+        f"`python benchmarks/mask_cost.py`, cnn (P = 139,960), {os.cpu_count()} CPU cores, root batch 100, "
+        f"{args.steps} SGD steps (lr 1e7, clamp 1e-7) + clustering. Speed-up and memory ratio are relative to "
+        f"per_client.\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
