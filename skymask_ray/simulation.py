@@ -37,7 +37,7 @@ from .results import MASK_SCHEMA, SCHEMA, ParquetLog, detection
 from .runtime import init_ray, plan_layout, reserve_trainer
 from .seeding import numpy_rng, torch_generator
 from .skymask.sharding import auto_shards, sharded_select, start_shard_workers
-from .skymask.trainer import MaskSelection, MaskTrainer, default_mask_lr
+from .skymask.trainer import MaskSelection, MaskTrainer, default_mask_lr, stack_updates
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,8 @@ class Simulation:
                     self.shard_workers = start_shard_workers(n_shards, self.cfg.skymask.shard_memory_gb)
                 return sharded_select(self.shard_workers, self.trainer, w, bufs, updates, server_update,
                                       self.cfg.skymask, self.mask_lr, self.cfg.seed, r)
-            ref = ray.put(updates.cpu().numpy())
-            return ray.get(self.trainer.select.remote(w.numpy(), bufs, ref, server_update.cpu().numpy(),
-                                                      self.cfg.seed, r), timeout=3600)
+            ref = ray.put(stack_updates(updates.cpu(), server_update.cpu()).numpy())
+            return ray.get(self.trainer.select.remote(w.numpy(), bufs, ref, self.cfg.seed, r), timeout=3600)
 
         return select
 

@@ -8,7 +8,7 @@ import torch
 from skymask_ray.config import SkyMaskConfig
 from skymask_ray.models import ParamSpec, build_model
 from skymask_ray.skymask.sharding import auto_shards, sharded_select, start_shard_workers
-from skymask_ray.skymask.trainer import MaskTrainer
+from skymask_ray.skymask.trainer import MaskTrainer, stack_updates
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_shards_1_2_3_give_same_masks_and_clusters(ray_cluster):
     g[6:] = -g[:6].mean(0) * 5  # three identical attackers
     g0 = g[:6].mean(0)
     trainer = ray.remote(MaskTrainer).options(num_cpus=0).remote("cnn", (1, 12, 12), 4, root_x, root_y, cfg, "cpu")
-    base = ray.get(trainer.select.remote(w.numpy(), {}, g.numpy(), g0.numpy(), 0, 1))
+    base = ray.get(trainer.select.remote(w.numpy(), {}, stack_updates(g, g0).numpy(), 0, 1))
     for k in (2, 3):
         actors = start_shard_workers(k, cfg.shard_memory_gb)
         sel = sharded_select(actors, trainer, w, {}, g, g0, cfg, 1e7, 0, 1)
@@ -41,5 +41,5 @@ def test_shards_1_2_3_give_same_masks_and_clusters(ray_cluster):
 def test_auto_shards_from_memory_budget():
     cfg = SkyMaskConfig(shard_memory_gb=1.0)
     assert auto_shards(101, 140_000, cfg) == 1
-    assert auto_shards(5001, 140_000, cfg) == 16  # 5001 x 140k x 24 B = 15.6 GiB
+    assert auto_shards(5001, 140_000, cfg) == 11  # 5001 x 140k x 16 B = 10.4 GiB
     assert auto_shards(5001, 140_000, SkyMaskConfig(shards=3)) == 3

@@ -17,15 +17,16 @@ def _setup(k=5, seed=0):
     model = build_model("cnn", (1, 12, 12), 4, seed=seed)
     spec = ParamSpec.of(model)
     w = spec.flatten(model)
-    models = w[None] + 0.05 * torch.randn(k, spec.numel)
+    updates = 0.05 * torch.randn(k, spec.numel)
     masks = torch.randn(k, spec.numel)
     x, y = torch.rand(16, 1, 12, 12), torch.randint(0, 4, (16,))
-    return model, spec, models, masks, x, y
+    return model, spec, w, updates, masks, x, y
 
 
 def test_mask_gradient_matches_naive_per_client_autograd():
     """dL/dm by the closed form == autograd through a per-client, per-layer masked network."""
-    model, spec, models, masks, x, y = _setup()
+    model, spec, w0, updates, masks, x, y = _setup()
+    models = w0[None] - updates
     # naive: one mask tensor per client and per named parameter, like the public reference code
     per_client = [
         {n: masks[k, sl].clone().reshape(shape).requires_grad_(True) for (n, sl), shape in zip(spec.slices().items(), spec.shapes)}
@@ -41,19 +42,21 @@ def test_mask_gradient_matches_naive_per_client_autograd():
     loss.backward()
     naive = torch.stack([torch.cat([per_client[k][n].grad.reshape(-1) for n in spec.names]) for k in range(len(models))])
 
-    w = masked_average(masks, models).requires_grad_(True)
+    w = masked_average(masks, updates, w0).requires_grad_(True)
+    naive_w = torch.cat([params[n].detach().reshape(-1) for n in spec.names])
+    torch.testing.assert_close(w.detach(), naive_w)  # the update form gives the same masked weights
     (gw,) = torch.autograd.grad(F.cross_entropy(functional_call(model, spec.unflatten(w), (x,)), y), w)
-    closed = mask_gradient(masks, models, gw)
+    closed = mask_gradient(masks, updates, gw)
     assert naive.abs().max() > 0
     torch.testing.assert_close(closed, naive, rtol=1e-4, atol=1e-9)
 
 
 def test_sharded_training_gives_identical_masks_and_gram():
-    model, spec, models, _, x, y = _setup(k=6, seed=1)
+    model, spec, w, updates, _, x, y = _setup(k=6, seed=1)
     cfg = SkyMaskConfig(mask_epochs=8, early_stop_step=0)
     results = []
     for n in (1, 2, 3):
-        shards = LocalShards(models.clone(), cfg, lr=1e7, n=n)
+        shards = LocalShards(updates.clone(), w, cfg, lr=1e7, n=n)
         losses = train_masks(shards, RootLoss(model, spec, {}, (x, y), torch.device("cpu")), len(y), cfg,
                              torch.Generator().manual_seed(0))
         bits = torch.cat([s.bits() for s in shards.shards], dim=1)
@@ -65,9 +68,9 @@ def test_sharded_training_gives_identical_masks_and_gram():
 
 
 def test_mask_training_lowers_loss_and_moves_logits():
-    model, spec, models, _, x, y = _setup(k=4, seed=2)
+    model, spec, w, updates, _, x, y = _setup(k=4, seed=2)
     cfg = SkyMaskConfig(mask_epochs=20, early_stop_step=0)
-    shards = LocalShards(models, cfg, lr=1e7)
+    shards = LocalShards(updates, w, cfg, lr=1e7)
     losses = train_masks(shards, RootLoss(model, spec, {}, (x, y), torch.device("cpu")), len(y), cfg,
                              torch.Generator().manual_seed(0))
     assert len(losses) == 20 and losses[-1] < losses[0]
@@ -76,9 +79,9 @@ def test_mask_training_lowers_loss_and_moves_logits():
 
 
 def test_early_stop_when_loss_flat():
-    model, spec, models, _, x, y = _setup(k=3, seed=3)
+    model, spec, w, updates, _, x, y = _setup(k=3, seed=3)
     cfg = SkyMaskConfig(mask_epochs=20, early_stop_step=10, early_stop_delta=1e9)  # never falls by 1e9
-    losses = train_masks(LocalShards(models, cfg, lr=1e7), RootLoss(model, spec, {}, (x, y), torch.device("cpu")),
+    losses = train_masks(LocalShards(updates, w, cfg, lr=1e7), RootLoss(model, spec, {}, (x, y), torch.device("cpu")),
                          len(y), cfg, torch.Generator().manual_seed(0))
     assert len(losses) == 11
 
@@ -101,3 +104,15 @@ def test_cluster_identical_masks_is_degenerate_all_benign():
     b = np.ones((6, 50))
     res = cluster_from_gram(b @ b.T, seed=0)
     assert res.degenerate and res.benign.all()
+
+
+def test_shard_step_follows_the_closed_form_gradient():
+    """One MaskShard SGD step moves the logits by exactly -lr * clamp(dL/dm)."""
+    model, spec, w, updates, masks, x, y = _setup(k=4, seed=4)
+    cfg = SkyMaskConfig(mask_grad_clip=None)
+    shard = LocalShards(updates, w, cfg, lr=0.5).shards[0]
+    shard.masks.copy_(masks)
+    wv = shard.weighted_average().requires_grad_(True)
+    (gw,) = torch.autograd.grad(F.cross_entropy(functional_call(model, spec.unflatten(wv), (x,)), y), wv)
+    shard.step(gw)
+    torch.testing.assert_close(shard.masks, masks - 0.5 * mask_gradient(masks, updates, gw))

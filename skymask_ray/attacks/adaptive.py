@@ -70,7 +70,7 @@ from ..clients.training import SGDSettings, train_sequential
 from ..errors import ConfigError
 from ..params import parse_params
 from ..skymask.select import cluster_from_gram
-from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_models, train_masks
+from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_updates, train_masks
 from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
 from .finegrained import _trains
 
@@ -160,7 +160,7 @@ class Adaptive(Attack):
         """
         sky = self.cfg.skymask
         w = ctx.global_weights.to(updates.device)
-        shards = LocalShards(stack_models(w, updates, g0), sky, default_mask_lr(sky, self.cfg.model))
+        shards = LocalShards(stack_updates(updates, g0), w, sky, default_mask_lr(sky, self.cfg.model))
         gen = torch.Generator().manual_seed(seeds[0])
         loss = RootLoss(ctx.model, ctx.spec, ctx.buffers, ctx.root, updates.device)
         train_masks(shards, loss, len(loss), sky, gen)

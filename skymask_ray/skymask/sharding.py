@@ -20,9 +20,9 @@ import torch
 from ..config import SkyMaskConfig
 from ..linalg import from_readonly
 from .masked import MaskShard
-from .trainer import MaskSelection, stack_models, train_and_select
+from .trainer import MaskSelection, train_and_select
 
-BYTES_PER_ENTRY = 4 * 6  # models, masks, sigmoid cache and three step temporaries, float32
+BYTES_PER_ENTRY = 4 * 4  # updates, masks, sigmoid cache and one step temporary, float32
 
 
 def auto_shards(rows: int, numel: int, cfg: SkyMaskConfig) -> int:
@@ -41,12 +41,11 @@ class ShardWorker:
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
         self.shard: MaskShard | None = None
 
-    def load(self, w: np.ndarray, updates: np.ndarray, server_update: np.ndarray, cfg: SkyMaskConfig, lr: float) -> int:
-        """Build this shard's models w - g_k (row 0: the server) and fresh masks."""
-        w_t = torch.as_tensor(np.array(w), device=self.device)
-        models = stack_models(w_t, from_readonly(updates), torch.as_tensor(np.array(server_update)))
-        self.shard = MaskShard(models, cfg, lr)
-        return models.shape[1]
+    def load(self, w: np.ndarray, stacked: np.ndarray, cfg: SkyMaskConfig, lr: float) -> int:
+        """Take this shard's columns of the (N+1) x P updates (row 0: the server) and fresh masks."""
+        g = from_readonly(stacked).to(self.device)
+        self.shard = MaskShard(g, torch.as_tensor(np.array(w), device=self.device), cfg, lr)
+        return g.shape[1]
 
     def weighted_average(self) -> np.ndarray:
         return self.shard.weighted_average().cpu().numpy()
@@ -110,8 +109,13 @@ def sharded_select(
     numel = updates.shape[1]
     bounds = np.linspace(0, numel, len(actors) + 1).astype(int)
     w_np, g_np, g0_np = w.cpu().numpy(), updates.cpu().numpy(), server_update.cpu().numpy()
-    ray.get([a.load.remote(w_np[lo:hi], np.ascontiguousarray(g_np[:, lo:hi]), g0_np[lo:hi], cfg, lr)
-             for a, lo, hi in zip(actors, bounds[:-1], bounds[1:])], timeout=timeout_s)
+    refs = []
+    for a, lo, hi in zip(actors, bounds[:-1], bounds[1:]):
+        cols = np.empty((g_np.shape[0] + 1, hi - lo), dtype=np.float32)
+        cols[0], cols[1:] = g0_np[lo:hi], g_np[:, lo:hi]
+        refs.append(a.load.remote(w_np[lo:hi], ray.put(cols), cfg, lr))
+        del cols
+    ray.get(refs, timeout=timeout_s)
     shards = RemoteShards(actors, bounds, timeout_s)
 
     def loss_grad(wv: torch.Tensor, idx: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -52,9 +52,10 @@ class Shards(Protocol):
 class LocalShards:
     """Column shards held in this process (``n`` = 1 is the unsharded trainer)."""
 
-    def __init__(self, models: torch.Tensor, cfg: SkyMaskConfig, lr: float, n: int = 1) -> None:
-        self.bounds = np.linspace(0, models.shape[1], n + 1).astype(int)
-        self.shards = [MaskShard(models[:, a:b].contiguous(), cfg, lr) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+    def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float, n: int = 1) -> None:
+        self.bounds = np.linspace(0, updates.shape[1], n + 1).astype(int)
+        self.shards = [MaskShard(updates[:, a:b] if n == 1 else updates[:, a:b].contiguous(), w[a:b], cfg, lr)
+                       for a, b in zip(self.bounds[:-1], self.bounds[1:])]
 
     def weighted_average(self) -> torch.Tensor:
         return torch.cat([s.weighted_average() for s in self.shards])
@@ -70,12 +71,12 @@ class LocalShards:
         return sum(s.on_counts() for s in self.shards)  # type: ignore[return-value]
 
 
-def stack_models(w: torch.Tensor, updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor:
-    """The (N+1) x P model matrix on w's device: row 0 = w - g_0 (server), rows 1.. = w - g_k."""
-    models = torch.empty(updates.shape[0] + 1, updates.shape[1], device=w.device)
-    models[0] = w - server_update.to(w.device)
-    torch.sub(w[None], updates.to(w.device), out=models[1:])
-    return models
+def stack_updates(updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor:
+    """The (N+1) x P update matrix: row 0 = g_0 (the server), rows 1.. = g_k (clients)."""
+    out = torch.empty(updates.shape[0] + 1, updates.shape[1], dtype=updates.dtype, device=updates.device)
+    out[0] = server_update.to(updates.device)
+    out[1:] = updates
+    return out
 
 
 @dataclass
@@ -225,20 +226,16 @@ class MaskTrainer:
         return len(self.root[1])
 
     def select(
-        self,
-        w: np.ndarray,
-        buffers: dict[str, np.ndarray],
-        updates: np.ndarray,
-        server_update: np.ndarray,
-        seed: int,
-        round_idx: int,
+        self, w: np.ndarray, buffers: dict[str, np.ndarray], stacked: np.ndarray, seed: int, round_idx: int
     ) -> MaskSelection:
-        """Train masks for the server (row 0) and N clients here, binarise, cluster, select."""
+        """Train masks for the server and N clients here, binarise, cluster, select.
+
+        ``stacked`` is the (N+1) x P update matrix with the server's g_0 in row 0
+        (see :func:`stack_updates`); from the object store it is read in place.
+        """
         t0 = time.perf_counter()
         w_t = torch.as_tensor(np.array(w), device=self.device)
-        models = stack_models(w_t, from_readonly(updates), torch.as_tensor(np.array(server_update)))
-        shards = LocalShards(models, self.cfg, self.lr)
-        del models
+        shards = LocalShards(from_readonly(stacked).to(self.device), w_t, self.cfg, self.lr)
         bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
         t1 = time.perf_counter()
         loss = RootLoss(self.model, self.spec, bufs, self.root, self.device)
