@@ -8,16 +8,19 @@ import torch
 def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances between rows of ``a`` and rows of ``b`` (default ``a``).
 
-    Uses the Gram trick ``|a|^2 + |b|^2 - 2 a.b`` in float64 accumulation so that
-    N x N distances of long (P ~ 1e5..1e7) vectors cost one matrix product; the
+    Uses the Gram trick ``|a|^2 + |b|^2 - 2 a.b`` so that N x N distances of long
+    (P ~ 1e5..1e7) vectors cost one matrix product and no N x P temporary (the
+    products run in the inputs' dtype, the N x M combination in float64); the
     result is clamped at 0 and the diagonal of ``a`` vs ``a`` is exactly 0.
     """
     same = b is None
     b = a if b is None else b
-    a64, b64 = a.double(), b.double()
-    d = (a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :] - 2.0 * (a64 @ b64.T)
+    na = torch.einsum("ij,ij->i", a, a).double()
+    nb = na if same else torch.einsum("ij,ij->i", b, b).double()
+    d = na[:, None] + nb[None, :] - 2.0 * (a @ b.T).double()
     d = d.clamp_min_(0.0)
     if same:
+        d = (d + d.T) / 2  # a float32 a @ a.T need not be exactly symmetric
         d.fill_diagonal_(0.0)
     return d.to(a.dtype)
 

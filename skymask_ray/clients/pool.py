@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import torch
+from torch.func import grad
 
 from ..attacks import ATTACKS
 from ..config import ExperimentConfig
 from ..linalg import from_readonly
-from ..models import ParamSpec, build_model
+from ..models import ParamSpec, buffers_of, build_model
 from ..seeding import torch_generator
-from .training import SGDSettings, client_generator, train_sequential, train_vmap
+from .training import SGDSettings, client_generator, make_loss, train_sequential, train_vmap
 
 
 def sgd_settings(cfg: ExperimentConfig) -> SGDSettings:
@@ -73,6 +74,15 @@ class ClientWorker:
             if bad:
                 x, y = attack.poison_data(x, y, torch_generator(cfg.seed, "poison", k))
             self.data[k] = (x.to(self.device), y.to(self.device))
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throw-away gradient so torch.func's lazy imports are paid at setup, not in round 1's timing."""
+        x, y = next(((x, y) for x, y in self.data.values() if len(y)), (None, None))
+        if x is None:
+            return
+        w = self.spec.flatten(self.model).to(self.device)
+        grad(make_loss(self.model, self.spec, buffers_of(self.model)))(w, x[:1], y[:1], torch.ones(1, device=self.device))
 
     def train(self, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int, client_ids: list[int]) -> dict:
         """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers)."""
