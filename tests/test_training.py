@@ -67,3 +67,18 @@ def test_batch_plan_epochs_and_steps():
     s2 = SGDSettings(lr=1, batch_size=4, steps=7)
     assert len(batch_plan(10, s2, g)) == 7 == num_steps(10, s2)
     assert batch_plan(0, s, g) == [] and num_steps(0, s) == 0
+
+
+def test_batchnorm_model_trains_and_updates_its_statistics():
+    """resnet20: train-mode BatchNorm under torch.func updates each client's own copy of the statistics."""
+    from skymask_ray.models import buffers_of
+
+    model = build_model("resnet20", (3, 16, 16), 10, seed=0)
+    spec = ParamSpec.of(model)
+    w0, bufs = spec.flatten(model), buffers_of(model)
+    data = _clients([20, 12], shape=(3, 16, 16))
+    upd, out = train_sequential(model, spec, w0, data, _gens(2), SGDSettings(lr=0.1, batch_size=8), bufs)
+    assert upd.abs().max() > 0
+    assert not torch.equal(out[0]["bn.running_mean"], bufs["bn.running_mean"])  # statistics moved
+    assert not torch.equal(out[0]["bn.running_mean"], out[1]["bn.running_mean"])  # per client
+    assert int(out[0]["bn.num_batches_tracked"]) == 3 and int(bufs["bn.num_batches_tracked"]) == 0

@@ -82,7 +82,7 @@ class ClientWorker:
         if x is None:
             return
         w = self.spec.flatten(self.model).to(self.device)
-        grad(make_loss(self.model, self.spec, buffers_of(self.model)))(w, x[:1], y[:1], torch.ones(1, device=self.device))
+        grad(make_loss(self.model, self.spec))(w, x[:1], y[:1], torch.ones(1, device=self.device), buffers_of(self.model))
 
     def train(self, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int, client_ids: list[int]) -> dict:
         """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers)."""

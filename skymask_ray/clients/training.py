@@ -65,13 +65,17 @@ def num_steps(n: int, s: SGDSettings) -> int:
     return s.epochs * -(-n // s.batch_size)
 
 
-def make_loss(model: nn.Module, spec: ParamSpec, buffers: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
+def make_loss(model: nn.Module, spec: ParamSpec) -> Callable[..., torch.Tensor]:
     """Weighted mean cross-entropy of ``model`` at flat parameters ``flat``.
 
-    ``weight`` is 1 for real samples and 0 for padding; the mean is over real ones.
+    ``weight`` is 1 for real samples and 0 for padding; the mean is over real
+    ones. ``buffers`` (BatchNorm statistics) are an explicit input because
+    train-mode BatchNorm updates them in place, which torch.func allows only
+    for inputs, not for captured tensors.
     """
 
-    def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+             buffers: dict[str, torch.Tensor]) -> torch.Tensor:
         out = functional_call(model, (spec.unflatten(flat), buffers), (x,))
         per_sample = F.cross_entropy(out, y, reduction="none")
         return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
@@ -100,11 +104,11 @@ def train_sequential(
     out_buffers = []
     for k, ((x, y), gen) in enumerate(zip(data, generators)):
         bufs = {n: b.clone() for n, b in (buffers or {}).items()}
-        g_fn = grad(make_loss(model, spec, bufs))
+        g_fn = grad(make_loss(model, spec))
         flat = w0.clone()
         for idx in batch_plan(len(y), s, gen):
             xb, yb = x[idx], y[idx]
-            flat = _sgd_step(flat, g_fn(flat, xb, yb, torch.ones(len(idx), device=w0.device)), s)
+            flat = _sgd_step(flat, g_fn(flat, xb, yb, torch.ones(len(idx), device=w0.device), bufs), s)
         updates[k] = w0 - flat
         out_buffers.append(bufs)
     return updates, out_buffers
@@ -127,7 +131,7 @@ def train_vmap(
         raise ValueError("train_vmap does not support models with buffers (BatchNorm); use train_sequential")
     model.train()
     device = w0.device
-    g_fn = vmap(grad(make_loss(model, spec, {})))
+    g_fn = vmap(grad(make_loss(model, spec)), in_dims=(0, 0, 0, 0, None))
     updates = torch.empty(len(data), spec.numel, dtype=w0.dtype, device=device)
     plans = [batch_plan(len(y), s, g) for (_, y), g in zip(data, generators)]
     for start in range(0, len(data), chunk):
@@ -145,7 +149,7 @@ def train_vmap(
                     idx[i, t, : len(b)] = b.to(device) + offsets[i]
                     wt[i, t, : len(b)] = 1.0
             for t in range(steps):
-                flat = _sgd_step(flat, g_fn(flat, xs[idx[:, t]], ys[idx[:, t]], wt[:, t]), s)
+                flat = _sgd_step(flat, g_fn(flat, xs[idx[:, t]], ys[idx[:, t]], wt[:, t], {}), s)
         updates[start : start + len(ks)] = w0 - flat
     return updates
 

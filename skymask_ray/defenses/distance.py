@@ -100,28 +100,68 @@ class MultiKrum(BoundedDefense):
         return Aggregate(mean_of(updates, accepted), accepted, None, info)
 
 
+def _step(live: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, direction: int) -> torch.Tensor:
+    """Per row, the nearest live sorted position strictly before (-1) or after (+1) ``pos`` (-1 / N if none)."""
+    n = live.shape[1]
+    pos = pos + direction
+    while True:
+        inside = (pos >= 0) & (pos < n)
+        dead = inside.clone()
+        dead[inside] = ~live[rows[inside], pos[inside]]
+        if not dead.any():
+            return pos
+        pos = pos + direction * dead
+
+
 def bulyan_select(sq_dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
     """Bulyan's first stage: apply Krum ``theta`` times, each time removing the chosen row.
 
-    Each row's distances are sorted once; a round's Krum score of row i is the sum of the first
-    ``k = m - f - 2`` entries of its sorted row that are still in the set (m rows left), so a
-    round costs O(N^2) element-wise work and no sort. Returns the (theta,) chosen indices, in order.
+    Each row's distances are sorted once. With m rows left, row i's Krum score is the sum of its
+    first ``k = m - f - 2`` sorted distances to rows still in the set (its window, ending at sorted
+    position ``end[i]``). Removing a row and lowering k by one changes each window by one entry,
+    so scores are updated in O(N) per round instead of recomputed: O(N^2 log N + theta N) in all.
+    Returns the (theta,) chosen indices, in order.
     """
     n = len(sq_dist)
-    d = sq_dist.clone()
-    d.fill_diagonal_(float("inf"))  # a row's own entry sorts last and is never among its k nearest
-    ds, order = d.sort(dim=1)
-    alive = torch.ones(n, dtype=torch.bool, device=sq_dist.device)
+    dev = sq_dist.device
+    ds, order = sq_dist.double().sort(dim=1)
+    rows = torch.arange(n, device=dev)
+    rank = torch.empty_like(order).scatter_(1, order, rows.expand(n, n).contiguous())
+    live = torch.ones(n, n, dtype=torch.bool, device=dev)
+    live[rows, rank[rows, rows]] = False  # a row is not its own neighbour
+    k = min(max(n - f - 2, 1), n - 1)
+    counted = live & (live.cumsum(dim=1) <= k)
+    score = (ds * counted).sum(dim=1)
+    end = torch.where(counted, torch.arange(n, device=dev), -1).max(dim=1).values
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
     chosen = []
     for m in range(n, n - theta, -1):
-        k = min(max(m - f - 2, 1), m - 1)
-        alive_sorted = alive[order]
-        take = alive_sorted & (alive_sorted.cumsum(dim=1) <= k)
-        scores = torch.where(take, ds, 0.0).sum(dim=1).masked_fill_(~alive, float("inf"))
-        pick = int(scores.argmin())
+        pick = int(score.masked_fill(~alive, float("inf")).argmin())
         chosen.append(pick)
         alive[pick] = False
-    return torch.tensor(chosen, dtype=torch.long, device=sq_dist.device)
+        r_all = rank[:, pick]
+        live[rows, r_all] = False
+        idx = torch.nonzero(alive).flatten()
+        if idx.numel() == 0:
+            break
+        r, e = r_all[idx], end[idx]
+        was = r <= e  # the removed row was in the window
+        score[idx] -= torch.where(was, ds[idx, r], 0.0)
+        e = torch.where(was & (r == e), _step(live, idx, e, -1), e)
+        k_new = min(max(m - 1 - f - 2, 1), m - 2)
+        count = k - was.long()
+        shrink, grow = count > k_new, count < k_new
+        if shrink.any():
+            s_idx = idx[shrink]
+            score[s_idx] -= ds[s_idx, e[shrink]]
+            e[shrink] = _step(live, s_idx, e[shrink], -1)
+        if grow.any():
+            g_idx = idx[grow]
+            e[grow] = _step(live, g_idx, e[grow], +1)
+            score[g_idx] += ds[g_idx, e[grow]]
+        end[idx] = e
+        k = k_new
+    return torch.tensor(chosen, dtype=torch.long, device=dev)
 
 
 def closest_to_median_mean(selected: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
