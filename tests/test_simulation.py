@@ -141,3 +141,30 @@ def test_multi_node_run_equals_single_node_run(ray_cluster, tmp_path):
     a = pq.read_table(single / "rounds.parquet").to_pylist()
     b = pq.read_table(multi).to_pylist()
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+
+
+class _NaNAttack:
+    """Driver-side stand-in: poisons two rows with NaN/Inf (an attack or a diverged client)."""
+
+    trains = True
+    target = None
+    has_trigger = False
+    needs_server_update = False
+
+    def apply(self, updates, malicious, ctx):
+        out = updates.clone()
+        out[0, 5] = float("nan")
+        out[1, 0] = float("inf")
+        return out
+
+
+def test_non_finite_updates_are_rejected_and_recorded(ray_cluster, tmp_path):
+    cfg = _cfg(attack="none", defense="fedavg", rounds=2)
+    with Simulation(cfg, tmp_path) as sim:
+        sim.attack = _NaNAttack()
+        rows = [sim.run_round(1), sim.run_round(2)]
+        assert torch.isfinite(sim.weights).all()
+    for r in rows:
+        assert r["invalid"] == 2 and r["accepted"] == cfg.clients - 2
+        assert r["tp"] + r["fp"] == 2  # the two invalid clients count as rejected
+        assert np.isfinite(r["loss"])
