@@ -1,8 +1,9 @@
 """Time one aggregation of every registered defense (skymask excepted) at N = 100, 500, 1000 clients.
 
 P = 139,960 (the paper's Fashion-MNIST cnn); random updates with 20 % planted
-outliers. Each defense runs in a forked child so that its extra peak memory
-(child peak RSS minus the RSS at the fork) is measured on its own. Stateful
+outliers. Each defense runs in a fresh (spawned) child process that builds the
+same seeded updates, so that its extra peak memory (peak RSS minus the RSS
+once the updates exist) is measured on its own. Stateful
 defenses are warmed up first (centered_clipping: one round; fldetector: enough
 rounds to fill its window) and the steady-state round is timed.
 
@@ -57,11 +58,11 @@ def _warmup_rounds(name: str, cls: type, params: dict) -> int:
     return 0
 
 
-def run_one(name: str, x: torch.Tensor, g0: torch.Tensor, repeats: int, queue: mp.Queue) -> None:
-    """Child process: warm up, time ``repeats`` rounds, report median seconds and memory."""
+def run_one(name: str, n: int, repeats: int, queue: mp.Queue) -> None:
+    """Child process: build the updates, warm up, time ``repeats`` rounds, report median seconds and memory."""
     torch.set_num_threads(THREADS)
+    x, g0 = planted_updates(n, P)
     base_rss = _rss_mb()
-    n = len(x)
     cfg = ExperimentConfig(clients=n, malicious_fraction=FRACTION, defense=name)
     cls = DEFENSES.get(name)
     cls.check(cfg)
@@ -100,17 +101,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per cell (default: 3 for N <= 100, else 1)")
     ap.add_argument("--defenses", default=None, help="comma-separated subset (default: all but skymask)")
     args = ap.parse_args()
-    torch.set_num_threads(THREADS)
     names = args.defenses.split(",") if args.defenses else [n for n in DEFENSES.names() if n != "skymask"]
     sizes = [int(v) for v in args.clients.split(",")]
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     rows = []
     for n in sizes:
-        x, g0 = planted_updates(n, P)
         repeats = args.repeats or (3 if n <= 100 else 1)
         for name in names:
             queue = ctx.Queue()
-            proc = ctx.Process(target=run_one, args=(name, x, g0, repeats, queue))
+            proc = ctx.Process(target=run_one, args=(name, n, repeats, queue))
             proc.start()
             proc.join()
             res = queue.get() if proc.exitcode == 0 else {"seconds": float("nan"), "extra_peak_mb": float("nan"),
@@ -120,7 +119,6 @@ def main() -> None:
             rows.append(row)
             print(f"N={n:5d} {name:18s} {row['seconds']:8.3f} s  +{row['extra_peak_mb']:7.0f} MB  "
                   f"rejected mal {row['rejected_malicious']:4d} ben {row['rejected_benign']:4d}", flush=True)
-        del x
     write(rows, names, sizes)
 
 

@@ -91,13 +91,9 @@ def sklearn_seed(ctx: "RoundContext", *path: object) -> int:
     return child_seed(ctx.seed, "defense", ctx.round, *path) % 2**32
 
 
-def distances_to(updates: torch.Tensor, point: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """(N,) Euclidean distances from every row to ``point``, through the shared helper.
-
-    Rows go in blocks so the helper's float64 copies stay at ``block x P``.
-    """
-    point = point.reshape(1, -1)
-    return torch.cat([pairwise_distances(updates[i : i + block], point)[:, 0] for i in range(0, len(updates), block)])
+def distances_to(updates: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """(N,) Euclidean distances from every row to ``point``, through the shared helper."""
+    return pairwise_distances(updates, point.reshape(1, -1))[:, 0]
 
 
 def column_blocks(n: int, p: int, budget: int = 2**25) -> list[slice]:

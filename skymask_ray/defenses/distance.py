@@ -1,7 +1,8 @@
 """Distance-based selection: krum, multi_krum and bulyan.
 
 All three score clients from one N x N matrix of squared distances
-(:func:`skymask_ray.linalg.pairwise_sq_distances`).
+(:func:`skymask_ray.linalg.pairwise_sq_distances`) with the shared
+:func:`skymask_ray.linalg.krum_scores`.
 
 References: Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
 Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017 (Krum,
@@ -17,22 +18,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..linalg import pairwise_sq_distances
+from ..linalg import krum_scores, pairwise_sq_distances
 from ..params import parse_params
 from .base import Aggregate, BoundedDefense, DegradeParams, column_blocks, mean_of, register_defense
 from .statistics import coordinate_median
-
-
-def krum_scores(sq_dist: torch.Tensor, f: int) -> torch.Tensor:
-    r"""Krum scores :math:`s_k = \sum_{j \in \mathcal N_k} \|g_k - g_j\|^2` over the
-    :math:`N - f - 2` nearest other rows (at least 1, at most N - 1)."""
-    n = len(sq_dist)
-    k = min(max(n - f - 2, 1), n - 1)
-    if k <= 0:
-        return torch.zeros(n, dtype=sq_dist.dtype, device=sq_dist.device)
-    d = sq_dist.clone()
-    d.fill_diagonal_(float("inf"))
-    return d.sort(dim=1).values[:, :k].sum(dim=1)
 
 
 def _krum_bound(n: int) -> int:
@@ -136,7 +125,9 @@ def bulyan_select(sq_dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     chosen = []
     for m in range(n, n - theta, -1):
-        pick = int(score.masked_fill(~alive, float("inf")).argmin())
+        masked = score.masked_fill(~alive, float("inf"))
+        best = masked.min()
+        pick = int(torch.nonzero(masked <= best + 1e-9 * best.abs()).min())  # ties: lowest index, as argmin
         chosen.append(pick)
         alive[pick] = False
         r_all = rank[:, pick]

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from skymask_ray.defenses import DEFENSES
-from skymask_ray.defenses.distance import krum_scores
 from skymask_ray.errors import ConfigError
-from skymask_ray.linalg import pairwise_sq_distances
+from skymask_ray.linalg import krum_scores, pairwise_sq_distances
 
 from conftest import make_cfg  # noqa: E402  (tests/defenses on sys.path)
 
@@ -165,3 +164,21 @@ def test_every_permutation_of_planted_rows_gives_the_same_krum_choice(defense, c
         y = x[list(perm)]
         agg = defense("krum", 6, 1).aggregate(y, ctx(y, 1))
         torch.testing.assert_close(agg.update, x[0])
+
+
+def test_incremental_bulyan_selection_equals_naive_iterated_krum():
+    from skymask_ray.defenses.distance import bulyan_select
+
+    for seed in range(25):
+        gen = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(3, 30, (1,), generator=gen))
+        for f in sorted({0, 1, (n - 3) // 4}):
+            x = torch.randn(n, 4, generator=gen).double()
+            d = pairwise_sq_distances(x)
+            remaining, naive = list(range(n)), []
+            for _ in range(n - 2 * f):
+                sub = d[remaining][:, remaining]
+                naive.append(remaining.pop(int(krum_scores(sub, f).argmin())))
+            fast = bulyan_select(d, f, n - 2 * f).tolist()
+            assert sorted(fast) == sorted(naive)  # the same set (the last picks may be exact ties)
+            assert fast[: len(fast) // 2] == naive[: len(naive) // 2]
