@@ -191,7 +191,7 @@ class Simulation:
         ctx.num_clients = int(valid.sum())
         if not valid.any():
             raise RuntimeError(f"round {r}: every update is NaN/Inf; training diverged (lower local_lr?)")
-        agg = self.defense.aggregate(updates[valid], ctx)
+        agg = self.defense.aggregate(updates if bool(valid.all()) else updates[valid], ctx)
         accepted = torch.zeros(n, dtype=torch.bool)
         accepted[valid] = agg.accepted.cpu()
         t_defense = time.perf_counter() - t0
