@@ -91,6 +91,9 @@ class Flame(Defense):
         from sklearn.cluster import HDBSCAN
 
         n = len(updates)
+        if n < 2:
+            return Aggregate(updates.mean(dim=0), torch.ones(n, dtype=torch.bool, device=updates.device), None,
+                             {"skipped": "one client: nothing to cluster"})
         mcs = min(self.p.min_cluster_size or n // 2 + 1, n)
         dist = cosine_distances(updates).double().cpu().numpy()
         labels = HDBSCAN(
@@ -147,6 +150,9 @@ class PcaKmeans(Defense):
         from sklearn.cluster import KMeans
         from sklearn.decomposition import PCA
 
+        if len(updates) < 2:
+            return Aggregate(updates.mean(dim=0), torch.ones(1, dtype=torch.bool, device=updates.device), None,
+                             {"skipped": "one client: nothing to cluster"})
         seed = sklearn_seed(ctx, "pca_kmeans")
         x = self._columns(updates, ctx).cpu().numpy()
         coords = PCA(n_components=2, random_state=seed).fit_transform(x)
@@ -178,10 +184,16 @@ class DncParams:
 def dnc_scores(sub: torch.Tensor) -> torch.Tensor:
     r"""Outlier scores :math:`s_k = \langle g_k - \mu, v\rangle^2` with :math:`v` the top right singular
     vector of the centred rows; equal to :math:`\lambda_1 u_k^2` with :math:`(\lambda_1, u)` the top
-    eigenpair of their N x N Gram matrix, which is how it is computed."""
+    eigenpair of their N x N Gram matrix, which is how it is computed (only that eigenpair, by
+    SciPy's ``eigh`` with ``subset_by_index``: a full eigendecomposition costs several times more)."""
+    import scipy.linalg
+
     centred = sub.double() - sub.double().mean(dim=0)
-    evals, evecs = torch.linalg.eigh(centred @ centred.T)
-    return evals[-1].clamp_min(0.0) * evecs[:, -1] ** 2
+    gram = (centred @ centred.T).cpu().numpy()
+    n = len(gram)
+    evals, evecs = scipy.linalg.eigh(gram, subset_by_index=[n - 1, n - 1])
+    top = torch.from_numpy(evecs[:, 0]).to(sub.device)
+    return max(float(evals[0]), 0.0) * top**2
 
 
 @register_defense("dnc")

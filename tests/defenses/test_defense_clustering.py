@@ -93,6 +93,16 @@ def test_dnc_drops_planted_outliers(defense, ctx):
     torch.testing.assert_close(agg.update, x[3:].mean(0))
 
 
+def test_dnc_scores_are_squared_projections_on_the_top_singular_vector():
+    from skymask_ray.defenses.clustering import dnc_scores
+
+    x = torch.randn(12, 40, generator=torch.Generator().manual_seed(9)).double()
+    x[:2] += 2.0
+    centred = x - x.mean(0)
+    v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    torch.testing.assert_close(dnc_scores(x), (centred @ v) ** 2)
+
+
 def test_dnc_with_f_zero_keeps_everyone(defense, ctx):
     x = torch.randn(8, 30, generator=torch.Generator().manual_seed(6))
     agg = defense("dnc", 8, 0).aggregate(x, ctx(x, 0))

@@ -62,3 +62,22 @@ def test_fltrust_weights_are_relu_cosines(defense, ctx):
     assert not agg.accepted[1]
     scaled = x * (g0.norm() / x.norm(dim=1))[:, None]
     torch.testing.assert_close(agg.update, (trust[:, None] * scaled).sum(0) / trust.sum())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_remaining_row_gives_a_step_or_a_clear_error(name, ctx):
+    """The loop drops NaN/Inf rows; a defense left with one row either aggregates it or names its assumption."""
+    from skymask_ray.defenses.base import BoundedDefense
+    from skymask_ray.errors import ConfigError
+
+    from conftest import make_cfg
+
+    cls = DEFENSES.get(name)
+    d = cls({}, make_cfg(5, 0, name))
+    x = torch.randn(1, 8)
+    if issubclass(cls, BoundedDefense) and cls.max_f(1) < 0:
+        with pytest.raises(ConfigError, match="assumes"):
+            d.aggregate(x, ctx(x, 0, server_update=x[0]))
+        return
+    agg = d.aggregate(x, ctx(x, 0, server_update=x[0]))
+    assert agg.update.shape == (8,) and agg.accepted.tolist() == [True]
