@@ -5,7 +5,7 @@ it times 20 mask-training steps on a 100-sample root batch, plus the Gram/PCA
 + GMM clustering, and measures each variant's peak resident memory in a fresh
 subprocess (so one variant's allocations cannot hide the other's).
 
-* ``stacked``: skymask_ray's trainer: (N+1) x P masks and models, the mask
+* ``stacked``: skymask_ray's trainer: (N+1) x P masks over the stacked updates, the mask
   gradient in closed form per coordinate, KernelPCA on the Gram matrix.
 * ``per_client``: the public reference structure: one mask tensor per client
   and per layer, the masked layer a Python sum over clients, autograd through it,
@@ -55,16 +55,17 @@ def _variant(variant: str, n: int, steps: int) -> dict:
     model = build_model("cnn", (1, 28, 28), 10)
     spec = ParamSpec.of(model)
     w = spec.flatten(model)
-    models = w[None] + 0.01 * torch.randn(n + 1, spec.numel)
+    updates = 0.01 * torch.randn(n + 1, spec.numel)  # row 0: the server
     x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
     cfg = SkyMaskConfig(mask_epochs=steps, early_stop_step=0)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     if variant == "stacked":
-        shards = LocalShards(models, cfg, 1e7)
-        del models
+        shards = LocalShards(updates, w, cfg, 1e7)
         train_and_select(shards, RootLoss(model, spec, {}, (x, y), torch.device("cpu")), 100, spec.numel, cfg, 0, 1)
     else:
+        models = w[None] - updates
+        del updates
         per = [spec.unflatten(models[k]) for k in range(n + 1)]
         masks = [{name: torch.ones_like(t, requires_grad=True) for name, t in per[k].items()} for k in range(n + 1)]
         opt = torch.optim.SGD([m for d in masks for m in d.values()], lr=1e7)
