@@ -34,15 +34,22 @@ def coordinate_median(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     r"""Coordinate-wise median :math:`\mathrm{med}_k\, g_{k,i}` (mean of the two middle values for even N).
 
     Returns the (P,) median and the (N,) share of median values each client supplied.
+    Works in column blocks so temporaries stay bounded.
     """
-    n = len(updates)
-    lo = torch.kthvalue(updates, (n + 1) // 2, dim=0)
-    if n % 2:
-        med, idx = lo.values, lo.indices[None]
-    else:
-        hi = torch.kthvalue(updates, n // 2 + 1, dim=0)
-        med, idx = (lo.values + hi.values) / 2, torch.stack([lo.indices, hi.indices])
-    share = torch.bincount(idx.flatten(), minlength=n).to(updates.dtype) / idx.numel()
+    n, p = updates.shape
+    med = torch.empty(p, dtype=updates.dtype, device=updates.device)
+    counts = torch.zeros(n, dtype=torch.long, device=updates.device)
+    for cols in column_blocks(n, p):
+        x = updates[:, cols]
+        lo = torch.kthvalue(x, (n + 1) // 2, dim=0)
+        if n % 2:
+            med[cols] = lo.values
+            counts += torch.bincount(lo.indices, minlength=n)
+        else:
+            hi = torch.kthvalue(x, n // 2 + 1, dim=0)
+            med[cols] = (lo.values + hi.values) / 2
+            counts += torch.bincount(torch.cat([lo.indices, hi.indices]), minlength=n)
+    share = counts.to(updates.dtype) / counts.sum()
     return med, share
 
 

@@ -38,10 +38,9 @@ class FLTrust(Defense):
             raise ValueError("fltrust needs the server's update on the root dataset")
         g0 = g0.to(updates.device)
         trust = F.relu(F.cosine_similarity(updates, g0[None], dim=1))
-        norms = updates.norm(dim=1).clamp(min=1e-12)
-        scaled = updates * (g0.norm() / norms)[:, None]
+        coef = trust * (g0.norm() / updates.norm(dim=1).clamp(min=1e-12))  # trust times the rescaling
         total = trust.sum()
         accepted = trust > 0
         if total <= 0:
             return Aggregate(torch.zeros_like(g0), accepted, trust, {"trust_sum": 0.0}, fallback=True)
-        return Aggregate((trust[:, None] * scaled).sum(0) / total, accepted, trust, {"trust_sum": float(total)})
+        return Aggregate(coef @ updates / total, accepted, trust, {"trust_sum": float(total)})
