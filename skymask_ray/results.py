@@ -50,6 +50,8 @@ SCHEMA = pa.schema(
         ("trained_clients", pa.int32()),
         ("mask_on_mean", pa.float64()),
         ("mask_steps", pa.int32()),
+        ("t_mask_train", pa.float64()),
+        ("t_mask_cluster", pa.float64()),
         ("config_hash", pa.string()),
         ("version", pa.string()),
     ]

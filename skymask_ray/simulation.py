@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from . import __version__
 from .attacks import ATTACKS
-from .clients.pool import ClientPool, rss_mb, sgd_settings
+from .clients.pool import ClientPool, reset_peak_rss, rss_mb, sgd_settings
 from .clients.training import SGDSettings, num_steps
 from .config import ExperimentConfig, config_hash, save_config
 from .context import RoundContext
@@ -63,6 +63,7 @@ class Simulation:
         self.out = Path(out or cfg.out or "results/run")
         self.out.mkdir(parents=True, exist_ok=True)
         self.hash = config_hash(cfg)
+        reset_peak_rss()
         self._setup_data()
         self._setup_model()
         self.started_ray = init_ray(cfg.address)
@@ -222,6 +223,7 @@ class Simulation:
             "peak_rss_mb": rss_mb() + trained.worker_rss_mb + trainer_rss,
             "trained_clients": len(train_ids),
             "mask_on_mean": agg.info.get("mask_on_mean"), "mask_steps": len(agg.info.get("mask_losses", [])) or None,
+            "t_mask_train": agg.info.get("t_mask_train"), "t_mask_cluster": agg.info.get("t_mask_cluster"),
             "config_hash": self.hash, "version": __version__,
         }
         self.rounds_log.append(row)

@@ -36,8 +36,24 @@ def sgd_settings(cfg: ExperimentConfig) -> SGDSettings:
 
 
 def rss_mb() -> float:
-    """Peak resident set size of this process in MB."""
+    """Peak resident set size of this process in MB (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak-RSS mark (Linux), so a run in a long-lived process measures only itself."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 class ClientWorker:

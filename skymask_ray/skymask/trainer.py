@@ -201,9 +201,9 @@ class MaskTrainer:
 
     def rss_mb(self) -> float:
         """Peak resident memory of this process (MB)."""
-        import resource
+        from ..clients.pool import rss_mb
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        return rss_mb()
 
     def server_update(
         self, w: np.ndarray, buffers: dict[str, np.ndarray], s: SGDSettings, seed: int, round_idx: int
