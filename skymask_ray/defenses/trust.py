@@ -37,8 +37,9 @@ class FLTrust(Defense):
         if g0 is None:
             raise ValueError("fltrust needs the server's update on the root dataset")
         g0 = g0.to(updates.device)
-        trust = F.relu(F.cosine_similarity(updates, g0[None], dim=1))
-        coef = trust * (g0.norm() / updates.norm(dim=1).clamp(min=1e-12))  # trust times the rescaling
+        norms, g0_norm = updates.norm(dim=1).clamp(min=1e-12), g0.norm().clamp(min=1e-12)
+        trust = F.relu((updates @ g0) / (norms * g0_norm))  # ReLU(cos), without an N x P temporary
+        coef = trust * (g0_norm / norms)  # trust times the rescaling to |g_0|
         total = trust.sum()
         accepted = trust > 0
         if total <= 0:
