@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from . import __version__
-from .config import ExperimentConfig, build_config, config_hash
+from .config import ExperimentConfig, build_config, config_hash, set_dotted
 from .errors import ConfigError
 
 GRID_KEYS = {
@@ -31,13 +31,6 @@ GRID_KEYS = {
     "attack": "attack", "defense": "defense", "seed": "seed", "dataset": "data.dataset", "model": "model",
     "bias": "data.bias", "partition": "data.partition", "rounds": "rounds",
 }
-
-
-def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
-    *heads, last = dotted.split(".")
-    for h in heads:
-        d = d.setdefault(h, {})
-    d[last] = value
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +52,7 @@ def expand_grid(
     for values in itertools.product(*(grid[k] for k in keys)):
         ov: dict[str, Any] = {}
         for k, v in zip(keys, values):
-            _set_dotted(ov, GRID_KEYS[k], v)
+            set_dotted(ov, GRID_KEYS[k], v)
         cells.append(build_config(preset, config_file, _deep_merge(base, ov)))
     return cells
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from .config import PRESETS, build_config
+from .config import PRESETS, build_config, set_dotted
 from .errors import ConfigError
 
 
@@ -29,15 +29,6 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
-
-
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    if value is None:
-        return
-    *heads, last = dotted.split(".")
-    for h in heads:
-        d = d.setdefault(h, {})
-    d[last] = value
 
 
 def experiment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,7 +81,7 @@ def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
     """Nested config overrides from CLI keyword arguments (None = not given)."""
     out: dict[str, Any] = {}
     for key, dotted in _OVERRIDES.items():
-        _set(out, dotted, kw.get(key))
+        set_dotted(out, dotted, kw.get(key))
     return out
 
 
@@ -162,10 +153,10 @@ def run(config_file, preset, clients, malicious, attack, defense, out, resume, *
     from .simulation import run_experiment
 
     ov = overrides_from(kw)
-    _set(ov, "clients", clients)
-    _set(ov, "malicious_fraction", malicious)
-    _set(ov, "attack", attack)
-    _set(ov, "defense", defense)
+    set_dotted(ov, "clients", clients)
+    set_dotted(ov, "malicious_fraction", malicious)
+    set_dotted(ov, "attack", attack)
+    set_dotted(ov, "defense", defense)
     cfg = build_config(preset, config_file, ov)
     with progress(cfg.rounds, "rounds") as bar:
 

@@ -99,27 +99,29 @@ class ExperimentConfig:
         return int(round(self.clients * self.malicious_fraction))
 
 
+_PAPER_TRAIN = {"local_epochs": 1, "batch_size": 32, "local_lr": 0.5, "global_lr": 0.5, "grad_clip": 0.01}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper-fmnist": {
         "data": {"dataset": "fmnist", "partition": "bias", "bias": 0.5, "root_size": 100},
         "model": "cnn",
         "clients": 100,
         "malicious_fraction": 0.2,
-        "train": {"local_epochs": 1, "batch_size": 32, "local_lr": 0.5, "global_lr": 0.5, "grad_clip": 0.01},
+        "train": _PAPER_TRAIN,
     },
     "paper-cifar10": {
         "data": {"dataset": "cifar10", "partition": "bias", "bias": 0.5, "root_size": 100},
         "model": "resnet20",
         "clients": 100,
         "malicious_fraction": 0.2,
-        "train": {"local_epochs": 1, "batch_size": 64, "local_lr": 0.5, "global_lr": 0.5, "grad_clip": 0.01},
+        "train": {**_PAPER_TRAIN, "batch_size": 64},
     },
     "paper-har": {
         "data": {"dataset": "har", "partition": "subject", "root_size": 100},
         "model": "lr",
         "clients": 30,
         "malicious_fraction": 0.2,
-        "train": {"local_epochs": 1, "batch_size": 32, "local_lr": 0.5, "global_lr": 0.5, "grad_clip": 0.01},
+        "train": _PAPER_TRAIN,
     },
 }
 
@@ -142,6 +144,16 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
             setattr(obj, key, tuple(value))
         else:
             setattr(obj, key, value)
+
+
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Put ``value`` at a dotted key ("train.local_lr") of a nested override dict; None means not given."""
+    if value is None:
+        return
+    *heads, last = dotted.split(".")
+    for h in heads:
+        d = d.setdefault(h, {})
+    d[last] = value
 
 
 def build_config(
