@@ -149,5 +149,3 @@ def read_rounds(path: str | Path) -> pa.Table:
         return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     return pq.read_table(p)
 
-
-RoundWriter = ParquetLog

@@ -91,7 +91,7 @@ class Simulation:
         self.data = load_dataset(cfg.data, cfg.seed)
         rng = numpy_rng(cfg.seed, "partition")
         root, rest = split_root(self.data.y_train, cfg.data.root_size, cfg.data.root_p, self.data.num_classes, rng)
-        self.root_idx = root
+        self.root = (torch.from_numpy(self.data.x_train[root]), torch.from_numpy(self.data.y_train[root]))
         self.parts = split_clients(self.data.y_train, rest, cfg.clients, cfg.data, self.data.num_classes, rng,
                                    self.data.groups)
         n, f = cfg.clients, cfg.num_malicious
@@ -130,7 +130,7 @@ class Simulation:
             max_task_retries=-1,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
         )
-        self.root_refs = (ray.put(self.data.x_train[self.root_idx]), ray.put(self.data.y_train[self.root_idx]))
+        self.root_refs = (ray.put(self.root[0].numpy()), ray.put(self.root[1].numpy()))
         self.trainer = trainer_cls.remote(
             cfg.model, self.data.input_shape, self.data.num_classes, *self.root_refs, cfg.skymask, cfg.device,
         )
@@ -173,7 +173,7 @@ class Simulation:
             round=r, global_weights=w, spec=self.spec, num_clients=n, num_malicious=cfg.num_malicious,
             generator=torch_generator(cfg.seed, "attack", r), seed=cfg.seed, server_update=server_update,
             malicious=self.malicious, model=self.model, buffers=self.buffers,
-            root=(torch.from_numpy(self.data.x_train[self.root_idx]), torch.from_numpy(self.data.y_train[self.root_idx])),
+            root=self.root,
             mask_selector=self._mask_selector(w, r),
         )
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from skymask_ray.report import build_report, load_runs, make_report
-from skymask_ray.results import COLUMNS, MASK_SCHEMA, RoundWriter
+from skymask_ray.results import COLUMNS, MASK_SCHEMA, ParquetLog
 
 
 
@@ -40,7 +40,7 @@ def write_run(
     """One run's rounds.parquet (and masks.parquet for skymask); returns its path and rows."""
     out = root / f"{defense}-N{clients}-f{fraction}-s{seed}"
     rng = np.random.default_rng([clients, int(fraction * 100), seed, len(defense)])
-    writer = RoundWriter(out / "rounds.parquet")
+    writer = ParquetLog(out / "rounds.parquet")
     malicious = round(clients * fraction)
     rows = []
     for r in range(1, rounds + 1):
@@ -168,7 +168,7 @@ def test_single_run_skips_sweeps_cleanly(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_no_accuracy_anywhere_skips_the_accuracy_plot(tmp_path: Path) -> None:
-    writer = RoundWriter(tmp_path / "run" / "rounds.parquet")
+    writer = ParquetLog(tmp_path / "run" / "rounds.parquet")
     writer.append(_row(round=1, clients=10, malicious_fraction=0.0, defense="fedavg", seed=0, t_round=1.0))
     report = build_report([tmp_path], tmp_path / "out")
     assert "accuracy vs round" in report.skipped
@@ -214,7 +214,7 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="not a rounds file"):
         make_report([tmp_path / "other.parquet"], tmp_path / "out")
-    RoundWriter(tmp_path / "killed" / "rounds.parquet").append(
+    ParquetLog(tmp_path / "killed" / "rounds.parquet").append(
         _row(round=1, clients=10, malicious_fraction=0.0, defense="fedavg", seed=0))
     pq.write_table(pq.read_table(tmp_path / "killed" / "rounds.parquet").slice(0, 0),
                    tmp_path / "killed" / "rounds.parquet")

@@ -172,12 +172,13 @@ class ClientPool:
             for ks in self.assignment
         ]
         self.owner = {k: i for i, ks in enumerate(self.assignment) for k in ks}
+        start_timeout = min(timeout_s, 300.0)
         try:
-            ray.get([w.pid.remote() for w in self.workers], timeout=min(timeout_s, 300.0))
+            ray.get([w.pid.remote() for w in self.workers], timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(
                 f"{len(self.workers)} client workers of {worker_cpus} CPU each could not start within "
-                f"{min(timeout_s, 300.0):.0f}s; cluster resources: {ray.cluster_resources()}"
+                f"{start_timeout:.0f}s; cluster resources: {ray.cluster_resources()}"
             ) from None
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, train_ids: list[int]) -> RoundTraining:
