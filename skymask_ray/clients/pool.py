@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 import torch
-from torch.func import grad
 
 from ..attacks import ATTACKS
 from ..config import ExperimentConfig
 from ..linalg import from_readonly
-from ..models import ParamSpec, buffers_of, build_model
+from ..models import ParamSpec, build_model
 from ..seeding import torch_generator
-from .training import SGDSettings, client_generator, make_loss, train_sequential, train_vmap
+from .training import SGDSettings, client_generator, train_sequential, train_vmap
 
 
 def sgd_settings(cfg: ExperimentConfig) -> SGDSettings:
@@ -93,12 +92,17 @@ class ClientWorker:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One throw-away gradient so torch.func's lazy imports are paid at setup, not in round 1's timing."""
+        """One throw-away step so torch's lazy imports are paid at setup, not in round 1's timing."""
         x, y = next(((x, y) for x, y in self.data.values() if len(y)), (None, None))
         if x is None:
             return
         w = self.spec.flatten(self.model).to(self.device)
-        grad(make_loss(self.model, self.spec))(w, x[:1], y[:1], torch.ones(1, device=self.device), buffers_of(self.model))
+        s = SGDSettings(lr=0.0, batch_size=1, steps=1)
+        gens = [torch.Generator().manual_seed(0)]
+        if self.mode == "vmap" and not self.has_buffers:
+            train_vmap(self.model, self.spec, w, [(x[:1], y[:1])], gens, s)
+        else:
+            train_sequential(self.model, self.spec, w, [(x[:1], y[:1])], gens, s)
 
     def train(self, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int, client_ids: list[int]) -> dict:
         """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers)."""

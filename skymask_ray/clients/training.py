@@ -89,6 +89,13 @@ def _sgd_step(flat: torch.Tensor, g: torch.Tensor, s: SGDSettings) -> torch.Tens
     return flat - s.lr * g
 
 
+def _channels_last(model: nn.Module) -> nn.Module:
+    """Store 4-D (conv) weights channels-last: oneDNN's CPU convolutions run ~1.6x faster so."""
+    if any(p.dim() == 4 for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def train_sequential(
     model: nn.Module,
     spec: ParamSpec,
@@ -98,19 +105,41 @@ def train_sequential(
     s: SGDSettings,
     buffers: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Train each client in turn; returns updates ``w0 - w_k`` (K x P) and each client's buffers."""
+    """Train each client in turn; returns updates ``w0 - w_k`` (K x P) and each client's buffers.
+
+    Runs on ``model`` itself (eager autograd, conv weights channels-last), which is
+    markedly faster on CPU than a functional call on flat views; the module's own
+    parameters and buffers are restored afterwards. ``buffers`` (BatchNorm
+    statistics) are every client's starting point; ``None`` means the module's own.
+    """
     model.train()
+    _channels_last(model)
+    params = list(model.parameters())
+    saved = spec.flatten(model)
+    own = dict(model.named_buffers())
+    saved_buffers = {n: b.detach().clone() for n, b in own.items()}
+    start = saved_buffers if buffers is None else buffers
     updates = torch.empty(len(data), spec.numel, dtype=w0.dtype, device=w0.device)
     out_buffers = []
     for k, ((x, y), gen) in enumerate(zip(data, generators)):
-        bufs = {n: b.clone() for n, b in (buffers or {}).items()}
-        g_fn = grad(make_loss(model, spec))
-        flat = w0.clone()
+        spec.load(model, w0)
+        with torch.no_grad():
+            for n, b in start.items():
+                own[n].copy_(b)
         for idx in batch_plan(len(y), s, gen):
-            xb, yb = x[idx], y[idx]
-            flat = _sgd_step(flat, g_fn(flat, xb, yb, torch.ones(len(idx), device=w0.device), bufs), s)
-        updates[k] = w0 - flat
-        out_buffers.append(bufs)
+            for p in params:
+                p.grad = None
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            with torch.no_grad():
+                for p in params:
+                    g = p.grad if s.grad_clip is None else p.grad.clamp_(-s.grad_clip, s.grad_clip)
+                    p.sub_(g, alpha=s.lr)
+        updates[k] = w0 - spec.flatten(model).to(w0.dtype)
+        out_buffers.append({n: own[n].detach().clone() for n in start})
+    spec.load(model, saved)
+    with torch.no_grad():
+        for n, b in own.items():
+            b.copy_(saved_buffers[n])
     return updates, out_buffers
 
 
