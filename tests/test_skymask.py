@@ -1,13 +1,14 @@
 """SkyMask: closed-form mask gradient vs naive autograd, sharding invariance, clustering."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from skymask_ray.config import SkyMaskConfig
 from skymask_ray.models import ParamSpec, build_model
-from skymask_ray.skymask.masked import mask_gradient, masked_average
+from skymask_ray.skymask.masked import MaskShard, mask_gradient, masked_average
 from skymask_ray.skymask.select import cluster_from_gram
 from skymask_ray.skymask.trainer import LocalShards, RootLoss, train_masks
 
@@ -116,3 +117,24 @@ def test_shard_step_follows_the_closed_form_gradient():
     (gw,) = torch.autograd.grad(F.cross_entropy(functional_call(model, spec.unflatten(wv), (x,)), y), wv)
     shard.step(gw)
     torch.testing.assert_close(shard.masks, masks - 0.5 * mask_gradient(masks, updates, gw))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_column_blocks_do_not_change_the_training(optimizer):
+    """Blocked passes (block < P, uneven last block) give the masks, Gram and counts of one block."""
+    g = torch.Generator().manual_seed(3)
+    updates = torch.randn(6, 103, generator=g) * 1e-2
+    w = torch.randn(103, generator=g)
+    cfg = SkyMaskConfig(optimizer=optimizer, mask_grad_clip=1e-3)
+    whole, blocked = MaskShard(updates, w, cfg, lr=50.0, block=103), MaskShard(updates, w, cfg, lr=50.0, block=10)
+    for _ in range(4):
+        gw = torch.randn(103, generator=g)
+        torch.testing.assert_close(whole.weighted_average(), blocked.weighted_average())
+        whole.step(gw)
+        blocked.step(gw)
+    torch.testing.assert_close(whole.masks, blocked.masks)
+    assert not torch.equal(whole.masks, torch.full_like(whole.masks, cfg.mask_init))
+    torch.testing.assert_close(whole.gram(), blocked.gram())
+    assert torch.equal(whole.on_counts(), blocked.on_counts())
+    b = whole.bits().double()
+    torch.testing.assert_close(whole.gram(), b @ b.T)

@@ -41,62 +41,101 @@ def mask_gradient(masks: torch.Tensor, updates: torch.Tensor, grad_w: torch.Tens
     return s * (1 - s) * (g_bar - updates) / total * grad_w
 
 
+def block_columns(rows: int, columns: int, block_bytes: int = 8 << 20) -> int:
+    """Columns per block so that one K x block float32 temporary stays ~``block_bytes`` (cache-sized)."""
+    return max(512, min(columns, block_bytes // (4 * max(rows, 1))))
+
+
 class MaskShard:
     """One column range of the K x P masks and models, with its optimiser.
 
-    The optimiser is torch's own SGD or Adam over the mask tensor; the
-    gradient is clamped element-wise to ``mask_grad_clip`` first (the paper's
-    code: SGD, lr 1e7, clamp 1e-7, i.e. at most 1 per step).
+    The gradient is clamped element-wise to ``mask_grad_clip`` (the paper's
+    code: SGD, lr 1e7, clamp 1e-7, i.e. at most 1 per step). SGD (the paper's)
+    is applied in place, block by block: every pass works on a cache-sized
+    column block, so the only K x P arrays are the masks and the (read-only)
+    updates, and a step streams each of them about twice instead of building
+    five K x P temporaries. Adam uses torch's optimiser on a K x P gradient.
+    Column sums over K are matrix-vector products (BLAS over strided blocks).
     """
 
-    def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float) -> None:
+    def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float,
+                 block: int | None = None) -> None:
         self.updates = updates  # K x P, row 0 = the server's g_0; only read, never written
         self.w = w
         self.cfg = cfg
+        self.lr = lr
         self.masks = torch.full(updates.shape, float(cfg.mask_init), device=updates.device)
-        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        if cfg.optimizer == "adam":
-            self.opt: torch.optim.Optimizer = torch.optim.Adam([self.masks], lr=lr)
-        else:
-            self.opt = torch.optim.SGD([self.masks], lr=lr)
+        self.block = block or block_columns(*updates.shape)
+        self._ones = torch.ones(1, updates.shape[0], device=updates.device)
+        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.opt = torch.optim.Adam([self.masks], lr=lr) if cfg.optimizer == "adam" else None
+
+    def _blocks(self) -> list[slice]:
+        p = self.updates.shape[1]
+        return [slice(a, min(a + self.block, p)) for a in range(0, p, self.block)]
+
+    def _colsum(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._ones @ x)[0]
 
     @torch.no_grad()
     def weighted_average(self) -> torch.Tensor:
-        """This shard's slice of W (sigmoid and sums are kept for the next :meth:`step`)."""
-        s = torch.sigmoid(self.masks)
-        total = s.sum(0)
-        g_bar = (s * self.updates).sum(0).div_(total)
-        self._cache = (s, total, g_bar)
+        """This shard's slice of W; the column sums are kept for the next :meth:`step`."""
+        p = self.updates.shape[1]
+        total = torch.empty(p, device=self.masks.device)
+        g_bar = torch.empty(p, device=self.masks.device)
+        for c in self._blocks():
+            s = torch.sigmoid(self.masks[:, c])
+            total[c] = self._colsum(s)
+            g_bar[c] = self._colsum(s.mul_(self.updates[:, c]))
+        g_bar.div_(total)
+        self._sums = (total, g_bar)
         return self.w - g_bar
 
     @torch.no_grad()
     def step(self, grad_w: torch.Tensor) -> None:
         """One optimiser step from this shard's slice of dL/dW (same formula as :func:`mask_gradient`)."""
-        if self._cache is None:
+        if self._sums is None:
             self.weighted_average()
-        s, total, g_bar = self._cache  # type: ignore[misc]
-        self._cache = None
-        torch.addcmul(s, s, s, value=-1.0, out=s)  # s <- sigma'(m) = s (1 - s), in place
-        g = torch.sub(g_bar, self.updates).mul_(s).mul_(grad_w.to(self.masks.device) / total)
-        del s
-        if self.cfg.mask_grad_clip is not None:
-            g.clamp_(-self.cfg.mask_grad_clip, self.cfg.mask_grad_clip)
-        self.masks.grad = g
-        self.opt.step()
-        self.masks.grad = None
+        total, g_bar = self._sums  # type: ignore[misc]
+        self._sums = None
+        scale = grad_w.to(self.masks.device) / total
+        clip = self.cfg.mask_grad_clip
+        full = torch.empty_like(self.masks) if self.opt is not None else None
+        for c in self._blocks():
+            m = self.masks[:, c]
+            s = torch.sigmoid(m)
+            torch.addcmul(s, s, s, value=-1.0, out=s)  # sigma'(m) = s (1 - s)
+            g = torch.sub(g_bar[c], self.updates[:, c]).mul_(s).mul_(scale[c])
+            if clip is not None:
+                g.clamp_(-clip, clip)
+            if full is None:
+                m.add_(g, alpha=-self.lr)
+            else:
+                full[:, c] = g
+        if self.opt is not None:
+            self.masks.grad = full
+            self.opt.step()
+            self.masks.grad = None
 
     def bits(self) -> torch.Tensor:
         """Binary masks 1[sigmoid(m) > threshold] (K x P_shard, bool)."""
         return torch.sigmoid(self.masks) > self.cfg.threshold
 
+    def _block_bits(self, c: slice) -> torch.Tensor:
+        return (torch.sigmoid(self.masks[:, c]) > self.cfg.threshold).to(torch.float32)
+
     def gram(self) -> torch.Tensor:
         """This shard's contribution B B^T (K x K, float64) to the Gram matrix of the bits."""
-        b = self.bits().to(torch.float32)
-        return (b @ b.T).double()
+        k = self.masks.shape[0]
+        out = torch.zeros(k, k, dtype=torch.float64, device=self.masks.device)
+        for c in self._blocks():
+            b = self._block_bits(c)
+            out += (b @ b.T).double()  # exact: integer counts < 2^24 per block
+        return out
 
     def on_counts(self) -> torch.Tensor:
         """Number of mask bits on, per model (K,)."""
-        return self.bits().sum(1)
+        return sum(self._block_bits(c).sum(1).long() for c in self._blocks())  # type: ignore[return-value]
 
     def logit_range(self) -> tuple[float, float]:
         return float(self.masks.min()), float(self.masks.max())
