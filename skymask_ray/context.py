@@ -18,7 +18,9 @@ class RoundContext:
     ``server_update`` is g_0, the server's own update on the root dataset, for
     root-data defenses (fltrust, skymask). ``mask_selector`` runs SkyMask's mask
     training and clustering where the trainer lives (a Ray actor, maybe on a
-    GPU): ``(updates, server_update, seed) -> MaskSelection``.
+    GPU): ``(updates, server_update, seed) -> MaskSelection``. ``client_ids``
+    names the clients behind the rows when the loop dropped invalid ones, so
+    defenses with per-client history (fldetector) follow the right client.
     """
 
     round: int
@@ -35,3 +37,4 @@ class RoundContext:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     root: tuple[torch.Tensor, torch.Tensor] | None = None
     mask_selector: Callable[..., Any] | None = None
+    client_ids: torch.Tensor | None = None  # global client id of each row the defense sees (None: 0..n-1)

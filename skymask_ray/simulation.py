@@ -190,6 +190,7 @@ class Simulation:
         valid = torch.isfinite(updates).all(dim=1)
         ctx.generator = torch_generator(cfg.seed, "defense", r)
         ctx.num_clients = int(valid.sum())
+        ctx.client_ids = torch.nonzero(valid).flatten()
         if not valid.any():
             raise RuntimeError(f"round {r}: every update is NaN/Inf; training diverged (lower local_lr?)")
         agg = self.defense.aggregate(updates if bool(valid.all()) else updates[valid], ctx)

@@ -137,12 +137,17 @@ class BoundedDefense(Defense):
         return f
 
     @classmethod
-    def check(cls, cfg: "ExperimentConfig") -> None:
-        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
-        cls.resolve_f(cfg.clients, cls.f_of(p, cfg.num_malicious), p.degrade)
+    def f_label(cls, p: Any) -> str:
+        """What :meth:`f_of` returns, as error messages name it."""
+        return "f"
 
     @classmethod
-    def resolve_f(cls, n: int, f: int, degrade: bool) -> int:
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        cls.resolve_f(cfg.clients, cls.f_of(p, cfg.num_malicious), p.degrade, cls.f_label(p))
+
+    @classmethod
+    def resolve_f(cls, n: int, f: int, degrade: bool, label: str = "f") -> int:
         """f if the assumption holds for N = n, the clamped f if ``degrade``; else a ConfigError."""
         fmax = cls.max_f(n)
         if f <= fmax:
@@ -152,15 +157,16 @@ class BoundedDefense(Defense):
         if degrade:
             return fmax
         raise ConfigError(
-            f"defense {cls.name!r} assumes {cls.assumption}, but N={n} and f={f} (at most f={fmax} for N={n}); "
-            f"lower malicious_fraction, add clients, or set defense_params degrade: true to clamp f to {fmax}"
+            f"defense {cls.name!r} assumes {cls.assumption}, but N={n} and {label}={f} (at most {label}={fmax} "
+            f"for N={n}); lower {'malicious_fraction' if label == 'f' else label}, add clients, or set "
+            f"defense_params degrade: true to clamp {label} to {fmax}"
         )
 
     def effective_f(self, n: int, f: int, info: dict[str, Any]) -> int:
         """Resolve f for this round's N = n rows and record a clamp in ``info``."""
         f = self.f_of(self.p, f)
         dropped = self.cfg is not None and n < self.cfg.clients
-        used = self.resolve_f(n, f, self.p.degrade or dropped)
+        used = self.resolve_f(n, f, self.p.degrade or dropped, self.f_label(self.p))
         if used != f:
             info.update(f_assumed=f, f_used=used)
         return used

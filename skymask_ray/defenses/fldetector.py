@@ -105,8 +105,11 @@ class FLDetector(Defense):
        :math:`s`, 2-means on :math:`s` flags the cluster with the larger mean score.
 
     :math:`\mathrm{AGG}` is the mean of the unflagged updates. State (on the instance): the last
-    global model, aggregate and client updates, the pair and score windows. If the number of rows
-    changes (the loop dropped invalid updates), the per-client history restarts (``info``).
+    global model, aggregate and client updates, the pair and score windows. Histories are kept per
+    client id (``ctx.client_ids``): a client missing from a round (its update was dropped as
+    invalid) gets no score for that round or the next, and is scored over the rounds it has; a
+    client with no score in the window is not flagged. Without ids, a change in the number of rows
+    restarts the history (``info["history_reset"]``).
     """
 
     Params = FLDetectorParams
@@ -115,33 +118,58 @@ class FLDetector(Defense):
         super().__init__(params, cfg)
         self.prev_weights: torch.Tensor | None = None
         self.prev_aggregate: torch.Tensor | None = None
-        self.prev_updates: torch.Tensor | None = None
+        self.prev_updates: torch.Tensor | None = None  # (population x P), row = client id
+        self.prev_seen: torch.Tensor | None = None  # (population,) bool: row holds last round's update
         self.s_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)
         self.y_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)
-        self.dist_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)
+        self.dist_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)  # (population,), NaN = no score
 
-    def _distances(self, updates: torch.Tensor, hv: torch.Tensor) -> torch.Tensor:
-        """(N,) prediction errors ||g_k^{t-1} + H v - g_k^t||, normalised to sum 1 (rows in blocks of 128)."""
+    def _distances(self, updates: torch.Tensor, ids: torch.Tensor, hv: torch.Tensor) -> torch.Tensor:
+        """(population,) prediction errors ||g_k^{t-1} + H v - g_k^t|| normalised to sum 1 over the
+        clients that have a previous update (NaN for the others); rows in blocks of 128."""
+        have = self.prev_seen[ids]
+        rows, cur = ids[have], updates[have]
         err = torch.cat([
-            (self.prev_updates[i : i + 128] + hv - updates[i : i + 128]).norm(dim=1)
-            for i in range(0, len(updates), 128)
-        ])
-        return err / err.sum().clamp_min(1e-30)
+            (self.prev_updates[rows[i : i + 128]] + hv - cur[i : i + 128]).norm(dim=1)
+            for i in range(0, len(rows), 128)
+        ]) if len(rows) else cur.new_zeros(0)
+        out = torch.full((len(self.prev_seen),), float("nan"), dtype=updates.dtype, device=updates.device)
+        out[rows] = err / err.sum().clamp_min(1e-30)
+        return out
+
+    def _grow(self, updates: torch.Tensor, ids: torch.Tensor) -> None:
+        """Make room for every client id in the per-client histories."""
+        n = int(ids.max()) + 1
+        if self.prev_updates is not None and len(self.prev_updates) < n:
+            grow = n - len(self.prev_updates)
+            self.prev_updates = torch.cat([self.prev_updates, self.prev_updates.new_zeros(grow, updates.shape[1])])
+            self.prev_seen = torch.cat([self.prev_seen, self.prev_seen.new_zeros(grow)])
+            nan = torch.full((grow,), float("nan"), dtype=updates.dtype, device=updates.device)
+            for i, d in enumerate(self.dist_hist):
+                self.dist_hist[i] = torch.cat([d, nan])
 
     def aggregate(self, updates, ctx):
         w = ctx.global_weights.to(updates.device, updates.dtype)
         info: dict[str, Any] = {}
-        if self.prev_updates is not None and self.prev_updates.shape != updates.shape:
-            self.prev_updates = None
-            self.dist_hist.clear()
-            info["history_reset"] = True
+        ids = ctx.client_ids
+        if ids is None:
+            ids = torch.arange(len(updates))
+            if self.prev_seen is not None and int(self.prev_seen.sum()) != len(updates):
+                self.prev_updates = self.prev_seen = None
+                self.dist_hist.clear()
+                info["history_reset"] = True
+        ids = ids.to(updates.device)
+        self._grow(updates, ids)
         if self.prev_updates is not None and self.s_hist:
             hv = lbfgs_hvp(torch.stack(list(self.s_hist)), torch.stack(list(self.y_hist)), w - self.prev_weights)
-            self.dist_hist.append(self._distances(updates, hv))
+            self.dist_hist.append(self._distances(updates, ids, hv))
         accepted = all_accepted(updates)
         if len(self.dist_hist) == self.p.window:
-            scores = torch.stack(list(self.dist_hist)).mean(dim=0)
-            flagged = self._flag(scores.double().cpu().numpy(), ctx)
+            scores = torch.stack(list(self.dist_hist))[:, ids].nanmean(dim=0)
+            known = ~scores.isnan()
+            flagged = np.zeros(len(ids), dtype=bool)
+            if int(known.sum()) > 1:
+                flagged[known.cpu().numpy()] = self._flag(scores[known].double().cpu().numpy(), ctx)
             accepted = torch.as_tensor(~flagged, device=updates.device)
             info["suspicion"] = scores.cpu().tolist()
         else:
@@ -150,7 +178,14 @@ class FLDetector(Defense):
         if self.prev_weights is not None:
             self.s_hist.append(w - self.prev_weights)
             self.y_hist.append(agg - self.prev_aggregate)
-        self.prev_weights, self.prev_aggregate, self.prev_updates = w.clone(), agg.clone(), updates.clone()
+        if self.prev_updates is None:
+            n = int(ids.max()) + 1
+            self.prev_updates = updates.new_zeros(n, updates.shape[1])
+            self.prev_seen = torch.zeros(n, dtype=torch.bool, device=updates.device)
+        self.prev_updates[ids] = updates
+        self.prev_seen.zero_()
+        self.prev_seen[ids] = True
+        self.prev_weights, self.prev_aggregate = w.clone(), agg.clone()
         info["flagged"] = int((~accepted).sum())
         return Aggregate(agg, accepted, None, info)
 
@@ -173,6 +208,7 @@ class FLDetector(Defense):
             "prev_weights": cpu(self.prev_weights),
             "prev_aggregate": cpu(self.prev_aggregate),
             "prev_updates": cpu(self.prev_updates),
+            "prev_seen": cpu(self.prev_seen),
             "s_hist": [t.cpu() for t in self.s_hist],
             "y_hist": [t.cpu() for t in self.y_hist],
             "dist_hist": [t.cpu() for t in self.dist_hist],
@@ -182,6 +218,9 @@ class FLDetector(Defense):
         self.prev_weights = state.get("prev_weights")
         self.prev_aggregate = state.get("prev_aggregate")
         self.prev_updates = state.get("prev_updates")
+        self.prev_seen = state.get("prev_seen")
+        if self.prev_seen is None and self.prev_updates is not None:
+            self.prev_seen = torch.ones(len(self.prev_updates), dtype=torch.bool)
         for name in ("s_hist", "y_hist", "dist_hist"):
             getattr(self, name).clear()
             getattr(self, name).extend(state.get(name, []))

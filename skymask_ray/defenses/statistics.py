@@ -120,6 +120,10 @@ class TrimmedMean(BoundedDefense):
     def f_of(cls, p: Any, f: int) -> int:
         return f if p.beta is None else p.beta
 
+    @classmethod
+    def f_label(cls, p: Any) -> str:
+        return "f" if p.beta is None else "beta"
+
     def aggregate(self, updates, ctx):
         info: dict[str, Any] = {}
         beta = self.effective_f(len(updates), ctx.num_malicious, info)

@@ -84,3 +84,32 @@ def test_fldetector_restarts_client_history_when_rows_change(defense, ctx):
     x = torch.randn(9, 30)
     agg = fld.aggregate(x, ctx(x, 1, round=6, global_weights=torch.zeros(30)))
     assert agg.info["history_reset"] and agg.info["warmup"] and agg.accepted.all()
+
+
+def test_fldetector_follows_clients_by_id_when_a_row_is_dropped(defense, ctx):
+    """A round without client 4 (its update was invalid) keeps every history: no reset, the bad
+    clients stay flagged by id, and the absent client is scored again from the rounds it has."""
+    gen = torch.Generator().manual_seed(5)
+    n, p, bad = 10, 30, [2, 7]
+    q = torch.linalg.qr(torch.randn(p, p, generator=gen))[0]
+    a = q @ torch.diag(torch.linspace(0.2, 1.0, p)) @ q.T
+    centres = torch.randn(n, p, generator=gen)
+    w = 5 * torch.randn(p, generator=gen)
+    fld = defense("fldetector", n, len(bad), {"window": 3, "k_max": 5, "gap_samples": 10})
+    for r in range(1, 10):
+        updates = (w - centres) @ a
+        updates += 0.02 * updates.norm(dim=1, keepdim=True) / p**0.5 * torch.randn(n, p, generator=gen)
+        scale = updates[[k for k in range(n) if k not in bad]].norm(dim=1).mean()
+        for k in bad:
+            noise = torch.randn(p, generator=gen)
+            updates[k] = scale * noise / noise.norm()
+        ids = torch.tensor([k for k in range(n) if k != 4]) if r == 6 else torch.arange(n)
+        c = ctx(updates[ids], len(bad), round=r, global_weights=w.clone())
+        c.client_ids = ids
+        agg = fld.aggregate(updates[ids], c)
+        assert "history_reset" not in agg.info
+        if r >= 5:
+            assert ids[~agg.accepted].tolist() == bad, r
+        if r == 6:
+            assert len(agg.accepted) == n - 1
+        w = w - 0.5 * agg.update

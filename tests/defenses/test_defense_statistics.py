@@ -107,3 +107,13 @@ def test_centered_clipping_without_clipping_is_the_mean_and_state_round_trips(de
     again.load_state_dict(cc.state_dict())
     nxt = again.aggregate(x, ctx(x, 0, round=2))
     assert (nxt.update - x.mean(0)).norm().item() <= 0.1 + 1e-6
+
+
+def test_trimmed_mean_error_names_beta_when_beta_is_given(defense):
+    """An impossible beta override is reported as beta (the user's knob), not as f."""
+    from skymask_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"beta=5 \(at most beta=4 .*lower beta"):
+        defense("trimmed_mean", 10, 1, {"beta": 5})
+    with pytest.raises(ConfigError, match=r"f=5 \(at most f=4 .*lower malicious_fraction"):
+        defense("trimmed_mean", 10, 5)
