@@ -7,9 +7,14 @@ start-up: actors are created before it):
 * clients N in --clients at malicious fraction 0.2;
 * malicious fraction in --fractions at N = --fraction-clients.
 
-Cells already complete are skipped (resume). Writes the cells' Parquet files
-under --out, ``scaling.md`` (table) and the report's PNG plots (round time and
-memory vs client count) into benchmarks/results/scaling/.
+Every cell is the user's command, ``skymask-ray bench --preset paper-fmnist
+--clients N --malicious f --attack min_max --defense skymask --rounds 1``, run
+as a subprocess while this machine's used memory is sampled
+(:mod:`host_memory`): ``host peak MB`` is what the whole run added (Ray's
+daemons and object store included, shared pages counted once), beside the
+summed per-process peak RSS of the Parquet rows. Cells already complete are
+skipped (resume). Writes the cells' Parquet files under --out, ``scaling.md``
+and ``scaling.parquet`` (one row per cell) and the report's PNG plots.
 
     python benchmarks/scaling.py [--clients 100,250,500,1000,2000,5000] [--fractions 0.2,0.4,0.6,0.8]
 """
@@ -17,10 +22,36 @@ memory vs client count) into benchmarks/results/scaling/.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
-from skymask_ray.bench import run_grid, summary_table
-from skymask_ray.report import make_report
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from host_memory import run_sampled  # noqa: E402  (benchmarks/ is not a package)
+
+from skymask_ray.bench import cell_done, cell_name, expand_grid, summarize, summary_table  # noqa: E402
+from skymask_ray.report import make_report  # noqa: E402
+
+
+def run_cell(n: int, f: float, rounds: int, out: Path) -> dict:
+    """One cell through the CLI, with its host memory (kept in host_memory.json beside its rows)."""
+    base = {"rounds": rounds, "attack": "min_max", "defense": "skymask"}
+    (cfg,) = expand_grid("paper-fmnist", None, base, {"clients": [n], "malicious_fraction": [f]})
+    folder = out / cell_name(cfg)
+    mem_file = folder / "host_memory.json"
+    if not (cell_done(cfg, folder) and mem_file.exists()):
+        cmd = ["skymask-ray", "bench", "--preset", "paper-fmnist", "--clients", str(n), "--malicious", str(f),
+               "--attack", "min_max", "--defense", "skymask", "--rounds", str(rounds), "--out", str(out)]
+        print(" ".join(cmd), flush=True)
+        (folder / "rounds.parquet").unlink(missing_ok=True)
+        mem = run_sampled(cmd)
+        mem_file.write_text(json.dumps(mem, indent=1))
+    row = summarize(folder)
+    row.update(json.loads(mem_file.read_text()))
+    return row
 
 
 def main() -> None:
@@ -32,18 +63,23 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/scaling")
     args = ap.parse_args()
     out = Path(args.out)
-    base = {"rounds": args.rounds, "attack": "min_max", "defense": "skymask"}
-    rows = run_grid("paper-fmnist", None, base, {"clients": [int(c) for c in args.clients.split(",")],
-                                                  "malicious_fraction": [0.2]}, out, echo=print)
-    rows += run_grid("paper-fmnist", None, base, {"clients": [args.fraction_clients],
-                                                   "malicious_fraction": [float(f) for f in args.fractions.split(",")
-                                                                          if float(f) != 0.2]}, out, echo=print)
+    cells = [(int(c), 0.2) for c in args.clients.split(",")]
+    cells += [(args.fraction_clients, float(f)) for f in args.fractions.split(",") if float(f) != 0.2]
+    rows = [run_cell(n, f, args.rounds, out) for n, f in cells]
     table = summary_table(rows)
+    mem = ["| N | mal | host peak MB | summed peak RSS MB | run wall s (Ray start to exit) |", "|---|---|---|---|---|"]
+    mem += [f"| {r['clients']} | {r['malicious_fraction']:g} | {r['host_peak_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['wall_s']:.0f} |" for r in rows]
     print(table)
+    print("\n".join(mem))
+    pq.write_table(pa.Table.from_pylist(rows), out / "scaling.parquet")
     (out / "scaling.md").write_text(
         "# Scaling: SkyMask under min_max, Fashion-MNIST cnn, one round per cell (`python benchmarks/scaling.py`)\n\n"
-        "Times are seconds of that round; peak MB is the summed peak RSS of driver, client workers and trainer.\n\n"
-        + table + "\n")
+        "Times are seconds of that round; peak MB is the summed peak RSS of driver, client workers and trainer "
+        "(shared pages counted once per process).\n\n" + table + "\n\n"
+        "## Memory of the whole command\n\nHost peak MB: this machine's used memory (MemTotal - MemAvailable) "
+        "during `skymask-ray bench ...`, minus before it (Ray daemons and object store included, shared pages "
+        "once).\n\n" + "\n".join(mem) + "\n")
     for p in make_report([out], out):
         print("wrote", p)
 
