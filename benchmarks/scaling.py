@@ -5,7 +5,8 @@ samples (12 at N = 5000). Two sweeps, one round per cell (round 1 includes no
 start-up: actors are created before it):
 
 * clients N in --clients at malicious fraction 0.2;
-* malicious fraction in --fractions at N = --fraction-clients.
+* malicious fraction in --fractions at N = --fraction-clients (0 = no attacker:
+  every client trains, the baseline for the model-poisoning client phase).
 
 Every cell is the user's command, ``skymask-ray bench --preset paper-fmnist
 --clients N --malicious f --attack min_max --defense skymask --rounds 1``, run
@@ -16,7 +17,7 @@ summed per-process peak RSS of the Parquet rows. Cells already complete are
 skipped (resume). Writes the cells' Parquet files under --out, ``scaling.md``
 and ``scaling.parquet`` (one row per cell) and the report's PNG plots.
 
-    python benchmarks/scaling.py [--clients 100,250,500,1000,2000,5000] [--fractions 0.2,0.4,0.6,0.8]
+    python benchmarks/scaling.py [--clients 100,250,500,1000,2000,5000] [--fractions 0,0.2,0.4,0.6,0.8]
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def run_cell(n: int, f: float, rounds: int, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="100,250,500,1000,2000,5000")
-    ap.add_argument("--fractions", default="0.2,0.4,0.6,0.8")
+    ap.add_argument("--fractions", default="0,0.2,0.4,0.6,0.8")
     ap.add_argument("--fraction-clients", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/scaling")
