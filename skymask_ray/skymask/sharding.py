@@ -22,7 +22,7 @@ from ..linalg import from_readonly
 from .masked import MaskShard
 from .trainer import MaskSelection, train_and_select
 
-BYTES_PER_ENTRY = 4 * 4  # updates, masks, sigmoid cache and one step temporary, float32
+BYTES_PER_ENTRY = 2 * 4  # updates and masks, float32 (MaskShard's temporaries are column blocks)
 
 
 def auto_shards(rows: int, numel: int, cfg: SkyMaskConfig) -> int:
