@@ -18,12 +18,17 @@ attack, 2 rounds. The metric is client updates per second:
   round's loop over the clients (set weights, local SGD, read weights, add to
   the weighted sum).
 
-Every process that trains (skymask-ray's workers, Flower's actors, the bare
-loop) pays torch's lazy imports of the training path (torch._dynamo, sympy:
-~900 modules, seconds) at its first training step, inside round 1's timing;
-none is pre-warmed, so the three are treated alike. With only 2 rounds that
-matters, so the steady-state rate over rounds >= 2 is reported beside the
-all-rounds rate.
+First steps cost extra (torch's lazy imports of the training path, oneDNN
+kernel set-up for each batch shape). skymask-ray's workers take one
+throw-away step when they start (part of the product's set-up, outside the
+timing); Flower's actors and the bare loop pay it inside round 1. With only 2
+rounds that matters, so the steady-state rate over rounds >= 2 is reported
+beside the all-rounds rate.
+
+skymask-ray's clients train on the module itself with channels-last conv
+weights (~1.5x per thread over a functional call on flat views, and over the
+plain module); Flower's and the bare loop's clients use the plain module, as a
+user of those would.
 
 The compute ceiling is derived, not assumed: FLOPs of the cnn's forward and
 backward per sample are counted from the layer shapes (convolutions and
@@ -311,9 +316,11 @@ def report(res: dict[str, Any]) -> str:
         f"Earlier reference figures on this machine (from the issue): Flower {REFERENCE['flower']} updates/s, "
         f"bare loop {REFERENCE['bare']} updates/s.",
         "",
-        "Notes: in every framework, each training process pays torch's lazy imports of the training path "
-        "(torch._dynamo, sympy; seconds) at its first step, inside round 1; the rounds >= 2 column excludes "
-        f"them. skymask-ray takes a {w['root_size']}-sample root set "
+        "Notes: first steps cost extra (lazy imports, kernel set-up per batch shape); skymask-ray's workers "
+        "take one throw-away step at start-up (outside the timing), Flower's actors and the bare loop pay it "
+        "in round 1; the rounds >= 2 column excludes it. skymask-ray's clients train with channels-last conv "
+        "weights; Flower's and the bare loop's use the plain module. "
+        f"skymask-ray takes a {w['root_size']}-sample root set "
         f"from the training set first, so its clients hold {sky['samples_per_client'][0]}-"
         f"{sky['samples_per_client'][1]} samples (Flower and bare: exactly {w['samples']}). Flower runs with Ray "
         f"{flower_ray} from its venv, skymask-ray with Ray {sky['ray_version']}; each starts its own local Ray "
