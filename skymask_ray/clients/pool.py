@@ -92,17 +92,19 @@ class ClientWorker:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One throw-away step so torch's lazy imports are paid at setup, not in round 1's timing."""
+        """One throw-away step of a full batch, so torch's lazy imports and the kernel set-up for the
+        batch shape are paid at setup, not in round 1's timing."""
         x, y = next(((x, y) for x, y in self.data.values() if len(y)), (None, None))
         if x is None:
             return
         w = self.spec.flatten(self.model).to(self.device)
-        s = SGDSettings(lr=0.0, batch_size=1, steps=1)
+        b = min(len(y), self.cfg.train.batch_size)
+        s = SGDSettings(lr=0.0, batch_size=b, steps=1)
         gens = [torch.Generator().manual_seed(0)]
         if self.mode == "vmap" and not self.has_buffers:
-            train_vmap(self.model, self.spec, w, [(x[:1], y[:1])], gens, s)
+            train_vmap(self.model, self.spec, w, [(x[:b], y[:b])], gens, s)
         else:
-            train_sequential(self.model, self.spec, w, [(x[:1], y[:1])], gens, s)
+            train_sequential(self.model, self.spec, w, [(x[:b], y[:b])], gens, s)
 
     def train(self, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int, client_ids: list[int]) -> dict:
         """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers)."""
