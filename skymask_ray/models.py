@@ -63,6 +63,13 @@ class ParamSpec:
                 p.copy_(v)
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """Store 4-D (conv) weights channels-last, in place: oneDNN's CPU convolutions run ~1.5x faster so."""
+    if any(p.dim() == 4 for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def buffers_of(module: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of the module's buffers (BatchNorm statistics)."""
     return {n: b.detach().clone() for n, b in module.named_buffers()}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..models import ParamSpec
+from ..models import ParamSpec, channels_last
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,6 @@ def _sgd_step(flat: torch.Tensor, g: torch.Tensor, s: SGDSettings) -> torch.Tens
     return flat - s.lr * g
 
 
-def _channels_last(model: nn.Module) -> nn.Module:
-    """Store 4-D (conv) weights channels-last: oneDNN's CPU convolutions run ~1.6x faster so."""
-    if any(p.dim() == 4 for p in model.parameters()):
-        model.to(memory_format=torch.channels_last)
-    return model
-
-
 def train_sequential(
     model: nn.Module,
     spec: ParamSpec,
@@ -113,7 +106,7 @@ def train_sequential(
     statistics) are every client's starting point; ``None`` means the module's own.
     """
     model.train()
-    _channels_last(model)
+    channels_last(model)
     params = list(model.parameters())
     saved = spec.flatten(model)
     own = dict(model.named_buffers())
