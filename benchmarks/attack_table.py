@@ -27,7 +27,7 @@ WRAPPED = {  # attacks that need parameters: fine-grained wrappers over a base a
 }
 
 
-def _cell_text(s: dict | None, defense: str) -> str:
+def cell_text(s: dict | None, defense: str) -> str:
     """Final accuracy, backdoor success in brackets, mean TPR/FPR for defenses that select."""
     if s is None:
         return "not run"
@@ -73,7 +73,7 @@ def main() -> None:
     lines = ["| attack | " + " | ".join(defenses) + " | fedavg change vs no attack |",
              "|---" * (len(defenses) + 2) + "|"]
     for attack in attacks:
-        vals = [_cell_text(done.get((attack, d)), d) for d in defenses]
+        vals = [cell_text(done.get((attack, d)), d) for d in defenses]
         fed = done.get((attack, "fedavg"))
         delta = "-" if fed is None or base_acc is None or attack == "none" else _harm(fed, base_acc)
         lines.append(f"| {attack} | " + " | ".join(vals) + f" | {delta} |")
