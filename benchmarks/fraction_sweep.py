@@ -27,7 +27,7 @@ from skymask_ray.bench import cell_done, cell_name, expand_grid, run_grid, summa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--fractions", default="0.2,0.4,0.6,0.8")
+    ap.add_argument("--fractions", default="0.2,0.8,0.4,0.6", help="run in this order (extremes first)")
     ap.add_argument("--attacks", default="min_max,lie")
     ap.add_argument("--defenses", default="fedavg,fltrust,flame,skymask")
     ap.add_argument("--out", default="benchmarks/results/attack_table")
@@ -46,7 +46,7 @@ def main() -> None:
     for attack in grid["attack"]:
         lines = [f"## {attack}", "", "| malicious | " + " | ".join(grid["defense"]) + " |",
                  "|---" * (len(grid["defense"]) + 1) + "|"]
-        for f in grid["malicious_fraction"]:
+        for f in sorted(grid["malicious_fraction"]):
             vals = [cell_text(done.get((attack, f, d)), d) for d in grid["defense"]]
             lines.append(f"| {f:.0%} | " + " | ".join(vals) + " |")
         parts.append("\n".join(lines))
