@@ -77,7 +77,7 @@ def main() -> None:
     (out / "scaling.md").write_text(
         "# Scaling: SkyMask under min_max, Fashion-MNIST cnn, one round per cell (`python benchmarks/scaling.py`)\n\n"
         "Times are seconds of that round; peak MB is the summed peak RSS of driver, client workers and trainer "
-        "(shared pages counted once per process).\n\n" + table + "\n\n"
+        "(a shared page counts in every process that maps it).\n\n" + table + "\n\n"
         "## Memory of the whole command\n\nHost peak MB: this machine's used memory (MemTotal - MemAvailable) "
         "during `skymask-ray bench ...`, minus before it (Ray daemons and object store included, shared pages "
         "once).\n\n" + "\n".join(mem) + "\n")
