@@ -4,7 +4,7 @@ The attack issue's table (fedavg and skymask under every attack) and, with
 ``--defenses all``, the defense issue's extension to every defense. Cells
 already complete are skipped, so the table can be filled over several runs.
 
-    python benchmarks/attack_table.py [--rounds 30] [--malicious 0.2] [--defenses fedavg,skymask]
+    python benchmarks/attack_table.py [--rounds 10] [--malicious 0.2] [--defenses fedavg,skymask|all]
 
 Writes benchmarks/results/attack_table.md: one row per attack, per defense
 the final accuracy (and backdoor success in brackets where the attack has a trigger).
@@ -47,15 +47,21 @@ def _harm(fed: dict, base_acc: float) -> str:
     return text
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--malicious", type=float, default=0.2)
-    ap.add_argument("--attacks", default="all")
-    ap.add_argument("--defenses", default="fedavg,skymask")
-    ap.add_argument("--results-md", default="benchmarks/results/attack_table.md")
+def cell_parser(doc: str, attacks: str, defenses: str, results_md: str) -> argparse.ArgumentParser:
+    """The options every attack x defense table script shares (cells under --out, table in --results-md)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--attacks", default=attacks)
+    ap.add_argument("--defenses", default=defenses)
     ap.add_argument("--out", default="benchmarks/results/attack_table")
+    ap.add_argument("--results-md", default=results_md)
     ap.add_argument("--table-only", action="store_true", help="tabulate finished cells, run nothing")
+    return ap
+
+
+def main() -> None:
+    ap = cell_parser(__doc__, "all", "fedavg,skymask", "benchmarks/results/attack_table.md")
+    ap.add_argument("--malicious", type=float, default=0.2)
     args = ap.parse_args()
     attacks = ATTACKS.names() if args.attacks == "all" else args.attacks.split(",")
     defenses = DEFENSES.names() if args.defenses == "all" else args.defenses.split(",")

@@ -14,25 +14,18 @@ per defense the final accuracy and mean TPR/FPR.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attack_table import cell_text  # noqa: E402  (benchmarks/ is not a package)
+from attack_table import cell_parser, cell_text  # noqa: E402  (benchmarks/ is not a package)
 
 from skymask_ray.bench import cell_done, cell_name, expand_grid, run_grid, summarize  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=10)
+    ap = cell_parser(__doc__, "min_max,lie", "fedavg,fltrust,flame,skymask", "benchmarks/results/fraction_sweep.md")
     ap.add_argument("--fractions", default="0.2,0.8,0.4,0.6", help="run in this order (extremes first)")
-    ap.add_argument("--attacks", default="min_max,lie")
-    ap.add_argument("--defenses", default="fedavg,fltrust,flame,skymask")
-    ap.add_argument("--out", default="benchmarks/results/attack_table")
-    ap.add_argument("--results-md", default="benchmarks/results/fraction_sweep.md")
-    ap.add_argument("--table-only", action="store_true", help="tabulate finished cells, run nothing")
     args = ap.parse_args()
     grid = {"malicious_fraction": [float(f) for f in args.fractions.split(",")],
             "attack": args.attacks.split(","), "defense": args.defenses.split(",")}
