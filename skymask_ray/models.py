@@ -90,8 +90,9 @@ class CNN(nn.Module):
         self.fc2 = nn.Linear(100, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        # relu(max_pool(.)) == max_pool(relu(.)) (both monotone) at a quarter of the relu work
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 

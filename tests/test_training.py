@@ -82,3 +82,25 @@ def test_batchnorm_model_trains_and_updates_its_statistics():
     assert not torch.equal(out[0]["bn.running_mean"], bufs["bn.running_mean"])  # statistics moved
     assert not torch.equal(out[0]["bn.running_mean"], out[1]["bn.running_mean"])  # per client
     assert int(out[0]["bn.num_batches_tracked"]) == 3 and int(bufs["bn.num_batches_tracked"]) == 0
+
+
+def test_cnn_forward_is_the_papers_conv_relu_pool():
+    """The cnn applies relu after max-pool (a quarter of the work); values and gradients equal conv-relu-pool."""
+    import torch.nn.functional as F
+
+    from skymask_ray.models import build_model
+
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    x = torch.randn(16, 1, 28, 28)
+
+    def reference(m):
+        h = F.max_pool2d(F.relu(m.conv1(x)), 2)
+        h = F.max_pool2d(F.relu(m.conv2(h)), 2)
+        return m.fc2(F.relu(m.fc1(h.flatten(1))))
+
+    out, ref = model(x), reference(model)
+    torch.testing.assert_close(out, ref)
+    g = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    g_ref = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
