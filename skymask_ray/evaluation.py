@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import Attack
-from .models import ParamSpec, channels_last
+from .models import ParamSpec, channels_last, state_restored
 
 
 @dataclass
@@ -39,26 +39,22 @@ def evaluate(
     """
     model.eval()
     channels_last(model)
-    saved, own = spec.flatten(model), dict(model.named_buffers())
-    saved_buffers = {n: b.clone() for n, b in own.items()}
-    spec.load(model, w)
-    for n, b in buffers.items():
-        own[n].copy_(b)
-    correct, loss_sum = 0, 0.0
-    for i in range(0, len(y), batch):
-        out = model(x[i : i + batch])
-        loss_sum += float(F.cross_entropy(out, y[i : i + batch], reduction="sum"))
-        correct += int((out.argmax(1) == y[i : i + batch]).sum())
-    backdoor = None
-    if attack is not None and attack.has_trigger:
-        keep = y != attack.target
-        xs = x[keep]
-        hits = 0
-        for i in range(0, len(xs), batch):
-            out = model(attack.stamp(xs[i : i + batch].clone()))
-            hits += int((out.argmax(1) == attack.target).sum())
-        backdoor = hits / max(len(xs), 1)
-    spec.load(model, saved)
-    for n, b in saved_buffers.items():
-        own[n].copy_(b)
+    with state_restored(model, spec) as own:
+        spec.load(model, w)
+        for n, b in buffers.items():
+            own[n].copy_(b)
+        correct, loss_sum = 0, 0.0
+        for i in range(0, len(y), batch):
+            out = model(x[i : i + batch])
+            loss_sum += float(F.cross_entropy(out, y[i : i + batch], reduction="sum"))
+            correct += int((out.argmax(1) == y[i : i + batch]).sum())
+        backdoor = None
+        if attack is not None and attack.has_trigger:
+            keep = y != attack.target
+            xs = x[keep]
+            hits = 0
+            for i in range(0, len(xs), batch):
+                out = model(attack.stamp(xs[i : i + batch].clone()))
+                hits += int((out.argmax(1) == attack.target).sum())
+            backdoor = hits / max(len(xs), 1)
     return Evaluation(correct / len(y), loss_sum / len(y), backdoor)

@@ -1,8 +1,15 @@
-"""Shared tensor helpers: pairwise distances (used by every distance-based attack and defense)."""
+"""Shared tensor helpers: column blocks and pairwise distances (used by attacks, defenses and SkyMask)."""
 
 from __future__ import annotations
 
 import torch
+
+
+def column_blocks(n: int, p: int, budget: int = 2**25, min_width: int = 1) -> list[slice]:
+    """Column slices of an N x P matrix holding about ``budget`` elements each (bounds temporaries),
+    at least ``min_width`` columns wide."""
+    width = max(min_width, budget // max(n, 1))
+    return [slice(i, min(i + width, p)) for i in range(0, p, width)]
 
 
 def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,8 +9,9 @@ the flat parameter vector of length P and ``ParamSpec``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,24 @@ def channels_last(model: nn.Module) -> nn.Module:
     if any(p.dim() == 4 for p in model.parameters()):
         model.to(memory_format=torch.channels_last)
     return model
+
+
+@contextmanager
+def state_restored(model: nn.Module, spec: ParamSpec) -> Iterator[dict[str, torch.Tensor]]:
+    """Run code that loads other weights into ``model``; its parameters and buffers are put back after.
+
+    Yields the module's own buffers by name (the live tensors, to copy statistics into).
+    """
+    saved = spec.flatten(model)
+    own = dict(model.named_buffers())
+    saved_buffers = {n: b.detach().clone() for n, b in own.items()}
+    try:
+        yield own
+    finally:
+        spec.load(model, saved)
+        with torch.no_grad():
+            for n, b in own.items():
+                b.copy_(saved_buffers[n])
 
 
 def buffers_of(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..models import ParamSpec, channels_last
+from ..models import ParamSpec, channels_last, state_restored
 
 
 @dataclass(frozen=True)
@@ -108,31 +108,25 @@ def train_sequential(
     model.train()
     channels_last(model)
     params = list(model.parameters())
-    saved = spec.flatten(model)
-    own = dict(model.named_buffers())
-    saved_buffers = {n: b.detach().clone() for n, b in own.items()}
-    start = saved_buffers if buffers is None else buffers
     updates = torch.empty(len(data), spec.numel, dtype=w0.dtype, device=w0.device)
     out_buffers = []
-    for k, ((x, y), gen) in enumerate(zip(data, generators)):
-        spec.load(model, w0)
-        with torch.no_grad():
-            for n, b in start.items():
-                own[n].copy_(b)
-        for idx in batch_plan(len(y), s, gen):
-            for p in params:
-                p.grad = None
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+    with state_restored(model, spec) as own:
+        start = {n: b.detach().clone() for n, b in own.items()} if buffers is None else buffers
+        for k, ((x, y), gen) in enumerate(zip(data, generators)):
+            spec.load(model, w0)
             with torch.no_grad():
+                for n, b in start.items():
+                    own[n].copy_(b)
+            for idx in batch_plan(len(y), s, gen):
                 for p in params:
-                    g = p.grad if s.grad_clip is None else p.grad.clamp_(-s.grad_clip, s.grad_clip)
-                    p.sub_(g, alpha=s.lr)
-        updates[k] = w0 - spec.flatten(model).to(w0.dtype)
-        out_buffers.append({n: own[n].detach().clone() for n in start})
-    spec.load(model, saved)
-    with torch.no_grad():
-        for n, b in own.items():
-            b.copy_(saved_buffers[n])
+                    p.grad = None
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                with torch.no_grad():
+                    for p in params:
+                        g = p.grad if s.grad_clip is None else p.grad.clamp_(-s.grad_clip, s.grad_clip)
+                        p.sub_(g, alpha=s.lr)
+            updates[k] = w0 - spec.flatten(model).to(w0.dtype)
+            out_buffers.append({n: own[n].detach().clone() for n in start})
     return updates, out_buffers
 
 

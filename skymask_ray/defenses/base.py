@@ -96,12 +96,6 @@ def distances_to(updates: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
     return pairwise_distances(updates, point.reshape(1, -1))[:, 0]
 
 
-def column_blocks(n: int, p: int, budget: int = 2**25) -> list[slice]:
-    """Column slices of an N x P matrix holding about ``budget`` elements each (bounds temporaries)."""
-    width = max(1, budget // max(n, 1))
-    return [slice(i, min(i + width, p)) for i in range(0, p, width)]
-
-
 @dataclass
 class DegradeParams:
     """Parameters shared by defenses with a bound on f (see :class:`BoundedDefense`)."""

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..linalg import krum_scores, pairwise_sq_distances
+from ..linalg import column_blocks, krum_scores, pairwise_sq_distances
 from ..params import parse_params
-from .base import Aggregate, BoundedDefense, DegradeParams, column_blocks, mean_of, register_defense
+from .base import Aggregate, BoundedDefense, DegradeParams, mean_of, register_defense
 from .statistics import coordinate_median
 
 

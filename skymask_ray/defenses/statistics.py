@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 
-from ..linalg import pairwise_sq_distances
+from ..linalg import column_blocks, pairwise_sq_distances
 from .base import (
     Aggregate,
     BoundedDefense,
     DegradeParams,
     Defense,
-    column_blocks,
     distances_to,
     register_defense,
 )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..config import SkyMaskConfig
+from ..linalg import column_blocks
 
 
 def masked_average(masks: torch.Tensor, updates: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -39,11 +40,6 @@ def mask_gradient(masks: torch.Tensor, updates: torch.Tensor, grad_w: torch.Tens
     total = s.sum(0)
     g_bar = (s * updates).sum(0) / total
     return s * (1 - s) * (g_bar - updates) / total * grad_w
-
-
-def block_columns(rows: int, columns: int, block_bytes: int = 8 << 20) -> int:
-    """Columns per block so that one K x block float32 temporary stays ~``block_bytes`` (cache-sized)."""
-    return max(512, min(columns, block_bytes // (4 * max(rows, 1))))
 
 
 class MaskShard:
@@ -65,14 +61,12 @@ class MaskShard:
         self.cfg = cfg
         self.lr = lr
         self.masks = torch.full(updates.shape, float(cfg.mask_init), device=updates.device)
-        self.block = block or block_columns(*updates.shape)
+        k, p = updates.shape
+        # cache-sized blocks: one K x block float32 temporary is ~8 MB (``block`` columns if given)
+        self.blocks = column_blocks(k, p, budget=k * block) if block else column_blocks(k, p, 2**21, min_width=512)
         self._ones = torch.ones(1, updates.shape[0], device=updates.device)
         self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self.opt = torch.optim.Adam([self.masks], lr=lr) if cfg.optimizer == "adam" else None
-
-    def _blocks(self) -> list[slice]:
-        p = self.updates.shape[1]
-        return [slice(a, min(a + self.block, p)) for a in range(0, p, self.block)]
 
     def _colsum(self, x: torch.Tensor) -> torch.Tensor:
         return (self._ones @ x)[0]
@@ -83,7 +77,7 @@ class MaskShard:
         p = self.updates.shape[1]
         total = torch.empty(p, device=self.masks.device)
         g_bar = torch.empty(p, device=self.masks.device)
-        for c in self._blocks():
+        for c in self.blocks:
             s = torch.sigmoid(self.masks[:, c])
             total[c] = self._colsum(s)
             g_bar[c] = self._colsum(s.mul_(self.updates[:, c]))
@@ -101,7 +95,7 @@ class MaskShard:
         scale = grad_w.to(self.masks.device) / total
         clip = self.cfg.mask_grad_clip
         full = torch.empty_like(self.masks) if self.opt is not None else None
-        for c in self._blocks():
+        for c in self.blocks:
             m = self.masks[:, c]
             s = torch.sigmoid(m)
             torch.addcmul(s, s, s, value=-1.0, out=s)  # sigma'(m) = s (1 - s)
@@ -128,14 +122,14 @@ class MaskShard:
         """This shard's contribution B B^T (K x K, float64) to the Gram matrix of the bits."""
         k = self.masks.shape[0]
         out = torch.zeros(k, k, dtype=torch.float64, device=self.masks.device)
-        for c in self._blocks():
+        for c in self.blocks:
             b = self._block_bits(c)
             out += (b @ b.T).double()  # exact: integer counts < 2^24 per block
         return out
 
     def on_counts(self) -> torch.Tensor:
         """Number of mask bits on, per model (K,)."""
-        return sum(self._block_bits(c).sum(1).long() for c in self._blocks())  # type: ignore[return-value]
+        return sum(self._block_bits(c).sum(1).long() for c in self.blocks)  # type: ignore[return-value]
 
     def logit_range(self) -> tuple[float, float]:
         return float(self.masks.min()), float(self.masks.max())
