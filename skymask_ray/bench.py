@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow.parquet as pq
 import yaml
 
 from . import __version__
 from .config import ExperimentConfig, build_config, config_hash, set_dotted
 from .errors import ConfigError
+from .results import read_parquet
 
 GRID_KEYS = {
     "clients": "clients", "malicious_fraction": "malicious_fraction", "malicious": "malicious_fraction",
@@ -83,7 +83,7 @@ def cell_done(cfg: ExperimentConfig, folder: Path) -> bool:
     f = folder / "rounds.parquet"
     if not f.exists():
         return False
-    t = pq.read_table(f, columns=["round", "config_hash"]).to_pydict()
+    t = read_parquet(f, columns=["round", "config_hash"]).to_pydict()
     return set(t["config_hash"]) == {config_hash(cfg)} and set(t["round"]) >= set(range(1, cfg.rounds + 1))
 
 
@@ -173,7 +173,7 @@ def run_grid(
 
 def summarize(folder: Path) -> dict[str, Any]:
     """Final accuracy, mean detection and mean per-phase time of one cell."""
-    rows = pq.read_table(folder / "rounds.parquet").to_pylist()
+    rows = read_parquet(folder / "rounds.parquet").to_pylist()
     last = rows[-1]
 
     def mean(col: str) -> float | None:

@@ -68,6 +68,7 @@ class SkyMaskConfig:
     fallback: str = "server"  # what to apply when no client is in the server's cluster: server | fedavg
     shards: int | None = None  # parameter shards over trainer actors (None: auto from memory)
     shard_memory_gb: float = 8.0  # budget one trainer shard may use for the N x P state
+    kernel: str = "auto"  # mask step: compiled (torch.compile, one fused pass) | eager | auto (compiled if it works)
 
 
 @dataclass
@@ -241,6 +242,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(s.mask_lr is None or (_is_num(s.mask_lr) and s.mask_lr > 0), "skymask.mask_lr must be > 0")
     _check(s.mask_grad_clip is None or (_is_num(s.mask_grad_clip) and s.mask_grad_clip > 0), "skymask.mask_grad_clip must be > 0")
     _check(_is_num(s.threshold) and 0.0 < s.threshold < 1.0, "skymask.threshold must be in (0, 1)")
+    _check(s.kernel in ("auto", "compiled", "eager"), f"skymask.kernel must be auto, compiled or eager, got {s.kernel!r}")
     _check(s.fallback in ("server", "fedavg"), f"skymask.fallback must be server or fedavg, got {s.fallback!r}")
     _check(s.shards is None or (isinstance(s.shards, int) and s.shards >= 1), "skymask.shards must be >= 1")
     _check(_is_num(s.shard_memory_gb) and s.shard_memory_gb > 0, "skymask.shard_memory_gb must be > 0")
@@ -268,6 +270,7 @@ def config_hash(cfg: ExperimentConfig) -> str:
     d = to_dict(cfg)
     for key in ("out", "address", "workers"):
         d.pop(key, None)
+    d["skymask"].pop("kernel", None)  # how the mask step runs, not what it computes
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -34,12 +34,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
+
+from .results import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
         if not masks_path.exists():
             skip(name, f"no masks.parquet next to {f}")
             continue
-        masks = pq.read_table(masks_path)
+        masks = read_parquet(masks_path)
         available = sorted(set(masks.column("round").to_pylist()))
         chosen = mask_round if mask_round is not None else (available[-1] if available else None)
         if chosen is None or chosen not in available:
@@ -181,7 +182,7 @@ def find_rounds_files(inputs: Iterable[str | Path]) -> list[Path]:
 
 def load_runs(path: Path) -> list[Run]:
     """The runs in one ``rounds.parquet`` (normally one), rows sorted by round, last row per round kept."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     missing = [c for c in (*RUN_KEYS, "round") if c not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not a rounds file: it lacks columns {missing}")

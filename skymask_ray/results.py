@@ -117,7 +117,7 @@ class ParquetLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if keep_existing and self.path.exists():
-            self.rows = pq.read_table(self.path).to_pylist()
+            self.rows = read_parquet(self.path).to_pylist()
         elif self.path.exists():
             self.path.unlink()
 
@@ -133,10 +133,20 @@ class ParquetLog:
         pq.write_table(table, tmp)
         os.replace(tmp, self.path)
 
-
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop rows for which ``keep`` is false (resume from an earlier checkpoint)."""
         self.rows = [r for r in self.rows if keep(r)]
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file read through a single open handle.
+
+    A by-path read opens the file twice (footer, then data); a running
+    :class:`ParquetLog` may ``os.replace`` it in between, mixing two versions.
+    Holding one handle pins one version (the inode stays alive after a replace).
+    """
+    with open(path, "rb") as fh:
+        return pq.read_table(fh, columns=columns)
 
 
 def read_rounds(path: str | Path) -> pa.Table:
@@ -146,6 +156,6 @@ def read_rounds(path: str | Path) -> pa.Table:
         files = sorted(p.rglob("rounds.parquet"))
         if not files:
             raise FileNotFoundError(f"no rounds.parquet below {p}")
-        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    return pq.read_table(p)
+        return pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
+    return read_parquet(p)
 

@@ -138,6 +138,8 @@ class Simulation:
         self.pool = ClientPool(cfg, self.data.x_train, self.data.y_train, self.parts, poisoned,
                                self.data.num_classes, self.spec.numel, self.layout.workers, self.layout.worker_cpus)
         self.trainer_device = ray.get(self.trainer.device_name.remote(), timeout=600)
+        if cfg.defense == "skymask":
+            self.trainer.prepare_kernels.remote(cfg.clients + 1)  # not awaited: overlaps round 1's clients
         self.mask_lr = default_mask_lr(cfg.skymask, cfg.model)
         self.shard_workers: list = []
 

@@ -16,7 +16,7 @@ import ray
 import torch
 
 from skymask_ray.config import build_config, save_config
-from skymask_ray.results import COLUMNS
+from skymask_ray.results import COLUMNS, read_parquet
 from skymask_ray.simulation import Simulation, run_experiment
 
 pytestmark = pytest.mark.slow
@@ -117,12 +117,12 @@ def test_killed_run_keeps_finished_rounds(tmp_path):
         while time.time() < deadline and rows < 3:
             time.sleep(0.5)
             if (out / "rounds.parquet").exists():
-                rows = pq.read_table(out / "rounds.parquet").num_rows
+                rows = read_parquet(out / "rounds.parquet").num_rows
         assert rows >= 3, "the run did not get going"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    table = pq.read_table(out / "rounds.parquet")
+    table = read_parquet(out / "rounds.parquet")
     rounds = table.column("round").to_pylist()
     assert rounds == list(range(1, len(rounds) + 1)) and len(rounds) >= 3
 

@@ -18,14 +18,29 @@ zero-copy from the object store) and the masks; no K x P model matrix is
 built. A :class:`MaskShard` holding any column range takes its own step from
 the matching slice of dL/dW, which is what lets the state be split by
 parameter coordinate over several actors or GPUs with O(P) traffic.
+
+Layout: a shard stores masks and updates coordinate-major (P x K in memory,
+seen as K x P through a transposed view), so everything coordinate i needs is
+one contiguous row. One SGD step is then a single fused pass (``torch.compile``):
+read the row's masks and updates, move the masks, and sum sigma(m) and
+sigma(m) g over the row for the next step's W. The step reads the masks and
+updates once and writes the masks once; the eager fallback runs the same
+formulas over cache-sized row blocks.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from ..config import SkyMaskConfig
-from ..linalg import column_blocks
+
+log = logging.getLogger(__name__)
 
 
 def masked_average(masks: torch.Tensor, updates: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -42,94 +57,171 @@ def mask_gradient(masks: torch.Tensor, updates: torch.Tensor, grad_w: torch.Tens
     return s * (1 - s) * (g_bar - updates) / total * grad_w
 
 
+def _row_sums(m: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per coordinate (row): sum_k sigma(m_ki) and sum_k sigma(m_ki) g_ki."""
+    s = torch.sigmoid(m)
+    return s.sum(1), (s * u).sum(1)
+
+
+def _row_grad(m: torch.Tensor, u: torch.Tensor, g_bar: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """dL/dm on coordinate-major rows: sigma'(m) (g_bar - g) dL/dW / sum sigma(m)."""
+    s = torch.sigmoid(m)
+    return s * (1 - s) * (g_bar[:, None] - u) * scale[:, None]
+
+
+def _row_sgd(m: torch.Tensor, u: torch.Tensor, g_bar: torch.Tensor, scale: torch.Tensor, lr: torch.Tensor,
+             clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place m -= lr * clamp(dL/dm, +-clip), then the row sums at the new m (one pass when compiled).
+
+    ``lr`` and ``clip`` are 0-d tensors so one compiled kernel serves every setting.
+    """
+    m.sub_(lr * _row_grad(m, u, g_bar, scale).clamp(-clip, clip))
+    return _row_sums(m, u)
+
+
+@dataclass(frozen=True)
+class RowKernels:
+    """The three row functions, compiled (one fused loop each) or eager."""
+
+    sums: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    grad: Callable[..., torch.Tensor]
+    sgd: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    compiled: bool
+
+
+EAGER = RowKernels(_row_sums, _row_grad, _row_sgd, compiled=False)
+
+
+# below this many K x P entries a step takes milliseconds eager: compiling (seconds, once per process) does not pay
+COMPILE_MIN_ENTRIES = 2**23
+
+
+@functools.cache
+@torch.no_grad()
+def compiled_kernels(device_type: str) -> RowKernels | None:
+    """The row functions through ``torch.compile`` (dynamic shapes), compiled once per process and device type.
+
+    Compiles on small tensors right away (the kernels then serve every shape).
+    Returns None, with a warning, where compilation does not work (no C++
+    compiler on a CPU node, no Triton on a GPU node); callers then run eager.
+    """
+    kernels = RowKernels(*(torch.compile(f, dynamic=True) for f in (_row_sums, _row_grad, _row_sgd)), compiled=True)
+    try:
+        m, u = torch.zeros(2048, 512, device=device_type), torch.ones(2048, 512, device=device_type)  # size hints: realistic rows
+        lr, clip = torch.ones((), device=device_type), torch.ones((), device=device_type)
+        total, num = kernels.sums(m, u)
+        kernels.grad(m, u, num / total, total)
+        kernels.sgd(m, u, num / total, total, lr, clip)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: use eager
+        log.warning("torch.compile of the mask step failed on %s (%s); using the eager step", device_type,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    return kernels
+
+
+def row_kernels(kind: str, device_type: str, entries: int) -> RowKernels:
+    """``kind``: compiled | eager | auto (compiled for at least COMPILE_MIN_ENTRIES entries, where it works)."""
+    if kind == "eager" or (kind == "auto" and entries < COMPILE_MIN_ENTRIES):
+        return EAGER
+    kernels = compiled_kernels(device_type)
+    if kernels is None and kind == "compiled":
+        raise RuntimeError(f"skymask.kernel = compiled, but torch.compile does not work on {device_type}")
+    return kernels or EAGER
+
+
 class MaskShard:
-    """One column range of the K x P masks and models, with its optimiser.
+    """One coordinate range of the K x P masks and models, with its optimiser.
 
     The gradient is clamped element-wise to ``mask_grad_clip`` (the paper's
     code: SGD, lr 1e7, clamp 1e-7, i.e. at most 1 per step). SGD (the paper's)
-    is applied in place, block by block: every pass works on a cache-sized
-    column block, so the only K x P arrays are the masks and the (read-only)
-    updates, and a step streams each of them about twice instead of building
-    five K x P temporaries. Adam uses torch's optimiser on a K x P gradient.
-    Column sums over K are matrix-vector products (BLAS over strided blocks).
+    is applied in place; each step also returns the column sums that the next
+    :meth:`weighted_average` needs, so a step is one pass over the state. Adam
+    uses torch's optimiser on the full gradient. ``block`` (coordinates per
+    pass) bounds the eager path's temporaries; the compiled path has none.
     """
 
     def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float,
                  block: int | None = None) -> None:
-        self.updates = updates  # K x P, row 0 = the server's g_0; only read, never written
+        # K x P in, stored P x K: a transposed view of coordinate-major storage is taken as is
+        self.rows = updates.T.contiguous()  # only read, never written; row 0 of the K axis = the server's g_0
         self.w = w
         self.cfg = cfg
         self.lr = lr
-        self.masks = torch.full(updates.shape, float(cfg.mask_init), device=updates.device)
-        k, p = updates.shape
-        # cache-sized blocks: one K x block float32 temporary is ~8 MB (``block`` columns if given)
-        self.blocks = column_blocks(k, p, budget=k * block) if block else column_blocks(k, p, 2**21, min_width=512)
-        self._ones = torch.ones(1, updates.shape[0], device=updates.device)
+        self._m = torch.full_like(self.rows, float(cfg.mask_init))
+        self.kernels = row_kernels(cfg.kernel, self.rows.device.type, self.rows.numel())
+        p, k = self.rows.shape
+        width = block or (p if self.kernels.compiled else max(16, 2**19 // max(k, 1)))  # eager: ~2 MB blocks
+        self.blocks = [slice(i, min(i + width, p)) for i in range(0, p, width)]
         self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.opt = torch.optim.Adam([self.masks], lr=lr) if cfg.optimizer == "adam" else None
+        self.opt = torch.optim.Adam([self._m], lr=lr) if cfg.optimizer == "adam" else None
 
-    def _colsum(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._ones @ x)[0]
+    @property
+    def masks(self) -> torch.Tensor:
+        """The mask logits as K x P (a view of the coordinate-major storage)."""
+        return self._m.T
+
+    def _blockwise(self, f: Callable[..., tuple[torch.Tensor, torch.Tensor]], *args) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run a row function over the blocks; per-coordinate vectors in ``args`` are sliced along."""
+        if len(self.blocks) == 1:
+            return f(self._m, self.rows, *args)
+        parts = [f(self._m[c], self.rows[c], *(a[c] if a.dim() == 1 else a for a in args))
+                 for c in self.blocks]
+        return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
 
     @torch.no_grad()
     def weighted_average(self) -> torch.Tensor:
-        """This shard's slice of W; the column sums are kept for the next :meth:`step`."""
-        p = self.updates.shape[1]
-        total = torch.empty(p, device=self.masks.device)
-        g_bar = torch.empty(p, device=self.masks.device)
-        for c in self.blocks:
-            s = torch.sigmoid(self.masks[:, c])
-            total[c] = self._colsum(s)
-            g_bar[c] = self._colsum(s.mul_(self.updates[:, c]))
-        g_bar.div_(total)
-        self._sums = (total, g_bar)
-        return self.w - g_bar
+        """This shard's slice of W (the column sums come from the last step when there was one)."""
+        if self._sums is None:
+            self._sums = self._blockwise(self.kernels.sums)
+        total, num = self._sums
+        return self.w - num / total
 
     @torch.no_grad()
     def step(self, grad_w: torch.Tensor) -> None:
         """One optimiser step from this shard's slice of dL/dW (same formula as :func:`mask_gradient`)."""
         if self._sums is None:
             self.weighted_average()
-        total, g_bar = self._sums  # type: ignore[misc]
-        self._sums = None
-        scale = grad_w.to(self.masks.device) / total
-        clip = self.cfg.mask_grad_clip
-        full = torch.empty_like(self.masks) if self.opt is not None else None
+        total, num = self._sums  # type: ignore[misc]
+        g_bar, scale = num / total, grad_w.to(self._m.device) / total
+        clip = self.cfg.mask_grad_clip if self.cfg.mask_grad_clip is not None else math.inf
+        if self.opt is None:
+            lr_t, clip_t = (torch.tensor(float(v), device=self._m.device) for v in (self.lr, clip))
+            self._sums = self._blockwise(self.kernels.sgd, g_bar, scale, lr_t, clip_t)
+            return
+        grad = torch.empty_like(self._m)
         for c in self.blocks:
-            m = self.masks[:, c]
-            s = torch.sigmoid(m)
-            torch.addcmul(s, s, s, value=-1.0, out=s)  # sigma'(m) = s (1 - s)
-            g = torch.sub(g_bar[c], self.updates[:, c]).mul_(s).mul_(scale[c])
-            if clip is not None:
-                g.clamp_(-clip, clip)
-            if full is None:
-                m.add_(g, alpha=-self.lr)
-            else:
-                full[:, c] = g
-        if self.opt is not None:
-            self.masks.grad = full
-            self.opt.step()
-            self.masks.grad = None
+            grad[c] = self.kernels.grad(self._m[c], self.rows[c], g_bar[c], scale[c]).clamp_(-clip, clip)
+        self._m.grad = grad
+        self.opt.step()
+        self._m.grad = None
+        self._sums = None
+
+    def _bit_threshold(self) -> float:
+        """sigma(m) > t  <=>  m > logit(t): the bits without a sigmoid (exact where float sigmoid rounds)."""
+        t = self.cfg.threshold
+        return math.log(t / (1 - t))
 
     def bits(self) -> torch.Tensor:
         """Binary masks 1[sigmoid(m) > threshold] (K x P_shard, bool)."""
-        return torch.sigmoid(self.masks) > self.cfg.threshold
-
-    def _block_bits(self, c: slice) -> torch.Tensor:
-        return (torch.sigmoid(self.masks[:, c]) > self.cfg.threshold).to(torch.float32)
+        return (self._m > self._bit_threshold()).T
 
     def gram(self) -> torch.Tensor:
-        """This shard's contribution B B^T (K x K, float64) to the Gram matrix of the bits."""
-        k = self.masks.shape[0]
-        out = torch.zeros(k, k, dtype=torch.float64, device=self.masks.device)
-        for c in self.blocks:
-            b = self._block_bits(c)
-            out += (b @ b.T).double()  # exact: integer counts < 2^24 per block
+        """This shard's contribution B B^T (K x K, float64) to the Gram matrix of the bits; exact.
+
+        On the CPU the bits are int8 and the products ``torch._int_mm`` (int32
+        sums); elsewhere, and for blocks under 16 rows, float32 (exact: each
+        block's counts stay below 2^24).
+        """
+        p, k = self._m.shape
+        thr = self._bit_threshold()
+        out = torch.zeros(k, k, dtype=torch.float64, device=self._m.device)
+        step = max(1, min(2**26 // max(k, 1), 2**24 - 1))  # 64 MB of int8 bits per block
+        for i in range(0, p, step):
+            b = self._m[i:i + step] > thr
+            if b.device.type == "cpu" and b.shape[0] >= 16:
+                b8 = b.to(torch.int8)
+                out += torch._int_mm(b8.T.contiguous(), b8).double()
+            else:
+                bf = b.to(torch.float32)
+                out += (bf.T @ bf).double()
         return out
-
-    def on_counts(self) -> torch.Tensor:
-        """Number of mask bits on, per model (K,)."""
-        return sum(self._block_bits(c).sum(1).long() for c in self.blocks)  # type: ignore[return-value]
-
-    def logit_range(self) -> tuple[float, float]:
-        return float(self.masks.min()), float(self.masks.max())

@@ -22,7 +22,7 @@ from ..linalg import from_readonly
 from .masked import MaskShard
 from .trainer import MaskSelection, train_and_select
 
-BYTES_PER_ENTRY = 2 * 4  # updates and masks, float32 (MaskShard's temporaries are column blocks)
+BYTES_PER_ENTRY = 2 * 4  # updates and masks, float32 (the fused step has no K x P temporaries)
 
 
 def auto_shards(rows: int, numel: int, cfg: SkyMaskConfig) -> int:
@@ -56,9 +56,6 @@ class ShardWorker:
     def gram(self) -> np.ndarray:
         return self.shard.gram().cpu().numpy()
 
-    def on_counts(self) -> np.ndarray:
-        return self.shard.on_counts().cpu().numpy()
-
     def release(self) -> None:
         self.shard = None
 
@@ -81,9 +78,6 @@ class RemoteShards:
 
     def gram(self) -> torch.Tensor:
         return torch.from_numpy(np.sum(self._all([a.gram.remote() for a in self.actors]), axis=0))
-
-    def on_counts(self) -> torch.Tensor:
-        return torch.from_numpy(np.sum(self._all([a.on_counts.remote() for a in self.actors]), axis=0))
 
 
 def start_shard_workers(n: int, memory_gb: float) -> list:
@@ -111,7 +105,7 @@ def sharded_select(
     w_np, g_np, g0_np = w.cpu().numpy(), updates.cpu().numpy(), server_update.cpu().numpy()
     refs = []
     for a, lo, hi in zip(actors, bounds[:-1], bounds[1:]):
-        cols = np.empty((g_np.shape[0] + 1, hi - lo), dtype=np.float32)
+        cols = np.empty((g_np.shape[0] + 1, hi - lo), dtype=np.float32, order="F")  # MaskShard's layout
         cols[0], cols[1:] = g0_np[lo:hi], g_np[:, lo:hi]
         refs.append(a.load.remote(w_np[lo:hi], ray.put(cols), cfg, lr))
         del cols
