@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def column_blocks(n: int, p: int, budget: int = 2**25, min_width: int = 1) -> list[slice]:
-    """Column slices of an N x P matrix holding about ``budget`` elements each (bounds temporaries),
-    at least ``min_width`` columns wide."""
-    width = max(min_width, budget // max(n, 1))
+def column_blocks(n: int, p: int, budget: int = 2**25) -> list[slice]:
+    """Column slices of an N x P matrix holding about ``budget`` elements each (bounds temporaries)."""
+    width = max(1, budget // max(n, 1))
     return [slice(i, min(i + width, p)) for i in range(0, p, width)]
 
 
