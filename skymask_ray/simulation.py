@@ -134,12 +134,14 @@ class Simulation:
         self.trainer = trainer_cls.remote(
             cfg.model, self.data.input_shape, self.data.num_classes, *self.root_refs, cfg.skymask, cfg.device,
         )
+        # the fused mask step compiles (seconds) while the client pool starts: set-up, not round time
+        kernels = self.trainer.prepare_kernels.remote(cfg.clients + 1) if cfg.defense == "skymask" else None
         poisoned = [bool(m) and self.attack.trains for m in self.malicious.tolist()]
         self.pool = ClientPool(cfg, self.data.x_train, self.data.y_train, self.parts, poisoned,
                                self.data.num_classes, self.spec.numel, self.layout.workers, self.layout.worker_cpus)
         self.trainer_device = ray.get(self.trainer.device_name.remote(), timeout=600)
-        if cfg.defense == "skymask":
-            self.trainer.prepare_kernels.remote(cfg.clients + 1)  # not awaited: overlaps round 1's clients
+        if kernels is not None:
+            ray.get(kernels, timeout=600)
         self.mask_lr = default_mask_lr(cfg.skymask, cfg.model)
         self.shard_workers: list = []
 

@@ -207,8 +207,8 @@ class MaskTrainer:
     def prepare_kernels(self, rows: int) -> bool:
         """Compile the fused mask step now (seconds, once per process) if ``rows`` masks will use it.
 
-        The simulation calls this without waiting, so the compile overlaps the
-        first round's client training. Returns whether the compiled step is used.
+        The simulation calls it while the client pool starts (set-up, as the
+        workers' warm-up is). Returns whether the compiled step is used.
         """
         return row_kernels(self.cfg.kernel, self.device.type, rows * self.spec.numel).compiled
 
