@@ -197,3 +197,24 @@ def test_root_loss_matches_float64_functional_reference(name, shape):
     for n, b in model.named_buffers():
         assert torch.equal(b, own_buffers[n]), n
     assert buffers.keys() == given.keys() and all(torch.equal(buffers[n], given[n]) for n in given)
+
+
+def test_auto_kernel_compiles_only_large_states():
+    """auto: eager below COMPILE_MIN_ENTRIES (compiling would cost more than it saves), compiled from there."""
+    from skymask_ray.skymask.masked import COMPILE_MIN_ENTRIES, EAGER, row_kernels
+
+    assert row_kernels("auto", "cpu", COMPILE_MIN_ENTRIES - 1) is EAGER
+    assert row_kernels("eager", "cpu", 10 * COMPILE_MIN_ENTRIES) is EAGER
+    assert row_kernels("auto", "cpu", COMPILE_MIN_ENTRIES).compiled
+
+
+def test_kernel_choice_is_validated_and_not_part_of_the_config_hash():
+    from skymask_ray.config import build_config, config_hash
+    from skymask_ray.errors import ConfigError
+
+    a = build_config(overrides={"skymask": {"kernel": "eager"}})
+    b = build_config(overrides={"skymask": {"kernel": "compiled"}})
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(build_config(overrides={"skymask": {"kernel": "eager", "mask_epochs": 5}}))
+    with pytest.raises(ConfigError, match="skymask.kernel"):
+        build_config(overrides={"skymask": {"kernel": "fast"}})
