@@ -11,6 +11,20 @@ def column_blocks(n: int, p: int, budget: int = 2**25) -> list[slice]:
     return [slice(i, min(i + width, p)) for i in range(0, p, width)]
 
 
+def finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows of ``x`` with no NaN or Inf entry.
+
+    A non-finite entry makes its row's sum non-finite, so only rows whose sum
+    is not finite (such an entry, or a sum that overflowed) are checked entry
+    by entry: one reduction instead of an N x P boolean temporary.
+    """
+    ok = torch.isfinite(x.sum(1))
+    suspect = torch.nonzero(~ok).flatten()
+    if len(suspect):
+        ok[suspect] = torch.isfinite(x[suspect]).all(1)
+    return ok
+
+
 def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances between rows of ``a`` and rows of ``b`` (default ``a``).
 

@@ -31,7 +31,7 @@ from .context import RoundContext
 from .data import load_dataset, split_clients, split_root
 from .defenses import DEFENSES
 from .evaluation import evaluate
-from .linalg import from_readonly
+from .linalg import finite_rows, from_readonly
 from .models import ParamSpec, buffers_of, build_model
 from .results import MASK_SCHEMA, SCHEMA, ParquetLog, detection
 from .runtime import init_ray, plan_layout, reserve_trainer
@@ -191,7 +191,7 @@ class Simulation:
 
         # 4. the defense aggregates the valid updates (non-finite rows are rejected and recorded)
         t0 = time.perf_counter()
-        valid = torch.isfinite(updates).all(dim=1)
+        valid = finite_rows(updates)
         ctx.generator = torch_generator(cfg.seed, "defense", r)
         ctx.num_clients = int(valid.sum())
         ctx.client_ids = torch.nonzero(valid).flatten()

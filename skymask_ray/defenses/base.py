@@ -75,10 +75,11 @@ register_defense = DEFENSES.register_class
 
 
 def mean_of(updates: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
-    """Plain mean of the accepted rows (zeros if none)."""
-    if not accepted.any():
+    """Plain mean of the accepted rows (zeros if none), as one matrix-vector product (no copy of the rows)."""
+    count = int(accepted.sum())
+    if count == 0:
         return torch.zeros_like(updates[0])
-    return updates[accepted].mean(dim=0)
+    return (accepted.to(updates.dtype) / count) @ updates
 
 
 def all_accepted(updates: torch.Tensor) -> torch.Tensor:
