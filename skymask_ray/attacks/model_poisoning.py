@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..linalg import krum_scores, pairwise_distances, pairwise_sq_distances
+from ..linalg import krum_scores, pairwise_sq_distances
 from .base import Attack, benign_stats, is_number, register_attack
 
 if TYPE_CHECKING:
@@ -184,28 +184,47 @@ def max_gamma(ok: Callable[[float], bool], gamma_init: float, tol: float, max_do
 
 
 class Shejwalkar(ModelPoisoning):
-    """Shared search of min_max and min_sum: rows ``mu - gamma d (+ noise)`` with the largest feasible gamma."""
+    """Shared search of min_max and min_sum: rows ``mu - gamma d (+ noise)`` with the largest feasible gamma.
+
+    The squared distances of a candidate ``a - gamma d`` (``a = mu + noise``) to
+    the benign rows are quadratic in gamma,
+    ``|a - g_i|^2 - 2 gamma d.(a - g_i) + gamma^2 |d|^2``, so the N x P work is
+    done once per noise level and every step of the search is O(f N).
+    """
 
     Params = ShejwalkarParams
     last_gamma: float | None = None  # diagnostics: gamma of the latest round
 
-    def feasible(self, benign: torch.Tensor) -> Callable[[torch.Tensor], bool]:
-        """ok(rows): do all candidate rows satisfy the attack's bound?"""
+    def bound(self, benign: torch.Tensor) -> float:
+        """The attack's bound, from the benign updates alone."""
+        raise NotImplementedError
+
+    def within(self, sq_dists: torch.Tensor, bound: float) -> bool:
+        """Do the candidate rows' squared distances to the benign rows (rows x N) satisfy the bound?"""
         raise NotImplementedError
 
     def craft(self, updates, malicious, benign, mu, sigma, noise, ctx):
         d = deviation_vector(self.p.deviation, mu, sigma)
-        ok_rows = self.feasible(benign)
+        bound = self.bound(benign)
         e = torch.zeros_like(mu)[None] if noise is None else noise
         for _ in range(30):
-            if ok_rows(mu + e):
+            base = pairwise_sq_distances(mu + e, benign).double()  # |a - g_i|^2
+            if self.within(base, bound):
                 break
             e = e / 2
         else:
             e = torch.zeros_like(mu)[None]
-        gamma = max_gamma(lambda g: ok_rows(mu - g * d + e), self.p.gamma_init, self.p.tol)
+            base = pairwise_sq_distances(mu + e, benign).double()
+        a = mu + e
+        cross = ((a @ d)[:, None] - (benign @ d)[None, :]).double()  # d.(a - g_i)
+        dd = float(d.double() @ d.double())
+
+        def ok(gamma: float) -> bool:
+            return self.within((base - 2 * gamma * cross + gamma * gamma * dd).clamp_min(0.0), bound)
+
+        gamma = max_gamma(ok, self.p.gamma_init, self.p.tol)
         self.last_gamma = gamma
-        return mu - gamma * d + e
+        return a - gamma * d
 
 
 @register_attack("min_max")
@@ -220,9 +239,11 @@ class MinMax(Shejwalkar):
     gamma by binary search (:func:`max_gamma`).
     """
 
-    def feasible(self, benign):
-        bound = pairwise_distances(benign).max()
-        return lambda rows: bool(pairwise_distances(rows, benign).max() <= bound)
+    def bound(self, benign):
+        return float(pairwise_sq_distances(benign).max())
+
+    def within(self, sq_dists, bound):
+        return bool(sq_dists.max() <= bound)
 
 
 @register_attack("min_sum")
@@ -235,9 +256,11 @@ class MinSum(Shejwalkar):
     over benign updates, with the same deviations and search as min_max.
     """
 
-    def feasible(self, benign):
-        bound = pairwise_sq_distances(benign).sum(1).min()
-        return lambda rows: bool(pairwise_sq_distances(rows, benign).sum(1).max() <= bound)
+    def bound(self, benign):
+        return float(pairwise_sq_distances(benign).sum(1).min())
+
+    def within(self, sq_dists, bound):
+        return bool(sq_dists.sum(1).max() <= bound)
 
 
 @dataclass
