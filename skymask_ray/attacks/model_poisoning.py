@@ -207,9 +207,9 @@ class Shejwalkar(ModelPoisoning):
         d = deviation_vector(self.p.deviation, mu, sigma)
         bound = self.bound(benign)
         e = torch.zeros_like(mu)[None] if noise is None else noise
-        for _ in range(30):
+        for _ in range(30):  # halve the noise until mu + noise is feasible (nothing to halve without noise)
             base = pairwise_sq_distances(mu + e, benign).double()  # |a - g_i|^2
-            if self.within(base, bound):
+            if noise is None or self.within(base, bound):
                 break
             e = e / 2
         else:

@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 
 from ..config import SkyMaskConfig
+from ..linalg import column_blocks
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,10 @@ class MaskShard:
         self.kernels = row_kernels(cfg.kernel, self.rows.device.type, self.rows.numel())
         p, k = self.rows.shape
         width = block or (p if self.kernels.compiled else max(16, 2**21 // max(k, 1)))  # eager: ~8 MB blocks
-        self.blocks = [slice(i, min(i + width, p)) for i in range(0, p, width)]
+        self.blocks = column_blocks(k, p, budget=k * width)
+        clip = cfg.mask_grad_clip if cfg.mask_grad_clip is not None else math.inf
+        self._clip = clip
+        self._lr_clip = tuple(torch.tensor(float(v), device=self._m.device) for v in (lr, clip))  # kernel inputs
         self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self.opt = torch.optim.Adam([self._m], lr=lr) if cfg.optimizer == "adam" else None
 
@@ -185,14 +189,12 @@ class MaskShard:
             self.weighted_average()
         total, num = self._sums  # type: ignore[misc]
         g_bar, scale = num / total, grad_w.to(self._m.device) / total
-        clip = self.cfg.mask_grad_clip if self.cfg.mask_grad_clip is not None else math.inf
         if self.opt is None:
-            lr_t, clip_t = (torch.tensor(float(v), device=self._m.device) for v in (self.lr, clip))
-            self._sums = self._blockwise(self.kernels.sgd, g_bar, scale, lr_t, clip_t)
+            self._sums = self._blockwise(self.kernels.sgd, g_bar, scale, *self._lr_clip)
             return
         grad = torch.empty_like(self._m)
         for c in self.blocks:
-            grad[c] = self.kernels.grad(self._m[c], self.rows[c], g_bar[c], scale[c]).clamp_(-clip, clip)
+            grad[c] = self.kernels.grad(self._m[c], self.rows[c], g_bar[c], scale[c]).clamp_(-self._clip, self._clip)
         self._m.grad = grad
         self.opt.step()
         self._m.grad = None
