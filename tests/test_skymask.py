@@ -10,7 +10,7 @@ from skymask_ray.config import SkyMaskConfig
 from skymask_ray.models import ParamSpec, buffers_of, build_model
 from skymask_ray.skymask.masked import MaskShard, mask_gradient, masked_average
 from skymask_ray.skymask.select import cluster_from_gram
-from skymask_ray.skymask.trainer import LocalShards, RootLoss, train_masks
+from skymask_ray.skymask.trainer import STACK_BLOCK_ROWS, LocalShards, RootLoss, stack_updates, train_masks
 
 
 def _setup(k=5, seed=0):
@@ -218,3 +218,12 @@ def test_kernel_choice_is_validated_and_not_part_of_the_config_hash():
     assert config_hash(a) != config_hash(build_config(overrides={"skymask": {"kernel": "eager", "mask_epochs": 5}}))
     with pytest.raises(ConfigError, match="skymask.kernel"):
         build_config(overrides={"skymask": {"kernel": "fast"}})
+
+
+@pytest.mark.parametrize("n", [3, STACK_BLOCK_ROWS, 2 * STACK_BLOCK_ROWS + 5])
+def test_stack_updates_is_server_then_clients_coordinate_major(n):
+    g, g0 = torch.randn(n, 37), torch.randn(37)
+    out = stack_updates(g, g0)
+    assert torch.equal(out, torch.cat([g0[None], g]))
+    assert out.stride() == (1, n + 1)  # a transposed view of P x (N+1) memory
+    assert out.T.is_contiguous()

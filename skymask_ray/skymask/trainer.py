@@ -65,15 +65,26 @@ class LocalShards:
         return sum(s.gram() for s in self.shards)  # type: ignore[return-value]
 
 
+STACK_BLOCK_ROWS = 256
+"""Clients per block of :func:`stack_updates`' transposing copy. One copy of all N rows walks the
+output's contiguous (client) dimension, reading one float from each of N rows P floats apart: a
+different page for every read, so past a few hundred clients nearly every read misses the TLB.
+Blocks of 256 rows keep the pages being read within its reach: 3.1x faster at N = 2000 and 3.2x at
+N = 5000, the same at N = 500 (P = 139,960; ``benchmarks/stack_cost.py``)."""
+
+
 def stack_updates(updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor:
     """The (N+1) x P update matrix: row 0 = g_0 (the server), rows 1.. = g_k (clients).
 
     Stored coordinate-major (a transposed view of P x (N+1) memory), the layout
     :class:`MaskShard` works in, so the trainer takes it without another copy.
+    The transposing copy goes :data:`STACK_BLOCK_ROWS` clients at a time.
     """
-    out = torch.empty(updates.shape[1], updates.shape[0] + 1, dtype=updates.dtype, device=updates.device).T
+    n = updates.shape[0]
+    out = torch.empty(updates.shape[1], n + 1, dtype=updates.dtype, device=updates.device).T
     out[0] = server_update.to(updates.device)
-    out[1:] = updates
+    for i in range(0, n, STACK_BLOCK_ROWS):
+        out[1 + i : 1 + i + STACK_BLOCK_ROWS] = updates[i : i + STACK_BLOCK_ROWS]
     return out
 
 
