@@ -39,6 +39,37 @@ def cell_text(s: dict | None, defense: str) -> str:
     return text
 
 
+def _short(v: float) -> str:
+    """A rate with two decimals, exact zero as 0 (keeps the wide by-defense table readable)."""
+    return "0" if v == 0 else f"{v:.2f}"
+
+
+def by_defense_table(done: dict[tuple[str, str], dict], attacks: list[str], defenses: list[str]) -> str:
+    """Defense rows x attack columns: accuracy [backdoor success] (mean TPR/FPR), then the mean and the
+    worst accuracy over the attacks (``none`` excluded) where the defense's row is complete."""
+    attacked = [a for a in attacks if a != "none"]
+    lines = ["| defense | " + " | ".join(attacks) + " | mean acc under attack | worst acc (attack) |",
+             "|---" * (len(attacks) + 3) + "|"]
+    for d in defenses:
+        vals = []
+        for a in attacks:
+            s = done.get((a, d))
+            text = "not run" if s is None else f"{s['accuracy']:.3f}"
+            if s is not None and s["backdoor_success"] is not None:
+                text += f" [{s['backdoor_success']:.2f}]"
+            if s is not None and d != "fedavg" and s["tpr"] is not None:
+                text += f" ({_short(s['tpr'])}/{_short(s['fpr'])})"
+            vals.append(text)
+        accs = {a: done[a, d]["accuracy"] for a in attacked if (a, d) in done}
+        if attacked and len(accs) == len(attacked):
+            worst = min(accs, key=accs.get)
+            tail = f"{sum(accs.values()) / len(accs):.3f} | {accs[worst]:.3f} ({worst})"
+        else:
+            tail = "- | -"
+        lines.append(f"| {d} | " + " | ".join(vals) + f" | {tail} |")
+    return "\n".join(lines)
+
+
 def _harm(fed: dict, base_acc: float) -> str:
     """FedAvg's accuracy change vs the no-attack run, in points, and backdoor success where measured."""
     text = f"{100 * (fed['accuracy'] - base_acc):+.1f} pts"
@@ -91,7 +122,10 @@ def main() -> None:
         "Fashion-MNIST, cnn, 100 clients, bias 0.5, paper settings, seed 0. Each cell: accuracy after the last "
         "round, backdoor success on triggered non-target test images in brackets (backdoor attacks), and the "
         "mean TPR/FPR over rounds for defenses that select (positive = malicious client rejected). "
-        f"`python {' '.join(a for a in sys.argv if a != '--table-only')}`\n\n" + table + "\n")
+        f"`python {' '.join(a for a in sys.argv if a != '--table-only')}`\n\n" + table + "\n\n"
+        "## By defense\n\nThe same cells per defense: accuracy [backdoor success] (mean TPR/FPR), with the "
+        "mean and the worst accuracy over the attacks (no-attack run excluded) once a row is complete.\n\n"
+        + by_defense_table(done, attacks, defenses) + "\n")
 
 
 if __name__ == "__main__":
