@@ -70,6 +70,29 @@ def by_defense_table(done: dict[tuple[str, str], dict], attacks: list[str], defe
     return "\n".join(lines)
 
 
+def defense_summary_table(done: dict[tuple[str, str], dict], attacks: list[str], defenses: list[str]) -> str:
+    """Per defense over the attacks (``none`` excluded): mean and worst final accuracy, mean TPR and FPR,
+    and the highest backdoor success; only for defenses whose row is complete."""
+    attacked = [a for a in attacks if a != "none"]
+    lines = ["| defense | mean acc | worst acc (attack) | mean TPR | mean FPR | highest backdoor success (attack) |",
+             "|---|---|---|---|---|---|"]
+    for d in defenses:
+        cells = {a: done[a, d] for a in attacked if (a, d) in done}
+        if not attacked or len(cells) < len(attacked):
+            continue
+        acc = {a: c["accuracy"] for a, c in cells.items()}
+        worst = min(acc, key=acc.get)
+        rates = [(c["tpr"], c["fpr"]) for c in cells.values() if c["tpr"] is not None]
+        tpr = f"{sum(t for t, _ in rates) / len(rates):.2f}" if rates and d != "fedavg" else "-"
+        fpr = f"{sum(f for _, f in rates) / len(rates):.2f}" if rates and d != "fedavg" else "-"
+        bd = {a: c["backdoor_success"] for a, c in cells.items() if c["backdoor_success"] is not None}
+        top = max(bd, key=bd.get) if bd else None
+        bd_text = f"{bd[top]:.2f} ({top})" if top else "-"
+        lines.append(f"| {d} | {sum(acc.values()) / len(acc):.3f} | {acc[worst]:.3f} ({worst}) | {tpr} | {fpr} "
+                     f"| {bd_text} |")
+    return "\n".join(lines)
+
+
 def _harm(fed: dict, base_acc: float) -> str:
     """FedAvg's accuracy change vs the no-attack run, in points, and backdoor success where measured."""
     text = f"{100 * (fed['accuracy'] - base_acc):+.1f} pts"
@@ -125,7 +148,9 @@ def main() -> None:
         f"`python {' '.join(a for a in sys.argv if a != '--table-only')}`\n\n" + table + "\n\n"
         "## By defense\n\nThe same cells per defense: accuracy [backdoor success] (mean TPR/FPR), with the "
         "mean and the worst accuracy over the attacks (no-attack run excluded) once a row is complete.\n\n"
-        + by_defense_table(done, attacks, defenses) + "\n")
+        + by_defense_table(done, attacks, defenses) + "\n\n## Summary per defense\n\nOver the attacks "
+        "(no-attack run excluded), for the defenses whose row is complete.\n\n"
+        + defense_summary_table(done, attacks, defenses) + "\n")
 
 
 if __name__ == "__main__":
