@@ -14,7 +14,7 @@ subprocess (so one variant's allocations cannot hide the other's).
   and per layer, the masked layer a Python sum over clients, autograd through it,
   sklearn PCA on the stacked binary masks.
 
-    python benchmarks/mask_cost.py [--clients 100,500] [--steps 20]
+    python benchmarks/mask_cost.py [--clients 100,500,1000] [--steps 20]
 
 Prints a table and writes benchmarks/results/mask_cost.md.
 """
@@ -98,7 +98,7 @@ def _variant(variant: str, n: int, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="SkyMask mask-training cost: stacked vs per-client lists")
-    ap.add_argument("--clients", default="100,500")
+    ap.add_argument("--clients", default="100,500,1000")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
