@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..linalg import column_blocks, krum_scores, pairwise_sq_distances
+from ..linalg import coordinate_blocks, krum_scores, pairwise_sq_distances
 from ..params import parse_params
 from .base import Aggregate, BoundedDefense, DegradeParams, mean_of, register_defense
-from .statistics import coordinate_median
+from .statistics import median_along_rows
 
 
 def _krum_bound(n: int) -> int:
@@ -155,17 +155,16 @@ def bulyan_select(sq_dist: torch.Tensor, f: int, theta: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long, device=dev)
 
 
-def closest_to_median_mean(selected: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
+def closest_to_median_mean(selected: torch.Tensor, beta: int, block: int = 2**21) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Bulyan's second stage: per coordinate, the mean of the :math:`\beta` values closest to the
     coordinate-wise median. Returns the (P,) mean and each row's (theta,) count of used values."""
     theta, p = selected.shape
     out = torch.empty(p, dtype=selected.dtype, device=selected.device)
     used = torch.zeros(theta, dtype=torch.long, device=selected.device)
-    for cols in column_blocks(theta, p):
-        x = selected[:, cols]
-        med, _ = coordinate_median(x)
-        idx = (x - med).abs().topk(beta, dim=0, largest=False).indices
-        out[cols] = x.gather(0, idx).mean(dim=0)
+    for cols, t in coordinate_blocks(selected, block):
+        med, _ = median_along_rows(t)
+        idx = (t - med[:, None]).abs().topk(beta, dim=1, largest=False).indices
+        out[cols] = t.gather(1, idx).mean(dim=1)
         used += torch.bincount(idx.flatten(), minlength=theta)
     return out, used
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..linalg import column_blocks, pairwise_sq_distances
+from ..linalg import coordinate_blocks, pairwise_sq_distances
 from .base import (
     Aggregate,
     BoundedDefense,
@@ -29,30 +29,35 @@ from .base import (
 )
 
 
-def coordinate_median(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def median_along_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median of each row of a coordinate-major block ``t`` (P' x N), mean of the two middle values for even N.
+
+    Returns the (P',) medians and the (P', 1 or 2) client indices that supplied them.
+    """
+    n = t.shape[1]
+    v, i = t.topk(n // 2 + 1, dim=1, largest=False, sorted=True)
+    if n % 2:
+        return v[:, -1], i[:, -1:]
+    return (v[:, -2] + v[:, -1]) / 2, i[:, -2:]
+
+
+def coordinate_median(updates: torch.Tensor, block: int = 2**21) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Coordinate-wise median :math:`\mathrm{med}_k\, g_{k,i}` (mean of the two middle values for even N).
 
     Returns the (P,) median and the (N,) share of median values each client supplied.
-    Works in column blocks so temporaries stay bounded.
+    Works in coordinate-major blocks of ``block`` elements so temporaries stay bounded.
     """
     n, p = updates.shape
     med = torch.empty(p, dtype=updates.dtype, device=updates.device)
     counts = torch.zeros(n, dtype=torch.long, device=updates.device)
-    for cols in column_blocks(n, p):
-        x = updates[:, cols]
-        lo = torch.kthvalue(x, (n + 1) // 2, dim=0)
-        if n % 2:
-            med[cols] = lo.values
-            counts += torch.bincount(lo.indices, minlength=n)
-        else:
-            hi = torch.kthvalue(x, n // 2 + 1, dim=0)
-            med[cols] = (lo.values + hi.values) / 2
-            counts += torch.bincount(torch.cat([lo.indices, hi.indices]), minlength=n)
+    for cols, t in coordinate_blocks(updates, block):
+        med[cols], idx = median_along_rows(t)
+        counts += torch.bincount(idx.flatten(), minlength=n)
     share = counts.to(updates.dtype) / counts.sum()
     return med, share
 
 
-def trimmed_mean(updates: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
+def trimmed_mean(updates: torch.Tensor, beta: int, block: int = 2**21) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Coordinate-wise trimmed mean: drop the :math:`\beta` largest and :math:`\beta` smallest values
     of every coordinate and average the other :math:`N - 2\beta`.
 
@@ -65,13 +70,12 @@ def trimmed_mean(updates: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.
         return updates.mean(dim=0), torch.full((n,), 1.0 / n, dtype=updates.dtype, device=updates.device)
     out = torch.empty(p, dtype=updates.dtype, device=updates.device)
     trimmed = torch.zeros(n, dtype=torch.long, device=updates.device)
-    for cols in column_blocks(n, p):
-        x = updates[:, cols].clone()
-        hi = x.topk(beta, dim=0).indices
-        x.scatter_(0, hi, float("inf"))
-        lo = x.topk(beta, dim=0, largest=False).indices
-        x.scatter_(0, hi, 0.0).scatter_(0, lo, 0.0)
-        out[cols] = x.sum(dim=0) / (n - 2 * beta)
+    for cols, t in coordinate_blocks(updates, block):
+        hi = t.topk(beta, dim=1).indices
+        t.scatter_(1, hi, float("inf"))
+        lo = t.topk(beta, dim=1, largest=False).indices
+        t.scatter_(1, hi, 0.0).scatter_(1, lo, 0.0)
+        out[cols] = t.sum(dim=1) / (n - 2 * beta)
         trimmed += torch.bincount(torch.cat([hi.flatten(), lo.flatten()]), minlength=n)
     share = (p - trimmed).to(updates.dtype) / (p * (n - 2 * beta))
     return out, share

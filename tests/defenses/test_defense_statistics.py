@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from skymask_ray.defenses.distance import closest_to_median_mean
 from skymask_ray.defenses.statistics import coordinate_median, geometric_median_weights, trimmed_mean
 from skymask_ray.linalg import pairwise_sq_distances
 
@@ -117,3 +118,20 @@ def test_trimmed_mean_error_names_beta_when_beta_is_given(defense):
         defense("trimmed_mean", 10, 1, {"beta": 5})
     with pytest.raises(ConfigError, match=r"f=5 \(at most f=4 .*lower malicious_fraction"):
         defense("trimmed_mean", 10, 5)
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_coordinate_rules_are_the_same_in_many_small_blocks(n):
+    """Coordinate-major blocks of 3 coordinates (and a ragged last block) give numpy's answers."""
+    x = torch.randn(n, 53, generator=torch.Generator().manual_seed(n))
+    med, share = coordinate_median(x, block=3 * n)
+    np.testing.assert_allclose(med.numpy(), np.median(x.numpy(), axis=0), rtol=1e-6, atol=1e-7)
+    assert share.sum().item() == pytest.approx(1.0)
+    mean, kept = trimmed_mean(x, 2, block=3 * n)
+    np.testing.assert_allclose(mean.numpy(), _np_trimmed(x.numpy(), 2), rtol=1e-5, atol=1e-6)
+    assert kept.sum().item() == pytest.approx(1.0, abs=1e-5)
+    close, used = closest_to_median_mean(x, 3, block=3 * n)
+    dev = np.abs(x.numpy() - np.median(x.numpy(), axis=0))
+    pick = np.argsort(dev, axis=0, kind="stable")[:3]
+    np.testing.assert_allclose(close.numpy(), np.take_along_axis(x.numpy(), pick, 0).mean(0), rtol=1e-5, atol=1e-6)
+    assert used.sum().item() == 3 * 53
