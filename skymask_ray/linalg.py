@@ -1,4 +1,4 @@
-"""Shared tensor helpers: column blocks, coordinate-major blocks and pairwise distances (used by attacks, defenses and SkyMask)."""
+"""Shared tensor helpers: column blocks, coordinate-major blocks, Gram matrices and pairwise distances (used by attacks, defenses and SkyMask)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,22 @@ def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> tor
         d = (d + d.T) / 2  # a float32 a @ a.T need not be exactly symmetric
         d.fill_diagonal_(0.0)
     return d.to(a.dtype)
+
+
+def centred_gram(x: torch.Tensor, budget: int = 2**25) -> torch.Tensor:
+    """(N, N) float64 Gram matrix of the rows of ``x`` after subtracting the column means.
+
+    Built over column blocks (each centred and multiplied on its own, the block
+    products summed in float64), so there is no N x P temporary. PCA of the rows is
+    an eigendecomposition of this N x N matrix (``KernelPCA(kernel="precomputed")``).
+    """
+    n, p = x.shape
+    gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for cols in column_blocks(n, p, budget):
+        b = x[:, cols]
+        b = b - b.mean(dim=0)
+        gram += (b @ b.T).double()
+    return (gram + gram.T) / 2
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..linalg import pairwise_sq_distances
+from ..linalg import centred_gram, pairwise_sq_distances
 from ..params import parse_params
 from .base import Aggregate, Defense, mean_of, register_defense, sklearn_seed
 from .statistics import coordinate_median
@@ -131,9 +131,10 @@ class PcaKmeans(Defense):
     r"""PCA + k-means filtering (Tolpegin et al., ESORICS 2020).
 
     Project the updates (optionally only the parameters named by ``layer``, e.g. the output
-    layer as in the paper) to 2 principal components, split them with 2-means and average the
-    larger cluster: :math:`\mathrm{AGG} = \frac{1}{|C|}\sum_{k\in C} g_k`. On a tie the cluster
-    with the smaller mean update norm is kept.
+    layer as in the paper) to 2 principal components (exact, from the N x N centred Gram
+    matrix), split them with 2-means and average the larger cluster:
+    :math:`\mathrm{AGG} = \frac{1}{|C|}\sum_{k\in C} g_k`. On a tie the cluster with the
+    smaller mean update norm is kept.
     """
 
     Params = PcaKmeansParams
@@ -148,14 +149,14 @@ class PcaKmeans(Defense):
 
     def aggregate(self, updates, ctx):
         from sklearn.cluster import KMeans
-        from sklearn.decomposition import PCA
+        from sklearn.decomposition import KernelPCA
 
         if len(updates) < 2:
             return Aggregate(updates.mean(dim=0), torch.ones(1, dtype=torch.bool, device=updates.device), None,
                              {"skipped": "one client: nothing to cluster"})
         seed = sklearn_seed(ctx, "pca_kmeans")
-        x = self._columns(updates, ctx).cpu().numpy()
-        coords = PCA(n_components=2, random_state=seed).fit_transform(x)
+        gram = centred_gram(self._columns(updates, ctx)).cpu().numpy()
+        coords = KernelPCA(n_components=2, kernel="precomputed", random_state=seed).fit_transform(gram)
         labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(coords)
         sizes = np.bincount(labels, minlength=2)
         keep = int(sizes.argmax())
