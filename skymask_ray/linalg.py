@@ -14,8 +14,8 @@ def column_blocks(n: int, p: int, budget: int = 2**25) -> list[slice]:
 
 
 def coordinate_blocks(x: torch.Tensor, budget: int = 2**21) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(cols, x[:, cols].T)`` with the block contiguous: an N x P matrix ``budget`` elements at a time,
-    coordinate-major.
+    """Yield ``(cols, x[:, cols].T)`` as a fresh contiguous copy (the caller may overwrite it): an N x P matrix
+    ``budget`` elements at a time, coordinate-major.
 
     Per-coordinate selections (topk, kthvalue) then run along contiguous memory,
     and a block of ~8 MB stays in cache: on 2 CPU threads at N = 1000, P = 139,960,
@@ -24,7 +24,7 @@ def coordinate_blocks(x: torch.Tensor, budget: int = 2**21) -> Iterator[tuple[sl
     """
     n, p = x.shape
     for cols in column_blocks(n, p, budget):
-        yield cols, x[:, cols].T.contiguous()
+        yield cols, x[:, cols].T.clone(memory_format=torch.contiguous_format)
 
 
 def finite_rows(x: torch.Tensor) -> torch.Tensor:

@@ -135,3 +135,13 @@ def test_coordinate_rules_are_the_same_in_many_small_blocks(n):
     pick = np.argsort(dev, axis=0, kind="stable")[:3]
     np.testing.assert_allclose(close.numpy(), np.take_along_axis(x.numpy(), pick, 0).mean(0), rtol=1e-5, atol=1e-6)
     assert used.sum().item() == 3 * 53
+
+
+def test_trimmed_mean_leaves_a_coordinate_major_input_untouched():
+    """Updates given as a transposed (coordinate-major) view are blocks already; the trimming must copy them."""
+    store = torch.randn(40, 9, generator=torch.Generator().manual_seed(4))  # P x N
+    x = store.T
+    before = store.clone()
+    mean, _ = trimmed_mean(x, 2, block=9 * 8)
+    assert torch.equal(store, before)
+    np.testing.assert_allclose(mean.numpy(), _np_trimmed(x.numpy(), 2), rtol=1e-5, atol=1e-6)
