@@ -44,13 +44,13 @@ def _short(v: float) -> str:
     return "0" if v == 0 else f"{v:.2f}"
 
 
-def _row_accuracy(done: dict[tuple[str, str], dict], attacked: list[str], d: str) -> tuple[float, str, float] | None:
-    """Mean accuracy, worst attack and its accuracy of defense ``d`` over ``attacked``; None if its row is incomplete."""
+def _row_accuracy(done: dict[tuple[str, str], dict], attacked: list[str], d: str) -> str | None:
+    """The cells ``mean acc | worst acc (attack)`` of defense ``d`` over ``attacked``; None if its row is incomplete."""
     acc = {a: done[a, d]["accuracy"] for a in attacked if (a, d) in done}
     if not attacked or len(acc) < len(attacked):
         return None
     worst = min(acc, key=acc.get)
-    return sum(acc.values()) / len(acc), worst, acc[worst]
+    return f"{sum(acc.values()) / len(acc):.3f} | {acc[worst]:.3f} ({worst})"
 
 
 def by_defense_table(done: dict[tuple[str, str], dict], attacks: list[str], defenses: list[str]) -> str:
@@ -69,8 +69,7 @@ def by_defense_table(done: dict[tuple[str, str], dict], attacks: list[str], defe
             if s is not None and d != "fedavg" and s["tpr"] is not None:
                 text += f" ({_short(s['tpr'])}/{_short(s['fpr'])})"
             vals.append(text)
-        row = _row_accuracy(done, attacked, d)
-        tail = "- | -" if row is None else f"{row[0]:.3f} | {row[2]:.3f} ({row[1]})"
+        tail = _row_accuracy(done, attacked, d) or "- | -"
         lines.append(f"| {d} | " + " | ".join(vals) + f" | {tail} |")
     return "\n".join(lines)
 
@@ -82,19 +81,18 @@ def defense_summary_table(done: dict[tuple[str, str], dict], attacks: list[str],
     lines = ["| defense | mean acc | worst acc (attack) | mean TPR | mean FPR | highest backdoor success (attack) |",
              "|---|---|---|---|---|---|"]
     for d in defenses:
-        row = _row_accuracy(done, attacked, d)
-        if row is None:
+        acc = _row_accuracy(done, attacked, d)
+        if acc is None:
             continue
-        mean_acc, worst, worst_acc = row
         cells = {a: done[a, d] for a in attacked}
         rates = [(c["tpr"], c["fpr"]) for c in cells.values() if c["tpr"] is not None]
-        tpr = f"{sum(t for t, _ in rates) / len(rates):.2f}" if rates and d != "fedavg" else "-"
-        fpr = f"{sum(f for _, f in rates) / len(rates):.2f}" if rates and d != "fedavg" else "-"
+        tpr = fpr = "-"
+        if rates and d != "fedavg":
+            tpr, fpr = (f"{sum(r[i] for r in rates) / len(rates):.2f}" for i in (0, 1))
         bd = {a: c["backdoor_success"] for a, c in cells.items() if c["backdoor_success"] is not None}
         top = max(bd, key=bd.get) if bd else None
         bd_text = f"{bd[top]:.2f} ({top})" if top else "-"
-        lines.append(f"| {d} | {mean_acc:.3f} | {worst_acc:.3f} ({worst}) | {tpr} | {fpr} "
-                     f"| {bd_text} |")
+        lines.append(f"| {d} | {acc} | {tpr} | {fpr} | {bd_text} |")
     return "\n".join(lines)
 
 
