@@ -189,8 +189,7 @@ def dnc_scores(sub: torch.Tensor) -> torch.Tensor:
     SciPy's ``eigh`` with ``subset_by_index``: a full eigendecomposition costs several times more)."""
     import scipy.linalg
 
-    centred = sub.double() - sub.double().mean(dim=0)
-    gram = (centred @ centred.T).cpu().numpy()
+    gram = centred_gram(sub.double()).cpu().numpy()
     n = len(gram)
     evals, evecs = scipy.linalg.eigh(gram, subset_by_index=[n - 1, n - 1])
     top = torch.from_numpy(evecs[:, 0]).to(sub.device)
