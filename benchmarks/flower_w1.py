@@ -4,8 +4,10 @@ W1: Fashion-MNIST, the paper's cnn (:class:`skymask_ray.models.CNN`, 139,960
 parameters), N IID clients of S samples each, 1 local epoch of plain SGD
 (lr 0.05, batch 32), FedAvg over every client, no evaluation, R rounds.
 
-Flower is not a dependency of skymask-ray; run this with the interpreter of
-``benchmarks/.flower-venv`` (``benchmarks/w1_throughput.py`` creates it). It
+Flower is not a dependency of skymask-ray; run this from the repository root
+with the interpreter of ``benchmarks/.flower-venv`` (``python -m
+benchmarks.w1_throughput`` creates it and runs this as ``benchmarks/.flower-venv/bin/python
+-m benchmarks.flower_w1``). It
 uses ``flwr.simulation.run_simulation`` (deprecated since Flower 1.13 in
 favour of ``flwr run``, still shipped in 1.41) with the Ray backend and
 ``client_resources = {"num_cpus": 1}`` (one actor, and one torch thread, per
@@ -23,7 +25,7 @@ workers, each actor still pays torch's lazy imports of the training path
 (torch._dynamo, sympy: ~900 modules, seconds) at its first training step, in
 round 1; the driver reports rounds >= 2 separately for that reason.
 
-This file also holds the framework-free pieces that ``w1_throughput.py``
+This file also holds the framework-free pieces that ``w1_throughput``
 shares for its bare single-process loop (data loading, IID shards, local
 SGD), so both use literally the same data and training code. Flower itself is
 imported lazily, inside the functions that need it, because the driver
@@ -32,7 +34,6 @@ imports this module with an interpreter that has no Flower.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import json
@@ -50,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from skymask_ray.models import CNN
+
+from benchmarks.common import script_parser
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 INPUT_SHAPE = (1, 28, 28)
@@ -320,7 +323,7 @@ def run_flower(s: W1Settings, num_cpus: float = 1.0) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the W1 knobs, run Flower, print one JSON line on stdout."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__, __file__)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--samples", type=int, default=600, help="samples per client")
     p.add_argument("--rounds", type=int, default=2)
@@ -336,10 +339,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run from the importable module ``flower_w1`` rather than ``__main__``: Ray actors then
-    # unpickle ``client_fn`` by reference and share one per-process cache (``process_state``).
+    # Run from the importable module ``benchmarks.flower_w1`` rather than ``__main__``: Ray actors
+    # then unpickle ``client_fn`` by reference and share one per-process cache (``process_state``).
     # Pickled by value from ``__main__``, every message would arrive with a fresh, empty cache.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import flower_w1
+    from benchmarks import flower_w1
 
     flower_w1.main()

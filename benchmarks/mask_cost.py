@@ -14,7 +14,7 @@ subprocess (so one variant's allocations cannot hide the other's).
   and per layer, the masked layer a Python sum over clients, autograd through it,
   sklearn PCA on the stacked binary masks.
 
-    python benchmarks/mask_cost.py [--clients 100,500,1000] [--steps 20]
+    python -m benchmarks.mask_cost [--clients 100,500,1000] [--steps 20]
 
 Prints a table and writes benchmarks/results/mask_cost.md.
 """
@@ -24,11 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
-import sys
 import time
-from pathlib import Path
+
+from benchmarks.common import (
+    ROOT,
+    comma_list,
+    invocation,
+    markdown_table,
+    module_argv,
+    peak_rss_mb,
+    results_path,
+    script_parser,
+    write_result,
+)
 
 
 def run_variant(variant: str, n: int, steps: int) -> dict:
@@ -62,7 +71,7 @@ def _variant(variant: str, n: int, steps: int) -> dict:
     x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
     kernel = "eager" if variant == "stacked_eager" else "compiled"  # compiled also in the small warm-up
     cfg = SkyMaskConfig(mask_epochs=steps, early_stop_step=0, kernel=kernel)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = peak_rss_mb()
     t0 = time.perf_counter()
     if variant.startswith("stacked"):
         shards = LocalShards(updates, w, cfg, 1e7)
@@ -91,40 +100,41 @@ def _variant(variant: str, n: int, steps: int) -> dict:
         coords = PCA(n_components=2, random_state=0).fit_transform(bits)
         GaussianMixture(2, random_state=0, reg_covar=1e-6).fit_predict(coords)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"variant": variant, "clients": n, "steps": steps, "seconds": seconds, "peak_rss_mb": peak,
             "extra_rss_mb": peak - base_rss}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="SkyMask mask-training cost: stacked vs per-client lists")
-    ap.add_argument("--clients", default="100,500,1000")
+    ap = script_parser(__doc__, __file__)
+    ap.add_argument("--clients", type=comma_list(int), default=[100, 500, 1000])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, int(args.clients), args.steps)))
+        (n,) = args.clients
+        print(json.dumps(run_variant(args.variant, n, args.steps)))
         return
     rows = []
-    for n in [int(c) for c in args.clients.split(",")]:
+    for n in args.clients:
         for variant in ("stacked", "stacked_eager", "per_client"):
-            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--clients", str(n),
-                                  "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+            cmd = [*module_argv(__file__), "--variant", variant, "--clients", str(n), "--steps", str(args.steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    lines = ["| N | variant | seconds (20 steps + clustering) | peak RSS MB | speed-up | memory ratio |",
-             "|---|---|---|---|---|---|"]
+    lines = []
     for n in sorted({r["clients"] for r in rows}):
         p = next(r for r in rows if r["clients"] == n and r["variant"] == "per_client")
         for r in (r for r in rows if r["clients"] == n):
-            lines.append(f"| {n} | {r['variant']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
-                         f"{p['seconds'] / r['seconds']:.2f}x | {r['peak_rss_mb'] / p['peak_rss_mb']:.2f} |")
-    table = "\n".join(lines)
+            lines.append([n, r["variant"], f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                          f"{p['seconds'] / r['seconds']:.2f}x", f"{r['peak_rss_mb'] / p['peak_rss_mb']:.2f}"])
+    table = markdown_table(["N", "variant", "seconds (20 steps + clustering)", "peak RSS MB", "speed-up",
+                            "memory ratio"], lines)
     print(table)
-    Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
-    Path("benchmarks/results/mask_cost.md").write_text(
+    write_result(
+        results_path("mask_cost.md"),
         f"# SkyMask mask training: stacked tensors vs per-client parameter lists\n\n"
-        f"`python benchmarks/mask_cost.py`, cnn (P = 139,960), {os.cpu_count()} CPU cores, root batch 100, "
+        f"`{invocation(__file__)}`, cnn (P = 139,960), {os.cpu_count()} CPU cores, root batch 100, "
         f"{args.steps} SGD steps (lr 1e7, clamp 1e-7) + clustering. Speed-up and memory ratio are relative to "
         f"per_client.\n\n{table}\n")
 

@@ -11,30 +11,35 @@ start-up: actors are created before it):
 Every cell is the user's command, ``skymask-ray bench --preset paper-fmnist
 --clients N --malicious f --attack min_max --defense skymask --rounds 1``, run
 as a subprocess while this machine's used memory is sampled
-(:mod:`host_memory`): ``host peak MB`` is what the whole run added (Ray's
-daemons and object store included, shared pages counted once), beside the
+(:func:`benchmarks.common.run_sampled`): ``host peak MB`` is what the whole
+run added (Ray's daemons and object store included, shared pages counted once), beside the
 summed per-process peak RSS of the Parquet rows. Cells already complete are
 skipped (resume). Writes the cells' Parquet files under --out, ``scaling.md``
 and ``scaling.parquet`` (one row per cell) and the report's PNG plots.
 
-    python benchmarks/scaling.py [--clients 100,250,500,1000,2000,5000] [--fractions 0,0.2,0.4,0.6,0.8]
+    python -m benchmarks.scaling [--clients 100,250,500,1000,2000,5000] [--fractions 0,0.2,0.4,0.6,0.8]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).parent))
-from host_memory import run_sampled  # noqa: E402  (benchmarks/ is not a package)
+from skymask_ray.bench import cell_done, cell_name, expand_grid, summarize, summary_table
+from skymask_ray.report import make_report
 
-from skymask_ray.bench import cell_done, cell_name, expand_grid, summarize, summary_table  # noqa: E402
-from skymask_ray.report import make_report  # noqa: E402
+from benchmarks.common import (
+    comma_list,
+    invocation,
+    markdown_table,
+    results_path,
+    run_sampled,
+    script_parser,
+    write_result,
+)
 
 
 def run_cell(n: int, f: float, rounds: int, out: Path) -> dict:
@@ -56,31 +61,33 @@ def run_cell(n: int, f: float, rounds: int, out: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", default="100,250,500,1000,2000,5000")
-    ap.add_argument("--fractions", default="0,0.2,0.4,0.6,0.8")
+    ap = script_parser(__doc__, __file__)
+    ap.add_argument("--clients", type=comma_list(int), default=[100, 250, 500, 1000, 2000, 5000])
+    ap.add_argument("--fractions", type=comma_list(float), default=[0, 0.2, 0.4, 0.6, 0.8])
     ap.add_argument("--fraction-clients", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/scaling")
+    ap.add_argument("--out", type=Path, default=results_path("scaling"))
     args = ap.parse_args()
-    out = Path(args.out)
-    cells = [(int(c), 0.2) for c in args.clients.split(",")]
-    cells += [(args.fraction_clients, float(f)) for f in args.fractions.split(",") if float(f) != 0.2]
+    out = args.out
+    cells = [(n, 0.2) for n in args.clients] + [(args.fraction_clients, f) for f in args.fractions if f != 0.2]
     rows = [run_cell(n, f, args.rounds, out) for n, f in cells]
     table = summary_table(rows)
-    mem = ["| N | mal | host peak MB | summed peak RSS MB | run wall s (Ray start to exit) |", "|---|---|---|---|---|"]
-    mem += [f"| {r['clients']} | {r['malicious_fraction']:g} | {r['host_peak_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['wall_s']:.0f} |" for r in rows]
+    mem = markdown_table(
+        ["N", "mal", "host peak MB", "summed peak RSS MB", "run wall s (Ray start to exit)"],
+        [[r["clients"], f"{r['malicious_fraction']:g}", f"{r['host_peak_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
+          f"{r['wall_s']:.0f}"] for r in rows])
     print(table)
-    print("\n".join(mem))
+    print(mem)
     pq.write_table(pa.Table.from_pylist(rows), out / "scaling.parquet")
-    (out / "scaling.md").write_text(
-        "# Scaling: SkyMask under min_max, Fashion-MNIST cnn, one round per cell (`python benchmarks/scaling.py`)\n\n"
+    write_result(
+        out / "scaling.md",
+        "# Scaling: SkyMask under min_max, Fashion-MNIST cnn, one round per cell "
+        f"(`{invocation(__file__)}`)\n\n"
         "Times are seconds of that round; peak MB is the summed peak RSS of driver, client workers and trainer "
         "(a shared page counts in every process that maps it).\n\n" + table + "\n\n"
         "## Memory of the whole command\n\nHost peak MB: this machine's used memory (MemTotal - MemAvailable) "
         "during `skymask-ray bench ...`, minus before it (Ray daemons and object store included, shared pages "
-        "once).\n\n" + "\n".join(mem) + "\n")
+        "once).\n\n" + mem + "\n")
     for p in make_report([out], out):
         print("wrote", p)
 

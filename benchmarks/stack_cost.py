@@ -7,22 +7,22 @@ by side with a single ``out[1:] = updates`` (what it did before), on the same
 random updates, interleaved, best of --repeats, and checks both give the same
 matrix. P = 139,960 (the paper's Fashion-MNIST cnn).
 
-    python benchmarks/stack_cost.py [--clients 500,2000,5000] [--repeats 3]
+    python -m benchmarks.stack_cost [--clients 500,2000,5000] [--repeats 3]
 
 Prints a table and writes benchmarks/results/stack_cost.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from skymask_ray.skymask.trainer import STACK_BLOCK_ROWS, stack_updates
+
+from benchmarks.common import comma_list, invocation, markdown_table, results_path, script_parser, write_result
 
 P = 139_960
 
@@ -36,13 +36,13 @@ def one_copy(updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", default="500,2000,5000")
+    ap = script_parser(__doc__, __file__)
+    ap.add_argument("--clients", type=comma_list(int), default=[500, 2000, 5000])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
-    for n in (int(c) for c in args.clients.split(",")):
+    for n in args.clients:
         updates, server = torch.randn(n, P), torch.randn(P)
         best = {"one copy": float("inf"), "blocked": float("inf")}
         for _ in range(args.repeats):
@@ -56,19 +56,14 @@ def main() -> None:
         rows.append((n, best["one copy"], best["blocked"]))
         print(f"N={n}: one copy {best['one copy']:.3f} s, blocked {best['blocked']:.3f} s, "
               f"{best['one copy'] / best['blocked']:.1f}x", flush=True)
-    lines = [
-        "# Stacking N x P updates coordinate-major (`python benchmarks/stack_cost.py`)",
-        "",
+    table = markdown_table(["N", "one copy (s)", "blocked (s)", "speed-up"],
+                           [[n, f"{a:.3f}", f"{b:.3f}", f"{a / b:.1f}x"] for n, a, b in rows], align="rrrr")
+    out = write_result(
+        results_path("stack_cost.md"),
+        f"# Stacking N x P updates coordinate-major (`{invocation(__file__)}`)\n\n"
         f"P = {P:,}, float32, {torch.get_num_threads()} torch threads, best of {args.repeats} interleaved runs; "
         f"blocks of {STACK_BLOCK_ROWS} clients. Machine: {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"torch {torch.__version__}.",
-        "",
-        "| N | one copy (s) | blocked (s) | speed-up |",
-        "|---:|---:|---:|---:|",
-        *(f"| {n} | {a:.3f} | {b:.3f} | {a / b:.1f}x |" for n, a, b in rows),
-    ]
-    out = Path("benchmarks/results/stack_cost.md")
-    out.write_text("\n".join(lines) + "\n")
+        f"torch {torch.__version__}.\n\n" + table + "\n")
     print(f"wrote {out}")
 
 

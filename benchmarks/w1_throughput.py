@@ -37,7 +37,7 @@ linear layers only), and this machine's fp32 GEMM rate is measured with
 
 Usage (the full W1 run; everything, the Flower venv included, from one command)::
 
-    python benchmarks/w1_throughput.py
+    python -m benchmarks.w1_throughput
 
 Small validation run: ``--clients 6 --samples 60 --rounds 1``. ``--skip-flower``
 leaves Flower (and its venv) out. Writes ``benchmarks/results/w1_throughput.md``
@@ -46,7 +46,6 @@ and ``.json`` (``--results-dir`` to change).
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -65,10 +64,8 @@ import numpy as np
 import torch
 from torch import nn
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from flower_w1 import (  # noqa: E402  (shared with the Flower script, found through the line above)
+from benchmarks.common import BENCH, ROOT, RESULTS, invocation, module_argv, script_parser, write_result
+from benchmarks.flower_w1 import (  # shared with the Flower script
     INPUT_SHAPE,
     W1Settings,
     build_cnn,
@@ -243,10 +240,11 @@ def run_bare(s: W1Settings, threads: int) -> dict[str, Any]:
 
 
 def run_flower(s: W1Settings) -> dict[str, Any]:
-    """W1 in Flower: ``flower_w1.py`` under the venv's interpreter; its last JSON line on stdout."""
-    cmd = [str(_venv_python()), str(BENCH / "flower_w1.py"), "--clients", str(s.clients), "--samples",
-           str(s.samples), "--rounds", str(s.rounds), "--seed", str(s.seed), "--data-dir", s.data_dir]
-    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    """W1 in Flower: ``benchmarks.flower_w1`` under the venv's interpreter; its last JSON line on stdout."""
+    cmd = [*module_argv("flower_w1", _venv_python()), "--clients", str(s.clients), "--samples", str(s.samples),
+           "--rounds", str(s.rounds), "--seed", str(s.seed), "--data-dir", s.data_dir]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                         env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
         raise RuntimeError(f"flower_w1.py failed (exit {res.returncode}); its log is above")
@@ -277,7 +275,7 @@ def report(res: dict[str, Any]) -> str:
     w, m, f = res["workload"], res["machine"], res["flops"]
     sky = res["results"]["skymask-ray"]
     flower_ray = res["results"].get("flower", {}).get("ray_version", "-")
-    lines = ["# W1 client-training throughput (`python benchmarks/w1_throughput.py`)", ""]
+    lines = [f"# W1 client-training throughput (`{invocation(__file__)}`)", ""]
     if m["loadavg_start"] > BUSY_LOAD * m["cpus"]:
         lines += [f"**Warning: the machine was busy at the start (1-min load average {m['loadavg_start']:.2f} on "
                   f"{m['cpus']} CPUs); these figures are not representative.**", ""]
@@ -331,7 +329,7 @@ def report(res: dict[str, Any]) -> str:
 
 def main() -> None:
     """Run the three measurements and write the report."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = script_parser(__doc__, __file__)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--samples", type=int, default=600, help="samples per client")
     ap.add_argument("--rounds", type=int, default=2)
@@ -339,7 +337,7 @@ def main() -> None:
     ap.add_argument("--bare-threads", type=int, default=2, help="torch threads of the bare loop and the GEMM timing")
     ap.add_argument("--skip-flower", action="store_true", help="leave Flower (and its venv) out")
     ap.add_argument("--flower-spec", default=FLOWER_SPEC, help="pip requirement installed into the Flower venv")
-    ap.add_argument("--results-dir", default=str(BENCH / "results"))
+    ap.add_argument("--results-dir", type=Path, default=RESULTS)
     args = ap.parse_args()
     s = W1Settings(clients=args.clients, samples=args.samples, rounds=args.rounds, seed=args.seed)
     load_start = os.getloadavg()[0]
@@ -380,10 +378,8 @@ def main() -> None:
         "reference_updates_per_s": REFERENCE,
     }
     md = report(res)
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "w1_throughput.md").write_text(md)
-    (out / "w1_throughput.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_result(args.results_dir / "w1_throughput.md", md)
+    write_result(args.results_dir / "w1_throughput.json", json.dumps(res, indent=2) + "\n")
     print(md)
 
 

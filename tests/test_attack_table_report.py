@@ -1,11 +1,6 @@
 """The every-defense table's per-defense summary: mean and worst accuracy, mean rates, top backdoor success."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from attack_table import by_defense_table, defense_summary_table  # noqa: E402  (benchmarks/ is not a package)
+from benchmarks.attack_table import by_defense_table, defense_summary_table
 
 
 def _cell(acc, tpr=None, fpr=None, backdoor=None):
