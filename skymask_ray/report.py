@@ -18,7 +18,12 @@ varies between the runs (client count, attack, dataset, ...).
 
 A plot whose data is absent (one malicious fraction, one client count, no
 ``masks.parquet``) is skipped; the reasons are logged, listed in
-``summary.md`` and returned by :func:`build_report`.
+``summary.md`` and returned by :func:`build_report`. Round axes have integer
+ticks. A run whose defense never rejects a client (``tp + fp`` is 0 in every
+round, or no TPR/FPR recorded) has no TPR/FPR: it is left out of those panels
+and shown as ``n/a`` in ``summary.md``, not drawn as a rate of 0. A result file
+that is not readable Parquet, or an output folder that is an existing file, is
+a ValueError naming the path.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
+from matplotlib.ticker import MaxNLocator
 
 from .results import read_parquet
 
@@ -64,6 +70,7 @@ class Run:
     rounds: np.ndarray
     metrics: dict[str, np.ndarray]
     fallbacks: int
+    never_rejects: bool = False  # no client rejected in any round: TPR/FPR are absent (NaN), not 0
 
     def last(self, name: str) -> float:
         """The value at the last round where ``name`` is defined (NaN if never)."""
@@ -111,11 +118,13 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path, round: int | 
 
 def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: int | None = None) -> Report:
     """Like :func:`make_report`, returning the skipped plots with their reasons as well."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report folder {out} is an existing file, not a folder")
     files = find_rounds_files(inputs)
     runs = [run for f in files for run in load_runs(f)]
     if not runs:
         raise ValueError(f"no rounds recorded in {', '.join(str(f) for f in files)}")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
 
@@ -147,7 +156,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
         if not masks_path.exists():
             skip(name, f"no masks.parquet next to {f}")
             continue
-        masks = read_parquet(masks_path)
+        masks = _read(masks_path)
         available = sorted(set(masks.column("round").to_pylist()))
         chosen = mask_round if mask_round is not None else (available[-1] if available else None)
         if chosen is None or chosen not in available:
@@ -181,8 +190,11 @@ def find_rounds_files(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def load_runs(path: Path) -> list[Run]:
-    """The runs in one ``rounds.parquet`` (normally one), rows sorted by round, last row per round kept."""
-    table = read_parquet(path)
+    """The runs in one ``rounds.parquet`` (normally one), rows sorted by round, last row per round kept.
+
+    A run whose defense rejected no client in any round gets ``never_rejects`` and NaN TPR/FPR.
+    """
+    table = _read(path)
     missing = [c for c in (*RUN_KEYS, "round") if c not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not a rounds file: it lacks columns {missing}")
@@ -196,8 +208,31 @@ def load_runs(path: Path) -> list[Run]:
         order = len(rounds) - 1 - last_rev
         metrics = {m: _floats(sub, m)[order] for m in METRICS}
         fallbacks = int(np.nansum(_floats(sub, "fallback")[order])) if "fallback" in sub.column_names else 0
-        runs.append(Run(path, dict(zip(RUN_KEYS, key)), rounds[order], metrics, fallbacks))
+        never = _never_rejects((_floats(sub, "tp") + _floats(sub, "fp"))[order], metrics)
+        if never:
+            metrics["tpr"] = metrics["fpr"] = np.full(len(order), np.nan)
+        runs.append(Run(path, dict(zip(RUN_KEYS, key)), rounds[order], metrics, fallbacks, never))
     return runs
+
+
+def _never_rejects(rejected: np.ndarray, metrics: dict[str, np.ndarray]) -> bool:
+    """No client rejected in any round where it is known, or no TPR/FPR recorded at all."""
+    known = rejected[np.isfinite(rejected)]
+    if known.size and not (known > 0).any():
+        return True
+    return not (np.isfinite(metrics["tpr"]).any() or np.isfinite(metrics["fpr"]).any())
+
+
+def _read(path: Path) -> pa.Table:
+    """A Parquet file; a file that is not readable Parquet is a one-line ValueError naming it."""
+    try:
+        return read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        message = detail if str(path) in detail else f"{path} is not a readable Parquet file ({detail[:160]})"
+        raise ValueError(message) from None
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
@@ -332,6 +367,7 @@ def plot_accuracy(runs: list[Run]) -> Figure:
                 ax.fill_between(rounds, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
         ax.set_title(f"attack: {panel[0]}" + (f", f={panel[1]:g}" if len(panel) > 1 else ""))
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -364,16 +400,20 @@ def plot_fraction_sweep(runs: list[Run]) -> Figure:
     fig, axes = _grid(3, width=4.6)
     styles = _Styles([r.key for r in runs], {"malicious_fraction", "seed"})
     panels = (
-        ("final test accuracy", lambda r: r.last("accuracy")),
-        ("mean TPR (malicious rejected)", lambda r: r.mean("tpr")),
-        ("mean FPR (benign rejected)", lambda r: r.mean("fpr")),
+        ("final test accuracy", lambda r: r.last("accuracy"), False),
+        ("mean TPR (malicious rejected)", lambda r: r.mean("tpr"), True),
+        ("mean FPR (benign rejected)", lambda r: r.mean("fpr"), True),
     )
-    for ax, (ylabel, value) in zip(axes, panels):
+    silent = sorted({r.key["defense"] for r in runs if r.never_rejects})
+    for ax, (ylabel, value, rate) in zip(axes, panels):
         drawn = _plot_sweep(ax, runs, "malicious_fraction", value, styles)
         ax.set_xlabel("malicious fraction f")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(ylabel if drawn else f"{ylabel}: not recorded")
+        title = ylabel if drawn else f"{ylabel}: " + ("no run rejected a client" if rate and silent else "not recorded")
+        if rate and silent and drawn:
+            title += "\nnot drawn (rejected no client): " + ", ".join(silent)
+        ax.set_title(title, **({"fontsize": "medium"} if "\n" in title else {}))
     styles.legend(fig)
     fig.suptitle("Accuracy and detection vs malicious fraction "
                  f"({_context([r.key for r in runs], {'malicious_fraction', 'seed', 'defense'})}; mean over seeds)")
@@ -485,6 +525,9 @@ def _cell(v: float, digits: int) -> str:
     return "—" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
+NO_RATES = "n/a"  # TPR/FPR of a run whose defense never rejected a client
+
+
 def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
     """The Markdown summary: one row per run, then the plots written and those skipped."""
     with_backdoor = any(np.isfinite(r.metrics["backdoor_success"]).any() for r in runs)
@@ -511,13 +554,18 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
         k = run.key
         row = [str(k["dataset"]), str(k["model"]), str(k["clients"]), f"{k['malicious_fraction']:g}",
                str(k["attack"]), str(k["defense"]), str(k["seed"]), str(len(run.rounds)),
-               _cell(run.last("accuracy"), 4), _cell(run.mean("tpr"), 3), _cell(run.mean("fpr"), 3),
+               _cell(run.last("accuracy"), 4),
+               *((NO_RATES, NO_RATES) if run.never_rejects else (_cell(run.mean("tpr"), 3), _cell(run.mean("fpr"), 3))),
                str(run.fallbacks), _cell(run.mean("t_round"), 2), _cell(run.peak("peak_rss_mb"), 0)]
         if with_backdoor:
             row.append(_cell(run.last("backdoor_success"), 4))
         if duplicated:
             row.append(str(run.source))
         lines.append("| " + " | ".join(row) + " |")
+    silent = sorted({r.key["defense"] for r in runs if r.never_rejects})
+    if silent:
+        lines += ["", f"{NO_RATES}: the defense rejected no client in any round of that run ({', '.join(silent)}), "
+                  "so its TPR/FPR are undefined, not 0; those runs are left out of the TPR/FPR plots."]
     pngs = [p for p in report.files if p.suffix == ".png"]
     if pngs:
         lines += ["", "## Plots"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from skymask_ray.report import build_report, load_runs, make_report
+from matplotlib.ticker import MaxNLocator
+
+from skymask_ray.report import build_report, load_runs, make_report, plot_accuracy, plot_fraction_sweep
 from skymask_ray.results import COLUMNS, MASK_SCHEMA, ParquetLog
-
-
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -127,9 +128,12 @@ def test_full_grid_writes_every_plot_and_a_row_per_run(grid, tmp_path: Path) -> 
         assert row["dataset"] == "synthetic" and row["attack"] == "min_max"
         assert row["rounds"] == "5"
         assert row["final accuracy"] == f"{recorded[-1]['accuracy']:.4f}"
-        tpr = [r["tpr"] for r in recorded if r["tpr"] is not None]
-        assert row["mean TPR"] == f"{np.mean(tpr):.3f}"
-        assert row["mean FPR"] == f"{np.mean([r['fpr'] for r in recorded]):.3f}"
+        if key[0] == "fedavg":  # rejects nobody: no rates, not 0
+            assert row["mean TPR"] == row["mean FPR"] == "n/a"
+        else:
+            tpr = [r["tpr"] for r in recorded if r["tpr"] is not None]
+            assert row["mean TPR"] == f"{np.mean(tpr):.3f}"
+            assert row["mean FPR"] == f"{np.mean([r['fpr'] for r in recorded]):.3f}"
         assert row["mean round s"] == f"{np.mean([r['t_round'] for r in recorded]):.2f}"
         assert row["peak MB"] == f"{max(r['peak_rss_mb'] for r in recorded):.0f}"
         assert row["fallbacks"] == ("1" if key[0] == "skymask" else "0")
@@ -138,6 +142,7 @@ def test_full_grid_writes_every_plot_and_a_row_per_run(grid, tmp_path: Path) -> 
     text = (out / "summary.md").read_text()
     assert "![accuracy_vs_round](accuracy_vs_round.png)" in text
     assert "Skipped" not in text
+    assert "n/a: the defense rejected no client in any round of that run (fedavg)" in text
 
 
 def test_make_report_returns_paths_and_accepts_files(grid, tmp_path: Path) -> None:
@@ -174,7 +179,7 @@ def test_no_accuracy_anywhere_skips_the_accuracy_plot(tmp_path: Path) -> None:
     assert "accuracy vs round" in report.skipped
     assert [p.name for p in report.files] == ["summary.md"]
     row = table_rows(tmp_path / "out" / "summary.md")[0]
-    assert row["final accuracy"] == "—" and row["mean TPR"] == "—" and row["mean round s"] == "1.00"
+    assert row["final accuracy"] == "—" and row["mean TPR"] == "n/a" and row["mean round s"] == "1.00"
 
 
 def test_mask_round_choice(grid, tmp_path: Path) -> None:
@@ -220,3 +225,85 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
                    tmp_path / "killed" / "rounds.parquet")
     with pytest.raises(ValueError, match="no rounds recorded"):
         make_report([tmp_path / "killed"], tmp_path / "out")
+
+
+def test_round_axes_have_integer_ticks(tmp_path: Path) -> None:
+    path, _ = write_run(tmp_path / "res", "fedavg", rounds=3, eval_every=1)
+    fig = plot_accuracy(load_runs(path))
+    (ax,) = [a for a in fig.axes if a.get_xlabel() == "round"]
+    assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # 1..3 would otherwise tick every 0.5
+
+
+def _never_rejecting(root: Path, fraction: float, nulls: bool) -> Path:
+    """A median run that rejected nobody: tp = fp = 0 every round, or (``nulls``) no detection columns at all."""
+    writer = ParquetLog(root / f"median-f{fraction}-{nulls}" / "rounds.parquet")
+    for r in (1, 2):
+        det = {} if nulls else dict(tp=0, fp=0, tn=8, fn=2, tpr=0.0, fpr=0.0)
+        writer.append(_row(round=r, clients=10, malicious_fraction=fraction, defense="median", seed=0,
+                           accuracy=0.5 + 0.1 * r, t_round=1.0, peak_rss_mb=100.0, **det))
+    return writer.path
+
+
+def test_a_defense_that_never_rejects_has_no_rates(tmp_path: Path) -> None:
+    root = tmp_path / "res"
+    for fraction in (0.2, 0.5):
+        write_run(root, "skymask", clients=10, fraction=fraction, masks=False)
+        _never_rejecting(root, fraction, nulls=fraction == 0.5)  # both ways of never rejecting
+    runs = [run for f in sorted(root.rglob("rounds.parquet")) for run in load_runs(f)]
+    median = [r for r in runs if r.key["defense"] == "median"]
+    assert len(median) == 2 and all(r.never_rejects for r in median)
+    assert all(np.isnan(r.metrics["tpr"]).all() and np.isnan(r.metrics["fpr"]).all() for r in median)
+    assert not any(r.never_rejects for r in runs if r.key["defense"] == "skymask")
+
+    fig = plot_fraction_sweep(runs)
+    acc, tpr, fpr = fig.axes[:3]
+    assert len(acc.get_lines()) == 2  # accuracy: both defenses
+    for ax in (tpr, fpr):  # rates: skymask only, no line of zeros for median
+        (line,) = ax.get_lines()
+        assert len(line.get_xdata()) == 2
+        assert "not drawn (rejected no client): median" in ax.get_title()
+
+    report = build_report([root], tmp_path / "out")
+    rows = {(r["defense"], r["f"]): r for r in table_rows(tmp_path / "out" / "summary.md")}
+    for f in ("0.2", "0.5"):
+        assert rows["median", f]["mean TPR"] == rows["median", f]["mean FPR"] == "n/a"
+        assert rows["median", f]["final accuracy"] == "0.7000"
+        assert rows["skymask", f]["mean TPR"] == "1.000"
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "n/a: the defense rejected no client in any round of that run (median)" in text
+    assert "fraction_sweep.png" in {p.name for p in report.files}
+
+
+def test_corrupted_parquet_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "run" / "rounds.parquet"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not parquet at all\n" * 10)
+    with pytest.raises(ValueError) as info:
+        make_report([bad.parent], tmp_path / "out")
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+    path, _ = write_run(tmp_path / "res", "skymask", masks=False)
+    masks = path.parent / "masks.parquet"
+    masks.write_bytes(path.read_bytes()[:200])  # a Parquet file cut short
+    with pytest.raises(ValueError) as info:
+        make_report([path], tmp_path / "out2")
+    assert str(masks) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_out_that_is_an_existing_file_is_refused(grid, tmp_path: Path) -> None:
+    root, _ = grid
+    taken = tmp_path / "report.md"
+    taken.write_text("keep me\n")
+    with pytest.raises(ValueError, match=re.escape(str(taken))):
+        make_report([root], taken)
+    assert taken.read_text() == "keep me\n"
+
+    from click.testing import CliRunner
+
+    from skymask_ray.cli import main
+
+    res = CliRunner().invoke(main, ["report", str(root), "--out", str(taken)])
+    assert res.exit_code == 2 and str(taken) in res.output and "Traceback" not in res.output
