@@ -227,3 +227,109 @@ def test_stack_updates_is_server_then_clients_coordinate_major(n):
     assert torch.equal(out, torch.cat([g0[None], g]))
     assert out.stride() == (1, n + 1)  # a transposed view of P x (N+1) memory
     assert out.T.is_contiguous()
+
+
+# ----- skymask.select: gmm2 (the paper) | bic ------------------------------------------------------
+
+
+def _one_group(seed, k=31, p=400):
+    rng = np.random.default_rng(seed)
+    return (rng.random((k, p)) < 0.5).astype(np.float64)
+
+
+def _two_groups(seed, a=10, b=20, p=400, moved=100, flip=0.02):
+    rng = np.random.default_rng(seed)
+    base = rng.random(p) < 0.9
+    other = base.copy()
+    idx = rng.choice(p, size=moved, replace=False)
+    other[idx] = ~other[idx]
+    rows = [base ^ (rng.random(p) < flip) for _ in range(a)] + [other ^ (rng.random(p) < flip) for _ in range(b)]
+    return np.array(rows, dtype=np.float64)
+
+
+def test_bic_keeps_one_group_whole_where_gmm2_rejects_someone():
+    whole = 0
+    for seed in range(10):
+        b = _one_group(seed)
+        bic = cluster_from_gram(b @ b.T, seed=seed, rule="bic")
+        gmm2 = cluster_from_gram(b @ b.T, seed=seed)
+        assert not gmm2.single_component and not gmm2.benign.all()  # the paper's rule always splits
+        if bic.single_component:
+            assert bic.benign.all() and not bic.degenerate and (bic.labels == 0).all()
+            whole += 1
+        else:
+            assert np.array_equal(bic.benign, gmm2.benign)
+    assert whole >= 9  # 9 of 10 seeds (seed 4 of this data is split; see select.py)
+
+
+@pytest.mark.parametrize("sizes", [(10, 20), (3, 28), (25, 6)])
+def test_bic_separates_two_groups_exactly_like_gmm2(sizes):
+    for seed in range(5):
+        b = _two_groups(seed, *sizes)
+        bic = cluster_from_gram(b @ b.T, seed=seed, rule="bic")
+        gmm2 = cluster_from_gram(b @ b.T, seed=seed, rule="gmm2")
+        assert not bic.single_component
+        assert bic.benign.tolist() == [True] * sizes[0] + [False] * sizes[1]
+        assert np.array_equal(bic.benign, gmm2.benign) and np.array_equal(bic.labels, gmm2.labels)
+
+
+def test_gmm2_is_the_paper_rule_unchanged():
+    from sklearn.decomposition import KernelPCA
+    from sklearn.mixture import GaussianMixture
+
+    for seed in range(3):
+        b = _one_group(seed)
+        g = b @ b.T
+        coords = KernelPCA(n_components=2, kernel="precomputed", random_state=seed).fit_transform(g)
+        labels = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-6).fit_predict(coords)
+        res = cluster_from_gram(g, seed=seed)
+        assert np.array_equal(res.labels, labels) and np.array_equal(res.benign, labels == labels[0])
+        assert np.allclose(res.coords, coords) and not res.single_component
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        cluster_from_gram(g, seed=0, rule="kmeans")
+
+
+def test_single_component_reaches_the_round_info():
+    """skymask.select reaches cluster_from_gram through train_and_select, and the flag the defense's info."""
+    from skymask_ray.config import ExperimentConfig, build_config
+    from skymask_ray.context import RoundContext
+    from skymask_ray.defenses import DEFENSES
+    from skymask_ray.errors import ConfigError
+    from skymask_ray.skymask.trainer import train_and_select
+
+    b = _one_group(0)
+
+    class FixedGram:
+        def weighted_average(self):
+            return torch.zeros(3)
+
+        def step(self, grad_w):
+            pass
+
+        def gram(self):
+            return torch.from_numpy(b @ b.T)
+
+    def loss_grad(w, idx):
+        return 0.0, torch.zeros(3)
+
+    picks = {}
+    for rule in ("gmm2", "bic"):
+        cfg = SkyMaskConfig(mask_epochs=1, select=rule)
+        picks[rule] = train_and_select(FixedGram(), loss_grad, 4, 400, cfg, seed=0, round_idx=0)
+    assert picks["bic"].single_component and picks["bic"].accepted.all() and len(picks["bic"].accepted) == 30
+    assert not picks["gmm2"].single_component and not picks["gmm2"].accepted.all()
+
+    cfg = ExperimentConfig(clients=30, defense="skymask")
+    defense = DEFENSES.get("skymask")(None, cfg)
+    updates = torch.randn(30, 3)
+    ctx = RoundContext(round=1, global_weights=torch.zeros(3), spec=None, num_clients=30, num_malicious=0,
+                       generator=torch.Generator(), server_update=torch.zeros(3),
+                       mask_selector=lambda u, g0: picks["bic"])
+    agg = defense.aggregate(updates, ctx)
+    assert agg.info["single_component"] is True and agg.accepted.all() and not agg.fallback
+    ctx.mask_selector = lambda u, g0: picks["gmm2"]
+    assert defense.aggregate(updates, ctx).info["single_component"] is False
+    chosen = build_config(overrides={"skymask": {"select": "bic"}, "data": {"dataset": "synthetic"}})
+    assert chosen.skymask.select == "bic"
+    with pytest.raises(ConfigError, match="skymask.select must be gmm2 or bic"):
+        build_config(overrides={"skymask": {"select": "bic3"}, "data": {"dataset": "synthetic"}})

@@ -4,8 +4,9 @@ An attack is a small class registered under a name. Its typed parameters come
 from ``attack_params`` (a dataclass ``Params``). Two hooks, both optional:
 
 * data poisoning: :meth:`Attack.poison_data` transforms each malicious
-  client's dataset once, at setup; those clients then train normally
-  (``trains = True``).
+  client's dataset once, at setup (``client`` is its global id, for attacks
+  that treat attackers differently, such as DBA); those clients then train
+  normally (``trains = True``).
 * model poisoning: :meth:`Attack.apply` replaces the malicious rows of the
   N x P update matrix in place of the honest ones (``trains = False``: the
   simulation skips their local training). Statistics come from benign rows
@@ -14,6 +15,9 @@ from ``attack_params`` (a dataclass ``Params``). Two hooks, both optional:
 Fine-grained wrappers (:mod:`.finegrained`) run any composable attack on a
 subset of the coordinates; ``layer`` (it reads the model's ParamSpec) and the
 adaptive attack (it needs whole model vectors) are not composable.
+
+Attacks with state across rounds (PoisonedFL) implement :meth:`Attack.state_dict`
+and :meth:`Attack.load_state_dict` (tensors and plain types only).
 
 Attacks with a trigger (backdoors) implement :meth:`Attack.stamp` and set
 ``target``, so the simulation measures backdoor success on triggered test
@@ -64,8 +68,10 @@ class Attack:
     def has_trigger(self) -> bool:
         return self.target is not None
 
-    def poison_data(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data poisoning of one malicious client's dataset (default: none)."""
+    def poison_data(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, client: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data poisoning of one malicious client's dataset (default: none); ``client`` is its global id."""
         return x, y
 
     def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
@@ -75,6 +81,14 @@ class Attack:
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the backdoor trigger to a batch (attacks with a trigger only)."""
         raise NotImplementedError(f"attack {self.name!r} has no trigger")
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried across rounds, for checkpoints: tensors and plain types only (loadable with
+        ``torch.load(weights_only=True)``); stateless attacks have none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

@@ -82,7 +82,7 @@ class LabelFlip(Attack):
                 table[a] = b
         self.table = table
 
-    def poison_data(self, x, y, generator):
+    def poison_data(self, x, y, generator, client=0):
         return x, self.table.to(y.device)[y]
 
 
@@ -126,7 +126,7 @@ class Backdoor(Attack):
             out[..., :k, :k] = self.p.trigger_value
         return out
 
-    def poison_data(self, x, y, generator):
+    def poison_data(self, x, y, generator, client=0):
         n = len(y)
         chosen = torch.randperm(n, generator=generator)[: round(self.p.poison_fraction * n)].to(y.device)
         x, y = x.clone(), y.clone()

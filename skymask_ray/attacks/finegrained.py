@@ -120,8 +120,8 @@ class FineGrained(Attack):
         self.trains = self.base.trains or self.rest == "own"
         self.target = self.base.target
 
-    def poison_data(self, x, y, generator):
-        return self.base.poison_data(x, y, generator)
+    def poison_data(self, x, y, generator, client=0):
+        return self.base.poison_data(x, y, generator, client=client)
 
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.stamp(x)

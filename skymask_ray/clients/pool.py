@@ -87,7 +87,7 @@ class ClientWorker:
             x = torch.from_numpy(np.ascontiguousarray(x_train[idx]))
             y = torch.from_numpy(np.ascontiguousarray(y_train[idx]))
             if bad:
-                x, y = attack.poison_data(x, y, torch_generator(cfg.seed, "poison", k))
+                x, y = attack.poison_data(x, y, torch_generator(cfg.seed, "poison", k), client=k)
             self.data[k] = (x.to(self.device), y.to(self.device))
         self._warm_up()
 

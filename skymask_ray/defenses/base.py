@@ -19,6 +19,7 @@ from ..linalg import pairwise_distances
 from ..params import parse_params
 from ..registry import Registry
 from ..seeding import child_seed
+from .pre import check_pre, inner_context, map_back, pre_aggregate, split_pre
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -42,20 +43,53 @@ class NoParams:
 
 
 class Defense:
-    """Base class. Subclasses set ``Params`` and implement :meth:`aggregate`."""
+    """Base class. Subclasses set ``Params`` and implement :meth:`aggregate`.
+
+    Any defense composes with a pre-aggregator (:mod:`.pre`): ``defense_params`` keys ``pre``
+    (``nnm`` | ``bucketing``) and ``bucket_size`` are split off before the defense's own ``Params``
+    are parsed (in ``__init__`` and in every ``check``), and the instance's ``aggregate`` then runs
+    the pre-aggregator first, aggregates its M rows, and maps ``accepted``/``weights`` back to the
+    N clients (``info["pre"]``, ``info["pre_rows"]``). The wrapped defense sees M rows and the same
+    f: with ``bucketing`` (M = ceil(N/s) < N), defenses bounded in f clamp it to what M allows and
+    record it, as they do for dropped rows; per-client ids reach it only under ``nnm``.
+    """
 
     name: ClassVar[str] = "base"
     Params: ClassVar[type] = NoParams
     needs_server_update: ClassVar[bool] = False  # root-data defenses need g_0
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig") -> None:
+        params, self.pre = split_pre(params, f"defense {self.name!r}")
         self.p = parse_params(self.Params, params, f"defense {self.name!r}")
         self.cfg = cfg
+        if self.pre is not None:
+            self.aggregate = self._pre_then_aggregate  # type: ignore[method-assign]  (this instance only)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``check`` sees ``defense_params`` without the pre-aggregation keys."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("check")
+        if isinstance(own, classmethod):
+            inner = own.__func__
+
+            def check(klass: type, cfg: "ExperimentConfig") -> None:
+                inner(klass, check_pre(cfg, f"defense {klass.name!r}"))
+
+            check.__doc__ = inner.__doc__
+            cls.check = classmethod(check)  # type: ignore[assignment]
 
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
         """Validate ``cfg.defense_params`` and the defense's assumptions on N and f."""
-        parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        parse_params(cls.Params, check_pre(cfg, f"defense {cls.name!r}").defense_params, f"defense {cls.name!r}")
+
+    def _pre_then_aggregate(self, updates: torch.Tensor, ctx: "RoundContext") -> "Aggregate":
+        """Pre-aggregate, run this defense's own ``aggregate`` on the mixed rows, map the answer back."""
+        mixed, origin = pre_aggregate(self.pre, updates, ctx)
+        agg = type(self).aggregate(self, mixed, inner_context(ctx, self.pre, len(mixed)))
+        accepted, weights = map_back(origin, agg.accepted, agg.weights)
+        info = {**agg.info, "pre": self.pre.pre, "pre_rows": len(mixed)}
+        return Aggregate(agg.update, accepted, weights, info, agg.fallback)
 
     def aggregate(self, updates: torch.Tensor, ctx: "RoundContext") -> Aggregate:
         raise NotImplementedError

@@ -22,7 +22,10 @@ class SkyMask(Defense):
     component, apply the server's own update (``skymask.fallback = server``,
     default) or the plain mean (``fedavg``). Mask settings are the
     ``skymask`` section of the config, the work runs where
-    ``ctx.mask_selector`` sends it (the mask-trainer actor).
+    ``ctx.mask_selector`` sends it (the mask-trainer actor). With
+    ``skymask.select: bic`` the split is kept only if two components fit the
+    2-D coordinates better (BIC) than one; otherwise every client is accepted
+    and ``info["single_component"]`` is true.
     """
 
     needs_server_update = True
@@ -39,6 +42,7 @@ class SkyMask(Defense):
             "mask_coords": sel.coords,
             "mask_labels": sel.labels,
             "degenerate": sel.degenerate,
+            "single_component": sel.single_component,
             **sel.timings,
         }
         if accepted.any():

@@ -99,6 +99,7 @@ class MaskSelection:
     on_fraction: np.ndarray  # (N+1,) fraction of mask bits on
     degenerate: bool
     timings: dict[str, float] = field(default_factory=dict)
+    single_component: bool = False  # skymask.select bic chose one component: everyone accepted
 
 
 class RootLoss:
@@ -176,11 +177,11 @@ def train_and_select(
     t1 = time.perf_counter()
     gram = shards.gram().cpu().numpy()
     on = np.diag(gram) / numel  # a mask's bits on = its own inner product
-    result = cluster_from_gram(gram, seed=int(seed + round_idx))
+    result = cluster_from_gram(gram, seed=int(seed + round_idx), rule=cfg.select)
     t2 = time.perf_counter()
     return MaskSelection(
         accepted=result.benign[1:].copy(), coords=result.coords, labels=result.labels, losses=losses,
-        on_fraction=on, degenerate=result.degenerate,
+        on_fraction=on, degenerate=result.degenerate, single_component=result.single_component,
         timings={"t_mask_train": t1 - t0, "t_mask_cluster": t2 - t1},
     )
 

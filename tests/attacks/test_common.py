@@ -12,7 +12,8 @@ from skymask_ray.errors import ConfigError
 from .helpers import TinyWorld, make_cfg
 
 ALL = ["none", "label_flip", "scaling", "lie_backdoor", "lie", "min_max", "min_sum", "fang_trim", "fang_krum",
-       "sign_flip", "ipm", "gaussian", "layer", "parameter", "adaptive"]
+       "sign_flip", "ipm", "gaussian", "layer", "parameter", "adaptive", "poisonedfl", "dba", "neurotoxin",
+       "skymask_adaptive"]
 
 
 def test_registry_lists_every_attack():

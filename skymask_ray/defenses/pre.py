@@ -1,0 +1,142 @@
+r"""Pre-aggregators: transforms of the N x P update matrix that run before any defense.
+
+Each is a pure function ``(updates, f, generator, **params) -> (mixed, origin)`` registered in
+:data:`PRE_AGGREGATORS`. ``mixed`` (M x P) is what the defense aggregates; ``origin`` (M x N, bool)
+says which clients each output row stands for, so the defense's accepted set (and weights) can be
+mapped back to the N clients: client i is accepted iff some row it stands for is accepted, and its
+weight is the sum of those rows' weights.
+
+* ``nnm`` (Allouah et al., "Fixing by Mixing: A Recipe for Optimal Byzantine ML under
+  Heterogeneity", AISTATS 2023): row i becomes the mean of its N - f nearest neighbours
+  (Euclidean, itself included), :math:`y_i = \frac{1}{N-f}\sum_{j \in \mathcal N_i} x_j`. M = N
+  and row i stands for client i (``origin`` is the identity), although it mixes its neighbours:
+  accepting row i accepts client i only.
+* ``bucketing`` (Karimireddy, He and Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets
+  via Bucketing", ICLR 2022): shuffle the rows with a seeded permutation :math:`\pi` and average
+  consecutive buckets of ``bucket_size`` s, :math:`y_j = \frac1s \sum_{i=js+1}^{(j+1)s}
+  x_{\pi(i)}`; a last incomplete bucket is averaged over its own members (as ByzFL does).
+  M = :math:`\lceil N/s\rceil`; a bucket stands for all its members, so accepting a bucket
+  accepts every member (a malicious client that shares an accepted bucket counts as accepted:
+  its update did reach the aggregate, diluted).
+
+Both follow ByzFL's definitions (github.com/LPD-EPFL/byzfl, ``aggregators/preaggregators.py``).
+
+In a config: ``defense_params: {pre: nnm}`` or ``{pre: bucketing, bucket_size: 2}`` with any
+defense; :class:`~skymask_ray.defenses.base.Defense` strips these keys before its own parameters
+are parsed and wraps its ``aggregate`` (see :func:`split_pre`, :func:`pre_aggregate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..linalg import pairwise_sq_distances
+from ..params import parse_params
+from ..registry import Registry
+from ..seeding import torch_generator
+
+if TYPE_CHECKING:
+    from ..context import RoundContext
+
+PreAggregator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+PRE_AGGREGATORS: Registry[PreAggregator] = Registry("pre-aggregator")
+
+PRE_KEYS = ("pre", "bucket_size")  # the defense_params keys that belong to the pre-aggregation
+
+
+@PRE_AGGREGATORS.register("nnm")
+def nnm(updates: torch.Tensor, f: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-neighbour mixing: each row replaced by the mean of its N - f nearest rows (itself included)."""
+    n = len(updates)
+    k = max(1, n - max(int(f), 0))
+    d = pairwise_sq_distances(updates).double()
+    d.fill_diagonal_(-1.0)  # a row is always its own nearest neighbour, whatever the ties
+    neighbours = torch.topk(d, k, dim=1, largest=False).indices
+    mix = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)
+    mix.scatter_(1, neighbours, 1.0 / k)
+    origin = torch.eye(n, dtype=torch.bool, device=updates.device)
+    return mix @ updates, origin
+
+
+@PRE_AGGREGATORS.register("bucketing")
+def bucketing(updates: torch.Tensor, f: int, generator: torch.Generator | None = None,
+              bucket_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle (``generator``), then average consecutive buckets of ``bucket_size`` rows."""
+    n = len(updates)
+    perm = torch.randperm(n, generator=generator).to(updates.device)
+    buckets = perm.split(bucket_size)
+    origin = torch.zeros(len(buckets), n, dtype=torch.bool, device=updates.device)
+    for j, members in enumerate(buckets):
+        origin[j, members] = True
+    mix = origin.to(updates.dtype) / origin.sum(1, keepdim=True).to(updates.dtype)
+    return mix @ updates, origin
+
+
+@dataclass
+class PreParams:
+    pre: str | None = None  # nnm | bucketing | None
+    bucket_size: int | None = None  # bucketing: rows per bucket (None: 2)
+
+    def validate(self) -> None:
+        if self.pre is not None:
+            PRE_AGGREGATORS.get(self.pre)  # ConfigError listing the known ones
+        if self.bucket_size is not None:
+            if self.pre != "bucketing":
+                raise ValueError(f"bucket_size is a parameter of pre: bucketing, not of pre: {self.pre!r}")
+            if not isinstance(self.bucket_size, int) or isinstance(self.bucket_size, bool) or self.bucket_size < 1:
+                raise ValueError(f"bucket_size must be an integer >= 1, got {self.bucket_size!r}")
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"bucket_size": self.bucket_size or 2} if self.pre == "bucketing" else {}
+
+
+def split_pre(params: dict[str, Any] | None, owner: str) -> tuple[dict[str, Any], PreParams | None]:
+    """(the defense's own params, the pre-aggregation's or None); bad pre keys are one-line ConfigErrors."""
+    params = dict(params or {})
+    mine = {k: params.pop(k) for k in PRE_KEYS if k in params}
+    if not mine:
+        return params, None
+    pre = parse_params(PreParams, mine, f"{owner} (pre-aggregation)")
+    if pre.pre is None:
+        return params, None
+    return params, pre
+
+
+def pre_aggregate(pre: PreParams, updates: torch.Tensor, ctx: "RoundContext") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the configured pre-aggregator; the shuffle uses its own stream (seed, "pre", round), so the
+    defense's ``ctx.generator`` draws are the same with or without it."""
+    gen = torch_generator(ctx.seed, "pre", ctx.round)
+    return PRE_AGGREGATORS.get(pre.pre)(updates, ctx.num_malicious, gen, **pre.kwargs())
+
+
+def map_back(origin: torch.Tensor, accepted: torch.Tensor, weights: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows' accepted set (M,) and weights (M,) as the N clients' (see the module docstring)."""
+    o = origin.to(torch.float64)
+    acc = (o.T @ accepted.to(device=o.device, dtype=torch.float64)) > 0
+    w = None if weights is None else (o.T @ weights.to(device=o.device, dtype=torch.float64)).to(weights.dtype)
+    return acc.to(accepted.device), w
+
+
+def inner_context(ctx: "RoundContext", pre: PreParams, rows: int) -> "RoundContext":
+    """The round context the wrapped defense sees: M rows; per-client ids only where rows are clients."""
+    ids = ctx.client_ids if pre.pre == "nnm" else None
+    return dataclasses.replace(ctx, num_clients=rows, client_ids=ids)
+
+
+def check_pre(cfg: Any, owner: str) -> Any:
+    """``cfg`` with the pre-aggregation keys validated and removed from ``defense_params`` (same object if none)."""
+    params = cfg.defense_params or {}
+    if not any(k in params for k in PRE_KEYS):
+        return cfg
+    own, _ = split_pre(params, owner)
+    return dataclasses.replace(cfg, defense_params=own)
+
+
+__all__ = ["PRE_AGGREGATORS", "PRE_KEYS", "PreParams", "bucketing", "check_pre", "inner_context", "map_back",
+           "nnm", "pre_aggregate", "split_pre"]
