@@ -24,7 +24,7 @@ import time
 import torch
 
 from skymask_ray.config import ExperimentConfig
-from skymask_ray.context import RoundContext
+from skymask_ray.context import DefenseContext
 from skymask_ray.defenses import DEFENSES
 from skymask_ray.models import ParamSpec
 
@@ -53,9 +53,9 @@ def planted_updates(n: int, p: int, seed: int = 0) -> tuple[torch.Tensor, torch.
     return x, mu.clone()
 
 
-def _ctx(x: torch.Tensor, f: int, r: int, w: torch.Tensor, g0: torch.Tensor) -> RoundContext:
+def _ctx(x: torch.Tensor, f: int, r: int, w: torch.Tensor, g0: torch.Tensor) -> DefenseContext:
     spec = ParamSpec(("w",), (torch.Size([x.shape[1]]),), (0,), x.shape[1])
-    return RoundContext(round=r, global_weights=w, spec=spec, num_clients=len(x), num_malicious=f,
+    return DefenseContext(round=r, global_weights=w, spec=spec, num_clients=len(x), declared_f=f,
                         generator=torch.Generator().manual_seed(r), seed=0, server_update=g0)
 
 

@@ -175,7 +175,7 @@ def run_skymask(s: W1Settings) -> dict[str, Any]:
     import ray
 
     import skymask_ray
-    from skymask_ray.config import build_config
+    from skymask_ray.experiment import build_config
     from skymask_ray.simulation import run_experiment
 
     overrides = {

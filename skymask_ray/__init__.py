@@ -1,3 +1,19 @@
-"""skymask-ray: Ray-distributed simulation of Byzantine-robust federated learning around SkyMask."""
+"""skymask-ray: Ray-distributed simulation of Byzantine-robust federated learning around SkyMask.
+
+Layers, bottom to top; a module imports only from its own layer or below
+(``tests/test_layers.py`` checks this and that there are no import cycles):
+
+0. errors, registry, seeding, params, storage, linalg, progress: no domain knowledge
+1. config (typed dataclasses, no registries), runtime (Ray start, layout), models, results (the
+   round row), population (cohorts, dropouts), run_folder (a run's files), context (what an
+   attack / a defense may read)
+2. data (datasets, partitions), evaluation
+3. clients (local training, the client pool), skymask (masks, the trainer actor, the server
+   service), attacks, defenses: each family in a registry
+4. experiment (a config checked against the registries), simulation (the round loop),
+   recorders (rows, masks, checkpoints as round callbacks)
+5. bench (grids of runs), report (plots and tables)
+6. cli
+"""
 
 __version__ = "0.1.0"

@@ -1,36 +1,64 @@
 """Grids of experiments (benchmarks and studies): cells, resume, metadata, summary table.
 
-A grid is the product of lists over config keys (clients, malicious_fraction,
-attack, defense, seed, dataset, ...). Every cell writes its rows to its own
-folder ``OUT/<cell>/rounds.parquet`` (a Parquet dataset partitioned by cell);
-a cell whose file already holds all its rounds for the same config hash is
-skipped, so an interrupted study resumes where it stopped. ``concurrency`` > 1
-runs that many cells at once as Ray tasks sharing the cluster.
+A grid is the product of lists over config keys: the short names of
+:data:`GRID_KEYS` (clients, malicious_fraction, attack, defense, seed, dataset,
+bias, ...) or any dotted config path (``train.local_lr``, ``skymask.select``,
+``attack_params.spread``). Every cell writes its rows to its own folder
+``OUT/<cell>/rounds.parquet``, named by every gridded value, so no two cells
+share a folder. A cell whose folder already holds all its rounds of the same
+experiment is skipped, so an interrupted study resumes where it stopped, and
+raising ``rounds`` continues finished cells from their checkpoints.
+``concurrency`` > 1 runs that many cells at once as Ray tasks sharing the cluster.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from . import __version__
-from .config import ExperimentConfig, build_config, config_hash, set_dotted
+from .config import ExperimentConfig, config_hash, load_yaml_mapping, set_dotted
+from .experiment import build_config
 from .errors import ConfigError
-from .results import read_parquet
+from .progress import round_line, setup_lines
+from .results import RUN_KEYS, RoundRow, read_parquet
+from .run_folder import RunFolder
+from .storage import atomic_write_text, check_writable_folder
 
 GRID_KEYS = {
     "clients": "clients", "malicious_fraction": "malicious_fraction", "malicious": "malicious_fraction",
     "attack": "attack", "defense": "defense", "seed": "seed", "dataset": "data.dataset", "model": "model",
     "bias": "data.bias", "partition": "data.partition", "rounds": "rounds",
 }
+NAMED_KEYS = {"clients", "malicious_fraction", "attack", "defense", "seed", "data.dataset", "model"}  # in every name
+
+
+def grid_path(key: str) -> str:
+    """The dotted config path of a grid key (a short name or a dotted path); ConfigError if it names nothing."""
+    if key in GRID_KEYS:
+        return GRID_KEYS[key]
+    head, *rest = key.split(".")
+    obj: Any = ExperimentConfig()
+    names = {f.name for f in dataclasses.fields(obj)}
+    if head in names and head in ("attack_params", "defense_params") and len(rest) == 1:
+        return key
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"unknown grid key {key!r}; use one of {', '.join(sorted(GRID_KEYS))}, a dotted config "
+                              f"path such as train.local_lr, or attack_params.NAME / defense_params.NAME")
+        obj = getattr(obj, part)
+    if dataclasses.is_dataclass(obj):
+        raise ConfigError(f"grid key {key!r} names a section; grid one of its fields, e.g. {key}.{dataclasses.fields(obj)[0].name}")
+    return key
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -44,16 +72,33 @@ def expand_grid(
     preset: str | None, config_file: str | None, base: dict[str, Any], grid: dict[str, list[Any]]
 ) -> list[ExperimentConfig]:
     """Validated configs of every cell (all validated before anything runs)."""
-    for key in grid:
-        if key not in GRID_KEYS:
-            raise ConfigError(f"unknown grid key {key!r}; known: {', '.join(sorted(GRID_KEYS))}")
-    keys = list(grid)
+    return [cfg for cfg, _ in expand_named_grid(preset, config_file, base, grid)]
+
+
+def expand_named_grid(
+    preset: str | None, config_file: str | None, base: dict[str, Any], grid: dict[str, list[Any]]
+) -> list[tuple[ExperimentConfig, str]]:
+    """(config, folder name) of every cell; names are distinct (checked), configs validated."""
+    paths = {key: grid_path(key) for key in grid}
+    if len(set(paths.values())) < len(paths):
+        raise ConfigError(f"grid keys {', '.join(grid)} name the same config field twice")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid key {key!r} must map to a non-empty list of values")
+    varied = [paths[k] for k in grid if paths[k] not in NAMED_KEYS]
     cells = []
-    for values in itertools.product(*(grid[k] for k in keys)):
+    for values in itertools.product(*(grid[k] for k in grid)):
         ov: dict[str, Any] = {}
-        for k, v in zip(keys, values):
-            set_dotted(ov, GRID_KEYS[k], v)
-        cells.append(build_config(preset, config_file, _deep_merge(base, ov)))
+        for k, v in zip(grid, values):
+            if v is None:
+                raise ConfigError(f"grid key {k!r} holds an empty (null) value")
+            set_dotted(ov, paths[k], v)
+        cfg = build_config(preset, config_file, _deep_merge(base, ov))
+        cells.append((cfg, cell_name(cfg, varied)))
+    names = [n for _, n in cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"grid cells {', '.join(dupes[:3])} would share a folder: two grid values give the same config")
     return cells
 
 
@@ -62,29 +107,84 @@ def load_grid_file(path: str | Path) -> tuple[str | None, dict[str, Any], dict[s
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"grid file {str(p)!r} does not exist")
-    doc = yaml.safe_load(p.read_text()) or {}
-    unknown = set(doc) - {"preset", "base", "grid", "description", "concurrency"}
+    doc = load_yaml_mapping(p, "grid file")
+    unknown = set(map(str, doc)) - {"preset", "base", "grid", "description", "concurrency"}
     if unknown:
         raise ConfigError(f"grid file {str(p)!r}: unknown key(s) {', '.join(sorted(unknown))}")
     grid = doc.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
-        raise ConfigError(f"grid file {str(p)!r}: 'grid' must map keys to lists")
-    return doc.get("preset"), doc.get("base") or {}, grid
+    if not isinstance(grid, dict) or not all(isinstance(k, str) and isinstance(v, list) for k, v in grid.items()):
+        raise ConfigError(f"grid file {str(p)!r}: 'grid' must map key names to lists of values")
+    base = doc.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"grid file {str(p)!r}: 'base' must be a mapping of config keys, not a {type(base).__name__}")
+    preset = doc.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"grid file {str(p)!r}: 'preset' must be a name")
+    return preset, base, grid
 
 
-def cell_name(cfg: ExperimentConfig) -> str:
-    """Folder name of a cell: every grid coordinate, readable."""
-    return (f"{cfg.data.dataset}-{cfg.model}-n{cfg.clients}-m{cfg.malicious_fraction:g}-{cfg.attack}-"
+def _value_of(cfg: ExperimentConfig, path: str) -> Any:
+    obj: Any = cfg
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def _slug(value: Any) -> str:
+    text = format(value, "g") if isinstance(value, float) else json.dumps(value, sort_keys=True) \
+        if isinstance(value, (dict, list, tuple)) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+_=]+", "_", text)[:40]
+
+
+def cell_name(cfg: ExperimentConfig, varied: list[str] | tuple[str, ...] = ()) -> str:
+    """Folder name of a cell: the standard coordinates, then ``key=value`` for every other gridded key.
+
+    Without extra keys the name is what earlier versions wrote, so existing
+    study folders stay valid. A value that does not fit a short readable slug
+    adds a hash of the full value, so two cells never share a name.
+    """
+    name = (f"{cfg.data.dataset}-{cfg.model}-n{cfg.clients}-m{cfg.malicious_fraction:g}-{cfg.attack}-"
             f"{cfg.defense}-s{cfg.seed}")
+    for path in varied:
+        value = _value_of(cfg, path)
+        slug = _slug(value)
+        full = json.dumps(value, sort_keys=True, default=str)
+        if slug != full.strip('"'):
+            slug += "-" + hashlib.sha256(full.encode()).hexdigest()[:6]
+        name += f"-{path.split('.')[-1]}={slug}"
+    return name
+
+
+def same_experiment(cfg: ExperimentConfig, folder: Path) -> bool | None:
+    """Does ``folder/config.yaml`` describe the same experiment (all but rounds and where it runs)? None: no config."""
+    f = folder / "config.yaml"
+    if not f.exists():
+        return None
+    try:
+        return config_hash(build_config(file=f)) == config_hash(cfg)
+    except ConfigError:
+        return False
 
 
 def cell_done(cfg: ExperimentConfig, folder: Path) -> bool:
-    """All rounds of this exact config are already in ``folder/rounds.parquet``."""
+    """All rounds of this experiment are already in ``folder/rounds.parquet``."""
     f = folder / "rounds.parquet"
-    if not f.exists():
+    if not f.exists() or not same_experiment(cfg, folder):
         return False
-    t = read_parquet(f, columns=["round", "config_hash"]).to_pydict()
-    return set(t["config_hash"]) == {config_hash(cfg)} and set(t["round"]) >= set(range(1, cfg.rounds + 1))
+    rounds = set(read_parquet(f, columns=["round"]).column("round").to_pylist())
+    return rounds >= set(range(1, cfg.rounds + 1))
+
+
+def check_cells(cells: list[tuple[ExperimentConfig, str]], out: Path, overwrite: bool) -> None:
+    """Before anything runs: refuse cell folders that hold another experiment's results (unless ``overwrite``)."""
+    check_writable_folder(out, "study folder")
+    if overwrite:
+        return
+    for cfg, name in cells:
+        folder = out / name
+        if RunFolder(folder).result_files() and same_experiment(cfg, folder) is False:
+            raise ConfigError(f"{folder} holds results of another config; pass --overwrite to replace them "
+                              f"(or choose another --out)")
 
 
 def _git_commit() -> str | None:
@@ -111,10 +211,12 @@ def metadata(wall_s: float) -> dict[str, Any]:
     }
 
 
-def _run_cell(cfg: ExperimentConfig, folder: Path, on_round: Callable[[dict[str, Any]], None] | None) -> None:
+def _run_cell(cfg: ExperimentConfig, folder: Path, on_round: Callable[[dict[str, Any]], None] | None,
+              overwrite: bool = False, on_setup: Callable[[str], None] | None = None) -> None:
     from .simulation import run_experiment
 
-    run_experiment(cfg, folder, resume=True, on_round=on_round)
+    replace = overwrite and same_experiment(cfg, folder) is not True
+    run_experiment(cfg, folder, resume=not replace, on_round=on_round, overwrite=replace, on_setup=on_setup)
 
 
 def run_grid(
@@ -126,32 +228,35 @@ def run_grid(
     echo: Callable[[str], None] = lambda s: None,
     concurrency: int = 1,
     progress: Callable[[int, str], Any] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every cell not already complete; returns one summary row per cell."""
     import ray
 
     from .runtime import init_ray
 
-    cells = expand_grid(preset, config_file, base, grid)
+    named = expand_named_grid(preset, config_file, base, grid)
+    check_cells(named, out, overwrite)
+    cells = [c for c, _ in named]
+    folder = {id(c): out / n for c, n in named}
     out.mkdir(parents=True, exist_ok=True)
-    started = init_ray(cells[0].address)
+    started = init_ray(cells[0].address, connect_timeout_s=cells[0].connect_timeout_s)
     t0 = time.perf_counter()
     try:
-        todo = [c for c in cells if not cell_done(c, out / cell_name(c))]
+        todo = [c for c in cells if not cell_done(c, folder[id(c)])]
         echo(f"{len(cells)} cells, {len(cells) - len(todo)} already complete")
         bar = progress(len(todo), "cell") if progress is not None else None
         say = bar.write if bar is not None else echo
         if concurrency <= 1:
-            from .cli import round_line
-
             for i, cfg in enumerate(todo, 1):
-                say(f"[{i}/{len(todo)}] {cell_name(cfg)}")
-                _run_cell(cfg, out / cell_name(cfg), lambda row: say("  " + round_line(row)))
+                say(f"[{i}/{len(todo)}] {folder[id(cfg)].name}")
+                _run_cell(cfg, folder[id(cfg)], lambda row: say("  " + round_line(row)), overwrite,
+                          setup_lines(bar) if bar is not None else None)
                 if bar is not None:
                     bar.update(1)
         else:
             task = ray.remote(num_cpus=0)(_run_cell)
-            pending = [task.remote(c, out / cell_name(c), None) for c in todo[:concurrency]]
+            pending = [task.remote(c, folder[id(c)], None, overwrite) for c in todo[:concurrency]]
             queue = todo[concurrency:]
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -160,30 +265,30 @@ def run_grid(
                 if bar is not None:
                     bar.update(1)
                 if queue:
-                    pending.append(task.remote(queue[0], out / cell_name(queue[0]), None))
+                    pending.append(task.remote(queue[0], folder[id(queue[0])], None, overwrite))
                     queue = queue[1:]
         if bar is not None:
             bar.__exit__(None, None, None)
-        (out / "metadata.json").write_text(json.dumps(metadata(time.perf_counter() - t0), indent=2))
+        atomic_write_text(out / "metadata.json", json.dumps(metadata(time.perf_counter() - t0), indent=2))
     finally:
         if started:
             ray.shutdown()
-    return [summarize(out / cell_name(c)) for c in cells]
+    return [summarize(folder[id(c)]) for c in cells]
 
 
 def summarize(folder: Path) -> dict[str, Any]:
     """Final accuracy, mean detection and mean per-phase time of one cell."""
-    rows = read_parquet(folder / "rounds.parquet").to_pylist()
+    rows = [RoundRow.from_dict(r) for r in read_parquet(folder / "rounds.parquet").to_pylist()]
     last = rows[-1]
 
     def mean(col: str) -> float | None:
-        vals = [r[col] for r in rows if r[col] is not None]
+        vals = [getattr(r, col) for r in rows if getattr(r, col) is not None]
         return sum(vals) / len(vals) if vals else None
 
-    out = {k: last[k] for k in ("dataset", "model", "clients", "malicious_fraction", "attack", "defense", "seed")}
-    out.update({"rounds": len(rows), "accuracy": last["accuracy"], "backdoor_success": last["backdoor_success"],
-                "tpr": mean("tpr"), "fpr": mean("fpr"), "fallbacks": sum(bool(r["fallback"]) for r in rows),
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)})
+    out = {k: getattr(last, k) for k in RUN_KEYS}
+    out.update({"rounds": len(rows), "accuracy": last.accuracy, "backdoor_success": last.backdoor_success,
+                "tpr": mean("tpr"), "fpr": mean("fpr"), "fallbacks": sum(bool(r.fallback) for r in rows),
+                "peak_rss_mb": max(r.peak_rss_mb for r in rows)})
     for col in ("t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round"):
         out[col] = mean(col)
     return out

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from .config import PRESETS, build_config, set_dotted
-from .errors import ConfigError
+from .config import PRESETS, set_dotted
+from .experiment import build_config
+from .errors import UserError
+from .progress import progress, round_line, setup_lines
+from .storage import atomic_write_text
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User mistakes and actionable run failures: one line on stderr, exit code 2."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except UserError as exc:
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -57,6 +61,7 @@ def experiment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--mask-shards", type=int, help="Parameter shards of SkyMask's mask trainer."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
         click.option("--address", help="Ray cluster address (default: local, or $RAY_ADDRESS)."),
+        click.option("--connect-timeout", type=float, help="Seconds to wait for the cluster at --address (default 30)."),
         click.option("--workers", type=int, help="Client-pool actors (default: one per CPU core)."),
         click.option("--data-dir", type=str, help="Directory holding the dataset files."),
         click.option("--eval-every", type=int),
@@ -73,6 +78,7 @@ _OVERRIDES = {
     "global_lr": "train.global_lr", "grad_clip": "train.grad_clip", "server_budget": "train.server_budget",
     "root_size": "data.root_size", "root_p": "data.root_p", "samples_per_client": "data.samples_per_client",
     "client_exec": "train.client_exec", "mask_shards": "skymask.shards", "device": "device", "address": "address",
+    "connect_timeout": "connect_timeout_s",
     "workers": "workers", "data_dir": "data.data_dir", "eval_every": "eval_every",
 }
 
@@ -83,53 +89,6 @@ def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
     for key, dotted in _OVERRIDES.items():
         set_dotted(out, dotted, kw.get(key))
     return out
-
-
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec)
-
-
-def round_line(row: dict[str, Any]) -> str:
-    """The one-line progress display of a finished round."""
-    return (
-        f"round {row['round']:>3} | acc {_fmt(row['accuracy'])} | TPR {_fmt(row['tpr'], '.2f')} "
-        f"FPR {_fmt(row['fpr'], '.2f')}{' FALLBACK' if row['fallback'] else ''} | "
-        f"clients {row['t_clients']:.1f}s server {row['t_server']:.1f}s attack {row['t_attack']:.1f}s "
-        f"defense {row['t_defense']:.1f}s eval {row['t_eval']:.1f}s | round {row['t_round']:.1f}s | "
-        f"peak {row['peak_rss_mb'] / 1024:.1f} GB"
-    )
-
-
-class _Lines:
-    """Stand-in for a progress bar off a terminal: only the lines are printed."""
-
-    n = 0
-
-    def write(self, line: str) -> None:
-        click.echo(line)
-
-    def refresh(self) -> None:
-        pass
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-
-    def __enter__(self) -> "_Lines":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def progress(total: int, unit: str) -> Any:
-    """A tqdm bar with ETA on a terminal; plain lines (no bar) when output is not a terminal."""
-    if not sys.stderr.isatty():
-        return _Lines()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, dynamic_ncols=True, leave=False)
 
 
 @click.group()
@@ -146,9 +105,10 @@ def main(verbose: bool) -> None:
 @click.option("--attack")
 @click.option("--defense")
 @click.option("--out", type=click.Path(), default="results/run", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its checkpoint (or start it if OUT is empty).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files are replaced once round 1 is done).")
 @_fail_cleanly
-def run(config_file, preset, clients, malicious, attack, defense, out, resume, **kw) -> None:
+def run(config_file, preset, clients, malicious, attack, defense, out, resume, overwrite, **kw) -> None:
     """Run one experiment; writes OUT/rounds.parquet and OUT/config.yaml."""
     from .simulation import run_experiment
 
@@ -165,7 +125,8 @@ def run(config_file, preset, clients, malicious, attack, defense, out, resume, *
             bar.n = row["round"]
             bar.refresh()
 
-        path = run_experiment(cfg, out, resume=resume, on_round=on_round)
+        path = run_experiment(cfg, out, resume=resume, on_round=on_round, overwrite=overwrite,
+                              on_setup=setup_lines(bar))
     click.echo(f"wrote {path}")
 
 
@@ -191,8 +152,10 @@ def _csv(kind: Callable[[str], Any]) -> Callable[..., list[Any] | None]:
 @click.option("--grid", "grid_file", type=click.Path(), help="Study file (preset, base, grid); CLI lists override it.")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Cells run at once as Ray tasks.")
 @click.option("--out", type=click.Path(), default="results/bench", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace cells whose folders hold another config's results.")
 @_fail_cleanly
-def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, grid_file, concurrency, out, **kw) -> None:
+def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, grid_file, concurrency, out, overwrite,
+          **kw) -> None:
     """Run a grid of experiments (clients x malicious x attack x defense x seed), resumable, with a summary.
 
     Without --grid: defaults to 500 clients, 20 % malicious, min_max against skymask, 2 rounds.
@@ -215,9 +178,9 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, gri
         elif key not in grid and default is not None and grid_file is None:
             grid[key] = default
     rows = run_grid(preset, config_file, base, grid, Path(out), echo=click.echo, concurrency=concurrency,
-                    progress=progress)
+                    progress=progress, overwrite=overwrite)
     table = summary_table(rows)
-    Path(out, "summary.md").write_text(table + "\n")
+    atomic_write_text(Path(out, "summary.md"), table + "\n")
     click.echo(table)
 
 
@@ -231,8 +194,8 @@ def report(inputs, out, round_) -> None:
 
     try:
         paths = make_report([Path(p) for p in inputs], Path(out), round=round_)
-    except (ValueError, FileNotFoundError) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (ValueError, FileNotFoundError, UserError) as exc:
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
         sys.exit(2)
     for p in paths:
         click.echo(f"wrote {p}")

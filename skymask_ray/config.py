@@ -1,7 +1,7 @@
 """Typed experiment configuration: dataclasses, presets, YAML I/O and validation.
 
 Configs are validated once, where they enter (CLI or YAML); everything past
-:func:`validate` may trust them. Every bad value raises a one-line
+:func:`skymask_ray.experiment.build_config` may trust them. Every bad value raises a one-line
 :class:`ConfigError` naming the field and the allowed range.
 """
 
@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .params import check_types
+from .storage import atomic_write_text
 
 
 @dataclass
@@ -81,6 +83,10 @@ class ExperimentConfig:
     clients: int = 100
     malicious_fraction: float = 0.2
     malicious_selection: str = "first"  # first (after the seeded permutation) | random
+    cohort: int | None = None  # clients sampled per round (None: all N, full participation)
+    malicious_sampling: str | None = None  # pool | fixed (None: pool when cohort < clients)
+    dropout: float = 0.0  # probability that a sampled client fails to report
+    declared_f: int | None = None  # f that f-based defenses assume (None: round(cohort * malicious_fraction))
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
     defense: str = "skymask"
@@ -92,13 +98,31 @@ class ExperimentConfig:
     skymask: SkyMaskConfig = field(default_factory=SkyMaskConfig)
     device: str = "auto"  # auto | cpu | cuda
     address: str | None = None  # Ray cluster address (None: local, or $RAY_ADDRESS)
+    connect_timeout_s: float = 30.0  # how long to wait for the cluster at ``address`` before giving up
     workers: int | None = None  # client-pool actors (None: one per CPU core of the cluster)
     out: str | None = None
 
     @property
     def num_malicious(self) -> int:
-        """f = round(N * malicious_fraction)."""
+        """Malicious clients in the population: round(N * malicious_fraction)."""
         return int(round(self.clients * self.malicious_fraction))
+
+    @property
+    def cohort_size(self) -> int:
+        """K: clients sampled per round."""
+        return self.clients if self.cohort is None else self.cohort
+
+    @property
+    def sampling(self) -> str:
+        """How attackers enter a cohort: pool (sampled like everyone) or fixed (exactly round(K * fraction))."""
+        return self.malicious_sampling or "pool"
+
+    @property
+    def num_declared_f(self) -> int:
+        """The f handed to defenses: declared, never the realised count (which is ground truth)."""
+        if self.declared_f is not None:
+            return self.declared_f
+        return int(round(self.cohort_size * self.malicious_fraction))
 
 
 _PAPER_TRAIN = {"local_epochs": 1, "batch_size": 32, "local_lr": 0.5, "global_lr": 0.5, "grad_clip": 0.01}
@@ -134,6 +158,8 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
     """Set dataclass fields of ``obj`` from ``values``; unknown keys are errors."""
     names = {f.name: f for f in fields(obj)}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {where}{key!r} must be a name (a string)")
         key = key.replace("-", "_")
         if key not in names:
             raise ConfigError(f"unknown config key {where}{key!r}; known: {', '.join(sorted(names))}")
@@ -158,35 +184,52 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[last] = value
 
 
-def build_config(
+def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (an empty file is an empty mapping); one-line errors otherwise."""
+    try:
+        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not a text (UTF-8) file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping (key: value lines), not a {type(loaded).__name__}")
+    return loaded
+
+
+def assemble_config(
     preset: str | None = None,
     file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """Preset, then YAML file, then overrides (nested dicts), then validation."""
+    """Preset, then YAML file, then overrides (nested dicts), then the fields' validation.
+
+    Component names and parameters are checked one layer up
+    (:func:`skymask_ray.experiment.build_config`), so this module imports
+    nothing from the registries.
+    """
     cfg = ExperimentConfig()
     if preset is not None:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
         _merge_into(cfg, PRESETS[preset], "")
     if file is not None:
         path = Path(file)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping")
+        loaded = load_yaml_mapping(path, "config file")
         file_preset = loaded.pop("preset", None)
         if file_preset is not None:
-            base = build_config(preset=file_preset, overrides=None)
+            base = assemble_config(preset=file_preset, overrides=None)
             cfg = base
         _merge_into(cfg, loaded, "")
     if overrides:
         _merge_into(cfg, overrides, "")
-    validate(cfg)
+    validate_fields(cfg)
     return cfg
 
 
@@ -195,62 +238,64 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check every field's type and range; resolve registry names. Raises ConfigError."""
-    from .attacks import ATTACKS
-    from .data.datasets import DATASETS
-    from .defenses import DEFENSES
-    from .models import MODELS
-
+def validate_fields(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check every field's type and range (no registry: names are checked by :mod:`skymask_ray.experiment`)."""
+    check_types(cfg)
     d, t, s = cfg.data, cfg.train, cfg.skymask
-    _check(isinstance(cfg.clients, int) and cfg.clients >= 2, f"clients must be an integer >= 2, got {cfg.clients!r}")
-    _check(
-        _is_num(cfg.malicious_fraction) and 0.0 <= cfg.malicious_fraction < 1.0,
-        f"malicious_fraction must be in [0, 1), got {cfg.malicious_fraction!r}",
-    )
-    _check(isinstance(cfg.rounds, int) and cfg.rounds >= 1, f"rounds must be an integer >= 1, got {cfg.rounds!r}")
-    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
-    _check(isinstance(cfg.eval_every, int) and cfg.eval_every >= 1, f"eval_every must be >= 1, got {cfg.eval_every!r}")
+    _check(cfg.clients >= 2, f"clients must be an integer >= 2, got {cfg.clients!r}")
+    _check(0.0 <= cfg.malicious_fraction < 1.0, f"malicious_fraction must be in [0, 1), got {cfg.malicious_fraction!r}")
+    _check(cfg.rounds >= 1, f"rounds must be an integer >= 1, got {cfg.rounds!r}")
+    _check(cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
+    _check(cfg.eval_every >= 1, f"eval_every must be >= 1, got {cfg.eval_every!r}")
     _check(cfg.malicious_selection in ("first", "random"), "malicious_selection must be 'first' or 'random'")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    _check(cfg.workers is None or (isinstance(cfg.workers, int) and cfg.workers >= 1), "workers must be >= 1")
-    DATASETS.get(d.dataset)
+    _check(cfg.workers is None or cfg.workers >= 1, "workers must be >= 1")
+    _check(cfg.cohort is None or 2 <= cfg.cohort <= cfg.clients,
+           f"cohort must be an integer in [2, clients={cfg.clients}], got {cfg.cohort!r}")
+    _check(cfg.malicious_sampling in (None, "pool", "fixed"),
+           f"malicious_sampling must be pool or fixed, got {cfg.malicious_sampling!r}")
+    _check(0.0 <= cfg.dropout < 1.0, f"dropout must be in [0, 1), got {cfg.dropout!r}")
+    _check(cfg.declared_f is None or 0 <= cfg.declared_f < cfg.cohort_size,
+           f"declared_f must be in [0, cohort), got {cfg.declared_f!r}")
+    _check(cfg.connect_timeout_s > 0, f"connect_timeout_s must be > 0, got {cfg.connect_timeout_s!r}")
     _check(d.data_dir is None or Path(d.data_dir).is_dir(), f"data directory {d.data_dir!r} does not exist")
-    MODELS.get(cfg.model)
     _check(d.partition in ("bias", "dirichlet", "iid", "subject"), f"partition must be bias, dirichlet, iid or subject, got {d.partition!r}")
-    _check(_is_num(d.bias) and 0.0 <= d.bias <= 1.0, f"bias must be in [0, 1], got {d.bias!r}")
-    _check(_is_num(d.alpha) and d.alpha > 0, f"alpha must be > 0, got {d.alpha!r}")
-    _check(isinstance(d.root_size, int) and d.root_size >= 1, f"root_size must be an integer >= 1, got {d.root_size!r}")
-    _check(_is_num(d.root_p) and 0.0 <= d.root_p <= 1.0, f"root_p must be in [0, 1], got {d.root_p!r}")
-    _check(d.samples_per_client is None or (isinstance(d.samples_per_client, int) and d.samples_per_client >= 1),
-           "samples_per_client must be >= 1")
-    _check(t.local_epochs >= 1 if isinstance(t.local_epochs, int) else False, f"local_epochs must be an integer >= 1, got {t.local_epochs!r}")
-    _check(t.local_steps is None or (isinstance(t.local_steps, int) and t.local_steps >= 1), "local_steps must be >= 1")
-    _check(isinstance(t.batch_size, int) and t.batch_size >= 1, f"batch_size must be an integer >= 1, got {t.batch_size!r}")
-    _check(_is_num(t.local_lr) and t.local_lr > 0, f"local_lr must be > 0, got {t.local_lr!r}")
-    _check(_is_num(t.global_lr) and t.global_lr > 0, f"global_lr must be > 0, got {t.global_lr!r}")
-    _check(t.grad_clip is None or (_is_num(t.grad_clip) and t.grad_clip > 0), "grad_clip must be > 0 or null")
+    _check(0.0 <= d.bias <= 1.0, f"bias must be in [0, 1], got {d.bias!r}")
+    _check(d.alpha > 0, f"alpha must be > 0, got {d.alpha!r}")
+    _check(d.root_size >= 1, f"root_size must be an integer >= 1, got {d.root_size!r}")
+    _check(0.0 <= d.root_p <= 1.0, f"root_p must be in [0, 1], got {d.root_p!r}")
+    _check(d.samples_per_client is None or d.samples_per_client >= 1,
+           f"samples_per_client must be an integer >= 1, got {d.samples_per_client!r}")
+    _check(d.synthetic_train >= 1, f"synthetic_train must be an integer >= 1, got {d.synthetic_train!r}")
+    _check(d.synthetic_test >= 1, f"synthetic_test must be an integer >= 1, got {d.synthetic_test!r}")
+    _check(1 <= len(d.synthetic_shape) <= 3 and all(v >= 1 for v in d.synthetic_shape),
+           f"synthetic_shape must be 1 to 3 positive integers, got {list(d.synthetic_shape)!r}")
+    _check(d.synthetic_classes >= 2, f"synthetic_classes must be an integer >= 2, got {d.synthetic_classes!r}")
+    _check(t.local_epochs >= 1, f"local_epochs must be an integer >= 1, got {t.local_epochs!r}")
+    _check(t.local_steps is None or t.local_steps >= 1, "local_steps must be >= 1")
+    _check(t.batch_size >= 1, f"batch_size must be an integer >= 1, got {t.batch_size!r}")
+    _check(t.local_lr > 0, f"local_lr must be a finite number > 0, got {t.local_lr!r}")
+    _check(t.global_lr > 0, f"global_lr must be a finite number > 0, got {t.global_lr!r}")
+    _check(t.grad_clip is None or t.grad_clip > 0, "grad_clip must be > 0 or null")
     _check(t.server_budget in ("matched", "epoch"), f"server_budget must be matched or epoch, got {t.server_budget!r}")
     _check(t.client_exec in ("auto", "sequential", "vmap"), f"client_exec must be auto, sequential or vmap, got {t.client_exec!r}")
-    _check(isinstance(t.vmap_chunk, int) and t.vmap_chunk >= 1, "vmap_chunk must be >= 1")
-    _check(_is_num(s.mask_init), "skymask.mask_init must be a number")
-    _check(isinstance(s.mask_epochs, int) and s.mask_epochs >= 1, "skymask.mask_epochs must be >= 1")
+    _check(t.vmap_chunk >= 1, "vmap_chunk must be >= 1")
+    _check(s.mask_epochs >= 1, "skymask.mask_epochs must be >= 1")
     _check(s.optimizer in ("sgd", "adam"), f"skymask.optimizer must be sgd or adam, got {s.optimizer!r}")
-    _check(s.mask_lr is None or (_is_num(s.mask_lr) and s.mask_lr > 0), "skymask.mask_lr must be > 0")
-    _check(s.mask_grad_clip is None or (_is_num(s.mask_grad_clip) and s.mask_grad_clip > 0), "skymask.mask_grad_clip must be > 0")
-    _check(_is_num(s.threshold) and 0.0 < s.threshold < 1.0, "skymask.threshold must be in (0, 1)")
+    _check(s.mask_lr is None or s.mask_lr > 0, "skymask.mask_lr must be > 0")
+    _check(s.mask_grad_clip is None or s.mask_grad_clip > 0, "skymask.mask_grad_clip must be > 0")
+    _check(s.mask_batch_size is None or s.mask_batch_size >= 1, "skymask.mask_batch_size must be >= 1")
+    _check(0.0 < s.threshold < 1.0, "skymask.threshold must be in (0, 1)")
     _check(s.kernel in ("auto", "compiled", "eager"), f"skymask.kernel must be auto, compiled or eager, got {s.kernel!r}")
     _check(s.fallback in ("server", "fedavg"), f"skymask.fallback must be server or fedavg, got {s.fallback!r}")
     _check(s.select in ("gmm2", "bic"), f"skymask.select must be gmm2 or bic, got {s.select!r}")
-    _check(s.shards is None or (isinstance(s.shards, int) and s.shards >= 1), "skymask.shards must be >= 1")
-    _check(_is_num(s.shard_memory_gb) and s.shard_memory_gb > 0, "skymask.shard_memory_gb must be > 0")
-    _check(isinstance(s.early_stop_step, int) and s.early_stop_step >= 0, "skymask.early_stop_step must be >= 0")
-    ATTACKS.get(cfg.attack).check(cfg)
-    DEFENSES.get(cfg.defense).check(cfg)
+    _check(s.shards is None or s.shards >= 1, "skymask.shards must be >= 1")
+    _check(s.shard_memory_gb > 0, "skymask.shard_memory_gb must be > 0")
+    _check(s.early_stop_step >= 0, "skymask.early_stop_step must be >= 0")
+    _check(cfg.attack == "none" or (cfg.num_malicious < cfg.clients
+                                    and round(cfg.cohort_size * cfg.malicious_fraction) < cfg.cohort_size),
+           f"malicious_fraction {cfg.malicious_fraction:g} of {cfg.clients} clients makes every client malicious "
+           f"(f = {cfg.num_malicious}); at least one benign client is needed")
     return cfg
 
 
@@ -268,14 +313,18 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Stable short hash of everything that changes results (not where they go)."""
+    """Stable short hash of everything that changes what each round computes.
+
+    Not where results go or how the cluster is reached, and not ``rounds``:
+    a finished run continues from its checkpoint when ``rounds`` is raised.
+    """
     d = to_dict(cfg)
-    for key in ("out", "address", "workers"):
+    for key in ("out", "address", "workers", "connect_timeout_s", "rounds"):  # rounds: a run may be extended
         d.pop(key, None)
     d["skymask"].pop("kernel", None)  # how the mask step runs, not what it computes
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the config as YAML that :func:`build_config` reads back."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the config (atomically) as YAML that :func:`build_config` reads back (:func:`skymask_ray.experiment.build_config`)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

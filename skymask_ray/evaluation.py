@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import Attack
 from .models import ParamSpec, channels_last, state_restored
+
+if TYPE_CHECKING:
+    from .attacks import Attack
 
 
 @dataclass

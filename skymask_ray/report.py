@@ -46,11 +46,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
 from matplotlib.ticker import MaxNLocator
 
-from .results import read_parquet
+from .results import RUN_KEYS, read_parquet
 
 log = logging.getLogger(__name__)
 
-RUN_KEYS = ("dataset", "model", "clients", "malicious_fraction", "attack", "defense", "seed")
 METRICS = (
     "accuracy", "loss", "backdoor_success", "tpr", "fpr", "t_round", "t_clients",
     "t_server", "t_attack", "t_defense", "t_eval", "peak_rss_mb",

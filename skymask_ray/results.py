@@ -1,15 +1,15 @@
 """Round rows: schema, detection metrics, and a Parquet file appended round by round.
 
 Each round appends one row. The file is rewritten atomically after every
-round (write to a temporary file, then ``os.replace``), so a run killed at
-any moment leaves a valid ``rounds.parquet`` holding every finished round.
+round (temporary file, fsync, ``os.replace``: :mod:`skymask_ray.storage`), so a
+run killed at any moment leaves a valid ``rounds.parquet`` holding every
+finished round, and an earlier run's file is replaced only by a complete new one.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,45 +17,73 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-SCHEMA = pa.schema(
-    [
-        ("round", pa.int32()),
-        ("dataset", pa.string()),
-        ("model", pa.string()),
-        ("clients", pa.int32()),
-        ("malicious_fraction", pa.float64()),
-        ("malicious", pa.int32()),
-        ("attack", pa.string()),
-        ("defense", pa.string()),
-        ("seed", pa.int64()),
-        ("accuracy", pa.float64()),
-        ("loss", pa.float64()),
-        ("backdoor_success", pa.float64()),
-        ("tp", pa.int32()),
-        ("fp", pa.int32()),
-        ("tn", pa.int32()),
-        ("fn", pa.int32()),
-        ("tpr", pa.float64()),
-        ("fpr", pa.float64()),
-        ("accepted", pa.int32()),
-        ("invalid", pa.int32()),
-        ("fallback", pa.bool_()),
-        ("t_clients", pa.float64()),
-        ("t_server", pa.float64()),
-        ("t_attack", pa.float64()),
-        ("t_defense", pa.float64()),
-        ("t_eval", pa.float64()),
-        ("t_round", pa.float64()),
-        ("peak_rss_mb", pa.float64()),
-        ("trained_clients", pa.int32()),
-        ("mask_on_mean", pa.float64()),
-        ("mask_steps", pa.int32()),
-        ("t_mask_train", pa.float64()),
-        ("t_mask_cluster", pa.float64()),
-        ("config_hash", pa.string()),
-        ("version", pa.string()),
-    ]
-)
+from .storage import atomic_write
+
+def _col(arrow: pa.DataType, *, run_key: bool = False) -> Any:
+    """A row field with its Parquet type; ``run_key`` marks the fields that name a run in reports."""
+    return field(metadata={"arrow": arrow, "run_key": run_key})
+
+
+@dataclass
+class RoundRow:
+    """One round's results: the single definition of a row (Parquet schema, bench and report read it).
+
+    Times in seconds, memory in MB, accuracy in [0, 1]; TPR/FPR are None where
+    undefined (no malicious or no benign client among the rows scored).
+    """
+
+    round: int = _col(pa.int32())
+    dataset: str = _col(pa.string(), run_key=True)
+    model: str = _col(pa.string(), run_key=True)
+    clients: int = _col(pa.int32(), run_key=True)
+    malicious_fraction: float = _col(pa.float64(), run_key=True)
+    malicious: int = _col(pa.int32())
+    attack: str = _col(pa.string(), run_key=True)
+    defense: str = _col(pa.string(), run_key=True)
+    seed: int = _col(pa.int64(), run_key=True)
+    accuracy: float | None = _col(pa.float64())
+    loss: float | None = _col(pa.float64())
+    backdoor_success: float | None = _col(pa.float64())
+    tp: int = _col(pa.int32())
+    fp: int = _col(pa.int32())
+    tn: int = _col(pa.int32())
+    fn: int = _col(pa.int32())
+    tpr: float | None = _col(pa.float64())
+    fpr: float | None = _col(pa.float64())
+    accepted: int = _col(pa.int32())
+    invalid: int = _col(pa.int32())
+    fallback: bool = _col(pa.bool_())
+    t_clients: float = _col(pa.float64())
+    t_server: float = _col(pa.float64())
+    t_attack: float = _col(pa.float64())
+    t_defense: float = _col(pa.float64())
+    t_eval: float = _col(pa.float64())
+    t_round: float = _col(pa.float64())
+    peak_rss_mb: float = _col(pa.float64())
+    trained_clients: int = _col(pa.int32())
+    mask_on_mean: float | None = _col(pa.float64())
+    mask_steps: int | None = _col(pa.int32())
+    t_mask_train: float | None = _col(pa.float64())
+    t_mask_cluster: float | None = _col(pa.float64())
+    cohort: int | None = _col(pa.int32())  # clients sampled this round (K)
+    malicious_in_cohort: int | None = _col(pa.int32())  # attackers among them (ground truth)
+    dropped: int | None = _col(pa.int32())  # sampled clients that did not report
+    declared_f: int | None = _col(pa.int32())  # the f handed to f-based defenses
+    skipped: str | None = _col(pa.string())  # why no update was applied (too few reports), else None
+    config_hash: str = _col(pa.string())
+    version: str = _col(pa.string())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RoundRow":
+        """A row read back from Parquet; columns an older file lacks are None."""
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+
+SCHEMA = pa.schema([(f.name, f.metadata["arrow"]) for f in fields(RoundRow)])
+RUN_KEYS = tuple(f.name for f in fields(RoundRow) if f.metadata["run_key"])
 COLUMNS = SCHEMA.names
 
 
@@ -108,7 +136,8 @@ MASK_SCHEMA = pa.schema(
 class ParquetLog:
     """Append rows to ``path`` (Parquet), rewriting it atomically after each append.
 
-    ``keep_existing`` keeps rows already there (resume); otherwise the file starts empty.
+    ``keep_existing`` keeps rows already there (resume); otherwise the log starts
+    empty and an existing file is left untouched until the first append replaces it.
     """
 
     def __init__(self, path: str | Path, schema: pa.Schema = SCHEMA, keep_existing: bool = False) -> None:
@@ -118,8 +147,6 @@ class ParquetLog:
         self.rows: list[dict[str, Any]] = []
         if keep_existing and self.path.exists():
             self.rows = read_parquet(self.path).to_pylist()
-        elif self.path.exists():
-            self.path.unlink()
 
     def append(self, *rows: dict[str, Any]) -> None:
         names = self.schema.names
@@ -129,9 +156,7 @@ class ParquetLog:
                 raise KeyError(f"row lacks columns {missing}")
             self.rows.append({c: _clean(row[c]) for c in names})
         table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda fh: pq.write_table(table, fh))
 
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Drop rows for which ``keep`` is false (resume from an earlier checkpoint)."""
@@ -145,8 +170,13 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
     :class:`ParquetLog` may ``os.replace`` it in between, mixing two versions.
     Holding one handle pins one version (the inode stays alive after a replace).
     """
-    with open(path, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+    try:
+        with open(path, "rb") as fh:
+            return pq.read_table(fh, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
 
 
 def read_rounds(path: str | Path) -> pa.Table:

@@ -4,7 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from skymask_ray.cli import main
-from skymask_ray.config import PRESETS, build_config, config_hash, save_config
+from skymask_ray.config import PRESETS, config_hash, save_config
+from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError
 
 

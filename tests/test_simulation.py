@@ -15,7 +15,8 @@ import pytest
 import ray
 import torch
 
-from skymask_ray.config import build_config, save_config
+from skymask_ray.config import save_config
+from skymask_ray.experiment import build_config
 from skymask_ray.results import COLUMNS, read_parquet
 from skymask_ray.simulation import Simulation, run_experiment
 
@@ -40,9 +41,9 @@ def test_skymask_run_rows_detection_and_placement(ray_cluster, tmp_path):
     _, gpu_node = ray_cluster
     cfg = _cfg(attack="min_max", defense="skymask", rounds=3)
     with Simulation(cfg, tmp_path) as sim:
-        trainer_node = ray.get(sim.trainer.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+        trainer_node = ray.get(sim.server.trainer.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
         worker_nodes = set(ray.get([w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
-                                    for w in sim.pool.workers]))
+                                    for w in sim.clients.workers]))
         assert sim.layout.gpu and sim.layout.trainer_bundle.get("GPU") == 1.0
         sim.run()
     assert trainer_node == gpu_node  # the mask trainer asked for (and got) the GPU node
@@ -79,11 +80,11 @@ def test_worker_killed_mid_round_is_restarted_and_work_redone(ray_cluster, tmp_p
     cfg = _cfg(attack="none", defense="fedavg", rounds=1, clients=16)
     with Simulation(cfg, tmp_path) as sim:
         ids = list(range(cfg.clients))
-        clean = sim.pool.train(sim.weights, sim.buffers, 1, ids).updates
-        victim = sim.pool.workers[0]
+        clean = sim.clients.train(sim.weights, sim.buffers, 1, ids).updates
+        victim = sim.clients.workers[0]
         killer = threading.Timer(0.3, lambda: ray.kill(victim, no_restart=False))
         killer.start()
-        faulty = sim.pool.train(sim.weights, sim.buffers, 1, ids).updates
+        faulty = sim.clients.train(sim.weights, sim.buffers, 1, ids).updates
         killer.join()
         pid_after = ray.get(victim.pid.remote())
     assert pid_after > 0
@@ -93,10 +94,7 @@ def test_worker_killed_mid_round_is_restarted_and_work_redone(ray_cluster, tmp_p
 def test_resume_gives_the_same_rows(ray_cluster, tmp_path):
     cfg = _cfg(attack="lie", defense="skymask", rounds=4)
     full = pq.read_table(run_experiment(cfg, tmp_path / "full")).to_pylist()
-    short = build_config(overrides={**BASE, "attack": "lie", "defense": "skymask", "rounds": 4})
-    with Simulation(short, tmp_path / "part") as sim:
-        sim.run_round(1)
-        sim.run_round(2)
+    run_experiment(_cfg(attack="lie", defense="skymask", rounds=2), tmp_path / "part")  # then raise rounds to 4
     resumed = pq.read_table(run_experiment(cfg, tmp_path / "part", resume=True)).to_pylist()
     keys = ["round", "accuracy", "loss", "tp", "fp", "tn", "fn", "accepted"]
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
@@ -162,7 +160,7 @@ def test_non_finite_updates_are_rejected_and_recorded(ray_cluster, tmp_path):
     cfg = _cfg(attack="none", defense="fedavg", rounds=2)
     with Simulation(cfg, tmp_path) as sim:
         sim.attack = _NaNAttack()
-        rows = [sim.run_round(1), sim.run_round(2)]
+        rows = [sim.run_round(1).row.as_dict(), sim.run_round(2).row.as_dict()]
         assert torch.isfinite(sim.weights).all()
     for r in rows:
         assert r["invalid"] == 2 and r["accepted"] == cfg.clients - 2
@@ -172,7 +170,8 @@ def test_non_finite_updates_are_rejected_and_recorded(ray_cluster, tmp_path):
 
 ATTACK_FRACTIONS = [(name, (0.2, 0.5, 0.8)[i % 3]) for i, name in enumerate(sorted(
     ["none", "label_flip", "scaling", "lie_backdoor", "lie", "min_max", "min_sum", "fang_trim", "fang_krum",
-     "sign_flip", "ipm", "gaussian", "layer", "parameter", "adaptive"]))]
+     "sign_flip", "ipm", "gaussian", "layer", "parameter", "adaptive", "poisonedfl", "dba", "neurotoxin",
+     "skymask_adaptive"]))]
 
 
 @pytest.mark.parametrize("attack,fraction", ATTACK_FRACTIONS)

@@ -1,5 +1,6 @@
 """SkyMask: closed-form mask gradient vs naive autograd, sharding invariance, clustering."""
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -209,7 +210,8 @@ def test_auto_kernel_compiles_only_large_states():
 
 
 def test_kernel_choice_is_validated_and_not_part_of_the_config_hash():
-    from skymask_ray.config import build_config, config_hash
+    from skymask_ray.config import config_hash
+    from skymask_ray.experiment import build_config
     from skymask_ray.errors import ConfigError
 
     a = build_config(overrides={"skymask": {"kernel": "eager"}})
@@ -291,8 +293,9 @@ def test_gmm2_is_the_paper_rule_unchanged():
 
 def test_single_component_reaches_the_round_info():
     """skymask.select reaches cluster_from_gram through train_and_select, and the flag the defense's info."""
-    from skymask_ray.config import ExperimentConfig, build_config
-    from skymask_ray.context import RoundContext
+    from skymask_ray.config import ExperimentConfig
+    from skymask_ray.experiment import build_config
+    from skymask_ray.context import DefenseContext
     from skymask_ray.defenses import DEFENSES
     from skymask_ray.errors import ConfigError
     from skymask_ray.skymask.trainer import train_and_select
@@ -322,12 +325,12 @@ def test_single_component_reaches_the_round_info():
     cfg = ExperimentConfig(clients=30, defense="skymask")
     defense = DEFENSES.get("skymask")(None, cfg)
     updates = torch.randn(30, 3)
-    ctx = RoundContext(round=1, global_weights=torch.zeros(3), spec=None, num_clients=30, num_malicious=0,
+    ctx = DefenseContext(round=1, global_weights=torch.zeros(3), spec=None, num_clients=30, declared_f=0,
                        generator=torch.Generator(), server_update=torch.zeros(3),
                        mask_selector=lambda u, g0: picks["bic"])
     agg = defense.aggregate(updates, ctx)
     assert agg.info["single_component"] is True and agg.accepted.all() and not agg.fallback
-    ctx.mask_selector = lambda u, g0: picks["gmm2"]
+    ctx = dataclasses.replace(ctx, mask_selector=lambda u, g0: picks["gmm2"])
     assert defense.aggregate(updates, ctx).info["single_component"] is False
     chosen = build_config(overrides={"skymask": {"select": "bic"}, "data": {"dataset": "synthetic"}})
     assert chosen.skymask.select == "bic"

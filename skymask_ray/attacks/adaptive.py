@@ -72,11 +72,10 @@ from ..params import parse_params
 from ..skymask.select import cluster_from_gram
 from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_updates, train_masks
 from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
-from .finegrained import _trains
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-    from ..context import RoundContext
+    from ..context import AttackContext
 
 
 @dataclass
@@ -123,7 +122,7 @@ class Adaptive(Attack):
     @classmethod
     def resolve(cls, p: AdaptiveParams) -> type[Attack]:
         base_cls = ATTACKS.get(p.base)
-        if issubclass(base_cls, Adaptive) or _trains(base_cls, p.base_params):
+        if issubclass(base_cls, Adaptive) or base_cls.trains_with(p.base_params):
             raise ConfigError(
                 f"attack 'adaptive': base {p.base!r} must be a model-poisoning attack (min_max, lie, ...)"
             )
@@ -139,7 +138,7 @@ class Adaptive(Attack):
         base_cfg = dataclasses.replace(cfg, attack=self.p.base, attack_params=self.p.base_params)
         self.base = self.resolve(self.p)(self.p.base_params, base_cfg, num_classes)
 
-    def server_update(self, ctx: "RoundContext") -> torch.Tensor:
+    def server_update(self, ctx: "AttackContext") -> torch.Tensor:
         """g_0 of the attacker's simulation: the server's, or its own stand-in (``server_steps``)."""
         if self.p.server_steps is None:
             if ctx.server_update is None:
@@ -151,7 +150,7 @@ class Adaptive(Attack):
         upd, _ = train_sequential(ctx.model, ctx.spec, ctx.global_weights, [ctx.root], [gen], s, ctx.buffers)
         return upd[0]
 
-    def simulate(self, updates: torch.Tensor, g0: torch.Tensor, ctx: "RoundContext", seeds: list[int]) -> torch.Tensor:
+    def simulate(self, updates: torch.Tensor, g0: torch.Tensor, ctx: "AttackContext", seeds: list[int]) -> torch.Tensor:
         """(len(seeds), N): the clients the attacker's own SkyMask puts in the server's cluster, per GMM seed.
 
         One mask training (seeded by ``seeds[0]``), then one clustering of its
@@ -175,7 +174,7 @@ class Adaptive(Attack):
         order = torch.randperm(len(pool), generator=generator)
         return pool[order[torch.arange(f) % len(pool)].to(pool.device)]
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         if ctx.model is None or ctx.root is None:

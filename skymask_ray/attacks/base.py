@@ -36,7 +36,7 @@ from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-    from ..context import RoundContext
+    from ..context import AttackContext
 
 
 @dataclass
@@ -64,6 +64,11 @@ class Attack:
         """Validate ``cfg.attack_params`` for this attack (raises ConfigError)."""
         parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
 
+    @classmethod
+    def trains_with(cls, params: dict[str, Any] | None) -> bool:
+        """Would an instance built with ``params`` run local SGD? (Wrappers decide from their base.)"""
+        return cls.trains
+
     @property
     def has_trigger(self) -> bool:
         return self.target is not None
@@ -74,7 +79,7 @@ class Attack:
         """Data poisoning of one malicious client's dataset (default: none); ``client`` is its global id."""
         return x, y
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         """Model poisoning: return updates with malicious rows replaced (default: unchanged)."""
         return updates
 

@@ -26,7 +26,7 @@ from .model_poisoning import paper_z
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-    from ..context import RoundContext
+    from ..context import AttackContext
 
 
 @register_attack("none")
@@ -158,7 +158,7 @@ class Scaling(Backdoor):
 
     Params = ScalingParams
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         f = int(malicious.sum())
         if f == 0:
             return updates
@@ -194,7 +194,7 @@ class LieBackdoor(Backdoor):
 
     Params = LieBackdoorParams
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         _, mu, sigma = benign_stats(updates, malicious)

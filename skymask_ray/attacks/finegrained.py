@@ -47,7 +47,7 @@ from .base import ATTACKS, Attack, is_number, register_attack
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-    from ..context import RoundContext
+    from ..context import AttackContext
     from ..models import ParamSpec
 
 
@@ -64,15 +64,6 @@ class FineGrainedParams:
             raise ValueError(f"base_params must be a mapping, got {self.base_params!r}")
         if self.rest not in ("auto", "own", "mean"):
             raise ValueError(f"rest must be auto, own or mean, got {self.rest!r}")
-
-
-def _trains(cls: type[Attack], params: dict[str, Any] | None) -> bool:
-    """Would an instance of ``cls`` with ``params`` run local SGD? (Wrappers decide per instance.)"""
-    if issubclass(cls, FineGrained):
-        p = parse_params(cls.Params, params, f"attack {cls.name!r}")
-        base_cls, rest = cls.resolve(p)
-        return rest == "own" or _trains(base_cls, p.base_params)
-    return cls.trains
 
 
 def _poisons_data(cls: type[Attack], params: dict[str, Any] | None) -> bool:
@@ -107,6 +98,12 @@ class FineGrained(Attack):
         return base_cls, rest
 
     @classmethod
+    def trains_with(cls, params: dict[str, Any] | None) -> bool:
+        p = parse_params(cls.Params, params, f"attack {cls.name!r}")
+        base_cls, rest = cls.resolve(p)
+        return rest == "own" or base_cls.trains_with(p.base_params)
+
+    @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
         p = parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
         base_cls, _ = cls.resolve(p)
@@ -126,11 +123,11 @@ class FineGrained(Attack):
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.stamp(x)
 
-    def coordinates(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def coordinates(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         """Sorted indices J of the coordinates the base attack may change this round."""
         raise NotImplementedError
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         idx = self.coordinates(updates, malicious, ctx)

@@ -31,7 +31,7 @@ from ..linalg import krum_scores, pairwise_sq_distances
 from .base import Attack, benign_stats, is_number, register_attack
 
 if TYPE_CHECKING:
-    from ..context import RoundContext
+    from ..context import AttackContext
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ModelPoisoning(Attack):
     Params = SpreadParams
     trains = False
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         benign, mu, sigma = benign_stats(updates, malicious)
@@ -86,7 +86,7 @@ class ModelPoisoning(Attack):
         mu: torch.Tensor,
         sigma: torch.Tensor,
         noise: torch.Tensor | None,
-        ctx: "RoundContext",
+        ctx: "AttackContext",
     ) -> torch.Tensor:
         """The malicious rows, (f x P) or (1 x P) shared by all attackers."""
         raise NotImplementedError

@@ -22,14 +22,14 @@ import torch
 
 from ..errors import ConfigError
 from ..params import parse_params
-from ..seeding import numpy_rng, torch_generator
+from ..population import malicious_population
+from ..seeding import torch_generator
 from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
 from .data_poisoning import Backdoor, BackdoorParams
-from .finegrained import _trains
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-    from ..context import RoundContext
+    from ..context import AttackContext
 
 
 def _tensor_or_none(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -147,7 +147,7 @@ class PoisonedFL(Attack):
         if self.rounds % self.p.window == 0:
             self.window_start = w.detach().cpu().clone()
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         p = updates.shape[1]
@@ -194,10 +194,8 @@ class PoisonedFL(Attack):
 def malicious_ids(cfg: "ExperimentConfig") -> list[int]:
     """The malicious client ids in increasing order, chosen as :class:`~skymask_ray.simulation.Simulation`
     chooses them (``malicious_selection``: the first f, or a seeded random set; a test pins the two)."""
-    n, f = cfg.clients, cfg.num_malicious
-    if cfg.malicious_selection == "first":
-        return list(range(f))
-    return sorted(int(k) for k in numpy_rng(cfg.seed, "malicious").choice(n, size=f, replace=False))
+    mal = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
+    return [int(k) for k in mal.nonzero()[0]]
 
 
 @dataclass
@@ -314,7 +312,7 @@ class DBA(Backdoor):
         y[chosen] = self.target
         return x, y
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if self.p.scale is None or not malicious.any():
             return updates
         out = updates.clone()
@@ -372,7 +370,7 @@ class Neurotoxin(Backdoor):
         super().__init__(params, cfg, num_classes)
         self.prev_weights: torch.Tensor | None = None
 
-    def reference_update(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def reference_update(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         ref = None
         if self.p.reference == "previous_global":
             ref = previous_aggregate(self.prev_weights, ctx.global_weights, self.cfg.train.global_lr, updates)
@@ -389,7 +387,7 @@ class Neurotoxin(Backdoor):
         kept[torch.topk(-ref.abs(), k).indices] = True
         return kept
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         kept = self.kept_coordinates(self.reference_update(updates, malicious, ctx))
@@ -498,7 +496,7 @@ class SkyMaskAdaptive(Attack):
     @classmethod
     def resolve(cls, p: SkyMaskAdaptiveParams) -> type[Attack]:
         base_cls = ATTACKS.get(p.base)
-        if base_cls is cls or _trains(base_cls, p.base_params) or not base_cls.composable:
+        if base_cls is cls or base_cls.trains_with(p.base_params) or not base_cls.composable:
             raise ConfigError(
                 f"attack 'skymask_adaptive': base {p.base!r} must be a plain model-poisoning attack (ipm, min_max, ...)"
             )
@@ -514,7 +512,7 @@ class SkyMaskAdaptive(Attack):
         base_cfg = dataclasses.replace(cfg, attack=self.p.base, attack_params=self.p.base_params)
         self.base = self.resolve(self.p)(self.p.base_params, base_cfg, num_classes)
 
-    def sensitivity(self, mu: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def sensitivity(self, mu: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         """|dL/dW| at w_t - mu on the attacker's clean data, or a stand-in (see the class docstring)."""
         how = self.p.sensitivity
         if how in ("auto", "root_grad") and ctx.model is not None and ctx.root is not None:
@@ -549,7 +547,7 @@ class SkyMaskAdaptive(Attack):
             alpha = ((-uv + disc.sqrt()) / vv).clamp(0, max_alpha)
         return torch.where(uu > b2, torch.zeros_like(alpha), alpha)
 
-    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "RoundContext") -> torch.Tensor:
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         benign, mu, _ = benign_stats(updates, malicious)

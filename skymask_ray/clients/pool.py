@@ -1,30 +1,46 @@
-"""A fixed pool of Ray actors, each holding and training many virtual clients.
+"""Client execution: virtual clients on a fixed pool of Ray actors, or in this process for tests.
 
 The training set goes into the object store once; every worker reads it
-zero-copy and keeps only its own clients' shards (data-poisoned once, at
-setup, for malicious clients). Each round the driver puts the global weights
-once and every worker returns one stacked (n_i x P) array for its clients.
+zero-copy and keeps, per client, only its sample *indices* (a cross-device
+population of 10^5 clients costs N * S integers, not N * S samples). A
+worker materialises a client's samples (and, for a data-poisoning
+attacker, poisons them with the client's own seeded stream, so the result
+is the same every time) when it trains the client; while all of a
+worker's shards together are no larger than the training set they stay
+cached. Each round the driver puts the global weights once and every worker
+returns one stacked (n_i x P) array for the clients it trained.
+
 Workers restart on failure and Ray re-runs the lost round's task on the new
-actor (``max_restarts=-1, max_task_retries=-1``); because every client draws
-from its own seeded stream the redone work gives the same updates.
+actor (at most ``MAX_RESTARTS`` times, then the run stops with one line naming
+the worker); because every client draws from its own seeded stream the redone
+work gives the same updates. A worker's data reaches it as refs inside an
+argument of every call (:class:`WorkerInit`), never as constructor arguments,
+so a restarted worker rebuilds its clients.
+
+:class:`ClientBackend` is what the round loop needs; :class:`ClientPool` is
+the Ray implementation and :class:`LocalClients` the in-process one.
 """
 
 from __future__ import annotations
 
 import heapq
-import resource
+import os
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import ray
 import torch
 
-from ..attacks import ATTACKS
 from ..config import ExperimentConfig
+from ..errors import RunError
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
+from ..runtime import MAX_RESTARTS, ByRef, rss_mb
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, train_sequential, train_vmap
+
+Poison = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, y, generator, client=k) -> (x, y)
 
 
 def sgd_settings(cfg: ExperimentConfig) -> SGDSettings:
@@ -34,29 +50,8 @@ def sgd_settings(cfg: ExperimentConfig) -> SGDSettings:
                        grad_clip=t.grad_clip)
 
 
-def rss_mb() -> float:
-    """Peak resident set size of this process in MB (VmHWM; ru_maxrss where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def reset_peak_rss() -> None:
-    """Reset this process's peak-RSS mark (Linux), so a run in a long-lived process measures only itself."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
 class ClientWorker:
-    """Holds the data of a set of clients and trains any of them from given global weights."""
+    """Holds the sample indices of a set of clients and trains any of them from given global weights."""
 
     def __init__(
         self,
@@ -67,6 +62,7 @@ class ClientWorker:
         poisoned: list[bool],
         cfg: ExperimentConfig,
         num_classes: int,
+        poison: Poison | None = None,
         threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
@@ -74,6 +70,7 @@ class ClientWorker:
             if ray.is_initialized() else False
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.cfg = cfg
+        self.x_train, self.y_train = x_train, y_train
         self.model = build_model(cfg.model, tuple(x_train.shape[1:]), num_classes).to(self.device)
         self.spec = ParamSpec.of(self.model)
         self.has_buffers = any(True for _ in self.model.buffers())
@@ -81,22 +78,36 @@ class ClientWorker:
         if mode == "auto":
             mode = "vmap" if self.device.type == "cuda" and not self.has_buffers else "sequential"
         self.mode = mode
-        attack = ATTACKS.get(cfg.attack)(cfg.attack_params, cfg, num_classes)
-        self.data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for k, idx, bad in zip(clients, indices, poisoned):
-            x = torch.from_numpy(np.ascontiguousarray(x_train[idx]))
-            y = torch.from_numpy(np.ascontiguousarray(y_train[idx]))
-            if bad:
-                x, y = attack.poison_data(x, y, torch_generator(cfg.seed, "poison", k), client=k)
-            self.data[k] = (x.to(self.device), y.to(self.device))
+        if poison is None and any(poisoned):
+            raise ValueError("poisoned clients need the attack's poison function")
+        self.poison = poison
+        self.indices = dict(zip(clients, indices))
+        self.poisoned = {k for k, bad in zip(clients, poisoned) if bad}
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = \
+            {} if sum(len(i) for i in indices) <= len(y_train) else None
         self._warm_up()
+
+    def client_data(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client k's samples (poisoned with its own stream if it is a data-poisoning attacker)."""
+        if self.cache is not None and k in self.cache:
+            return self.cache[k]
+        idx = self.indices[k]
+        x = torch.from_numpy(np.ascontiguousarray(self.x_train[idx]))
+        y = torch.from_numpy(np.ascontiguousarray(self.y_train[idx]))
+        if k in self.poisoned:
+            x, y = self.poison(x, y, torch_generator(self.cfg.seed, "poison", k), client=k)
+        data = (x.to(self.device), y.to(self.device))
+        if self.cache is not None:
+            self.cache[k] = data
+        return data
 
     def _warm_up(self) -> None:
         """One throw-away step of a full batch, so torch's lazy imports and the kernel set-up for the
         batch shape are paid at setup, not in round 1's timing."""
-        x, y = next(((x, y) for x, y in self.data.values() if len(y)), (None, None))
-        if x is None:
+        k = next((k for k, idx in self.indices.items() if len(idx)), None)
+        if k is None:
             return
+        x, y = self.client_data(k)
         w = self.spec.flatten(self.model).to(self.device)
         b = min(len(y), self.cfg.train.batch_size)
         s = SGDSettings(lr=0.0, batch_size=b, steps=1)
@@ -107,10 +118,10 @@ class ClientWorker:
             train_sequential(self.model, self.spec, w, [(x[:b], y[:b])], gens, s)
 
     def train(self, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int, client_ids: list[int]) -> dict:
-        """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers)."""
+        """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers), in that order."""
         w_t = from_readonly(w).to(self.device)
         bufs = {n: from_readonly(b).to(self.device) for n, b in buffers.items()}
-        data = [self.data[k] for k in client_ids]
+        data = [self.client_data(k) for k in client_ids]
         gens = [client_generator(self.cfg.seed, round_idx, k) for k in client_ids]
         s = sgd_settings(self.cfg)
         out_bufs: dict[str, np.ndarray] = {}
@@ -123,11 +134,47 @@ class ClientWorker:
         return {"ids": list(client_ids), "updates": updates.cpu().numpy(), "buffers": out_bufs, "rss_mb": rss_mb()}
 
     def sizes(self) -> dict[int, int]:
-        return {k: len(y) for k, (_, y) in self.data.items()}
+        return {k: len(idx) for k, idx in self.indices.items()}
+
+
+@dataclass(frozen=True)
+class WorkerInit:
+    """What a worker needs to hold its clients: object-store refs (kept alive by the pool) and small lists."""
+
+    x: ByRef
+    y: ByRef
+    clients: list[int]
+    indices: ByRef
+    poisoned: list[bool]
+    cfg: ExperimentConfig
+    num_classes: int
+    poison: Poison | None
+
+
+class WorkerHost:
+    """The Ray actor around a :class:`ClientWorker`, built from a :class:`WorkerInit` on first use.
+
+    Every call carries the init (a few refs, not the data), so an actor that Ray
+    restarted rebuilds its clients before redoing the task. Its constructor takes
+    nothing from the object store (Ray cannot restart actors whose constructor
+    arguments live there, and logs an ERROR for each).
+    """
+
+    def __init__(self) -> None:
+        self.worker: ClientWorker | None = None
+
+    def load(self, init: WorkerInit) -> int:
+        if self.worker is None:
+            self.worker = ClientWorker(init.x.get(), init.y.get(), init.clients, init.indices.get(), init.poisoned,
+                                       init.cfg, init.num_classes, init.poison)
+        return os.getpid()
+
+    def train(self, init: WorkerInit, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int,
+              client_ids: list[int]) -> dict:
+        self.load(init)
+        return self.worker.train(w, buffers, round_idx, client_ids)
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
 
@@ -144,15 +191,43 @@ def assign_clients(sizes: list[int], workers: int) -> list[list[int]]:
 
 @dataclass
 class RoundTraining:
-    """Stacked results of one round's client training."""
+    """Stacked results of one round's client training, rows in the order the ids were asked for."""
 
-    updates: torch.Tensor  # (N, P); rows of untrained clients are zero
-    buffers: dict[str, torch.Tensor]  # name -> (N, ...) for BatchNorm models, else empty
+    updates: torch.Tensor  # (len(ids), P)
+    buffers: dict[str, torch.Tensor]  # name -> (len(ids), ...) for BatchNorm models, else empty
     worker_rss_mb: float
 
 
+class ClientBackend(Protocol):
+    """What the round loop needs from client execution (Flower's ``Backend`` shape)."""
+
+    def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int,
+              ids: list[int]) -> RoundTraining: ...
+
+    def shutdown(self) -> None: ...
+
+
+def _stack(results: list[dict], ids: list[int], numel: int, buffers: dict[str, torch.Tensor]) -> RoundTraining:
+    """Put the workers' blocks into one (len(ids) x P) matrix in the order of ``ids``."""
+    if len(results) == 1 and results[0]["ids"] == list(ids):
+        r = results[0]
+        return RoundTraining(from_readonly(r["updates"]).clone(),
+                             {n: from_readonly(b).clone() for n, b in r["buffers"].items()}, r["rss_mb"])
+    row = {k: i for i, k in enumerate(ids)}
+    updates = torch.empty(len(ids), numel)
+    out_bufs = {n: b.expand(len(ids), *b.shape).clone() for n, b in buffers.items()}
+    rss = 0.0
+    for r in results:
+        pos = torch.as_tensor([row[k] for k in r["ids"]], dtype=torch.long)
+        updates[pos] = from_readonly(r["updates"])
+        for n, b in r["buffers"].items():
+            out_bufs[n][pos] = from_readonly(b)
+        rss += r["rss_mb"]
+    return RoundTraining(updates, out_bufs, rss)
+
+
 class ClientPool:
-    """The driver's handle on the client-worker actors."""
+    """The driver's handle on the client-worker actors (the Ray :class:`ClientBackend`)."""
 
     def __init__(
         self,
@@ -165,50 +240,50 @@ class ClientPool:
         numel: int,
         workers: int,
         worker_cpus: float,
+        poison: Poison | None = None,
         timeout_s: float = 3600.0,
     ) -> None:
         self.n, self.numel, self.timeout_s = len(parts), numel, timeout_s
         self.x_ref, self.y_ref = ray.put(x_train), ray.put(y_train)  # kept alive for actor restarts
         self.assignment = [a for a in assign_clients([len(p) for p in parts], workers) if a]
-        actor = ray.remote(ClientWorker).options(
-            num_cpus=worker_cpus, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD"
+        actor = ray.remote(WorkerHost).options(
+            num_cpus=worker_cpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, scheduling_strategy="SPREAD"
         )
-        self.workers = [
-            actor.remote(self.x_ref, self.y_ref, ks, [parts[k] for k in ks], [poisoned[k] for k in ks], cfg, num_classes)
-            for ks in self.assignment
-        ]
-        self.owner = {k: i for i, ks in enumerate(self.assignment) for k in ks}
+        self.index_refs = [ray.put([parts[k] for k in ks]) for ks in self.assignment]  # kept alive for restarts
+        self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ks, ByRef(idx), [poisoned[k] for k in ks], cfg,
+                                 num_classes, poison) for ks, idx in zip(self.assignment, self.index_refs)]
+        self.workers = [actor.remote() for _ in self.inits]
+        self.owner = np.empty(self.n, dtype=np.int64)
+        for i, ks in enumerate(self.assignment):
+            self.owner[ks] = i
         start_timeout = min(timeout_s, 300.0)
         try:
-            ray.get([w.pid.remote() for w in self.workers], timeout=start_timeout)
+            ray.get([w.load.remote(init) for w, init in zip(self.workers, self.inits)], timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
             raise RuntimeError(
                 f"{len(self.workers)} client workers of {worker_cpus} CPU each could not start within "
                 f"{start_timeout:.0f}s; cluster resources: {ray.cluster_resources()}"
             ) from None
 
-    def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, train_ids: list[int]) -> RoundTraining:
-        """Train ``train_ids`` on their workers; one stacked N x P matrix in client order."""
+    def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
+        """Train ``ids`` on their workers; one stacked matrix, rows in the order of ``ids``."""
         w_ref = ray.put(w.cpu().numpy())
         b_ref = ray.put({n: b.cpu().numpy() for n, b in buffers.items()})
         per_worker: list[list[int]] = [[] for _ in self.workers]
-        for k in train_ids:
+        for k in ids:
             per_worker[self.owner[k]].append(k)
-        refs = [wk.train.remote(w_ref, b_ref, round_idx, ids) for wk, ids in zip(self.workers, per_worker) if ids]
+        busy = [i for i, mine in enumerate(per_worker) if mine]
+        refs = [self.workers[i].train.remote(self.inits[i], w_ref, b_ref, round_idx, per_worker[i]) for i in busy]
         try:
             results = ray.get(refs, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(f"client training did not finish within {self.timeout_s:.0f}s") from None
-        updates = torch.zeros(self.n, self.numel)
-        out_bufs: dict[str, torch.Tensor] = {n: b.expand(self.n, *b.shape).clone() for n, b in buffers.items()}
-        rss = 0.0
-        for r in results:
-            ids = torch.as_tensor(r["ids"], dtype=torch.long)
-            updates[ids] = from_readonly(r["updates"])
-            for n, b in r["buffers"].items():
-                out_bufs[n][ids] = from_readonly(b)
-            rss += r["rss_mb"]
-        return RoundTraining(updates, out_bufs, rss)
+            raise RunError(f"client training did not finish within {self.timeout_s:.0f}s") from None
+        except ray.exceptions.RayActorError as exc:
+            dead = next((i for i, r in zip(busy, refs) if _failed(r)), None)
+            who = f"client worker {dead}" if dead is not None else "a client worker"
+            raise RunError(f"round {round_idx}: {who} died {MAX_RESTARTS + 1} times and is not restarted again "
+                           f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]})") from None
+        return _stack(results, ids, self.numel, buffers)
 
     def pids(self) -> list[int]:
         return ray.get([w.pid.remote() for w in self.workers], timeout=self.timeout_s)
@@ -216,3 +291,29 @@ class ClientPool:
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)
+
+
+class LocalClients:
+    """All clients in one in-process :class:`ClientWorker` (no Ray): the test backend."""
+
+    def __init__(self, cfg: ExperimentConfig, x_train: np.ndarray, y_train: np.ndarray, parts: list[np.ndarray],
+                 poisoned: list[bool], num_classes: int, numel: int, poison: Poison | None = None) -> None:
+        self.numel = numel
+        self.worker = ClientWorker(x_train, y_train, list(range(len(parts))), parts, poisoned, cfg, num_classes, poison,
+                                   threads=torch.get_num_threads())
+
+    def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
+        out = self.worker.train(w.cpu().numpy(), {n: b.cpu().numpy() for n, b in buffers.items()}, round_idx, list(ids))
+        return _stack([out], ids, self.numel, buffers)
+
+    def shutdown(self) -> None:
+        self.worker = None
+
+
+def _failed(ref: "ray.ObjectRef") -> bool:
+    """Did the task behind ``ref`` end in an error (used to name the dead worker)?"""
+    try:
+        ray.get(ref, timeout=0)
+    except ray.exceptions.RayError:
+        return True
+    return False

@@ -23,7 +23,7 @@ from .pre import check_pre, inner_context, map_back, pre_aggregate, split_pre
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
-    from ..context import RoundContext
+    from ..context import DefenseContext
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Defense:
         """Validate ``cfg.defense_params`` and the defense's assumptions on N and f."""
         parse_params(cls.Params, check_pre(cfg, f"defense {cls.name!r}").defense_params, f"defense {cls.name!r}")
 
-    def _pre_then_aggregate(self, updates: torch.Tensor, ctx: "RoundContext") -> "Aggregate":
+    def _pre_then_aggregate(self, updates: torch.Tensor, ctx: "DefenseContext") -> "Aggregate":
         """Pre-aggregate, run this defense's own ``aggregate`` on the mixed rows, map the answer back."""
         mixed, origin = pre_aggregate(self.pre, updates, ctx)
         agg = type(self).aggregate(self, mixed, inner_context(ctx, self.pre, len(mixed)))
@@ -91,8 +91,12 @@ class Defense:
         info = {**agg.info, "pre": self.pre.pre, "pre_rows": len(mixed)}
         return Aggregate(agg.update, accepted, weights, info, agg.fallback)
 
-    def aggregate(self, updates: torch.Tensor, ctx: "RoundContext") -> Aggregate:
+    def aggregate(self, updates: torch.Tensor, ctx: "DefenseContext") -> Aggregate:
         raise NotImplementedError
+
+    def min_rows(self) -> int:
+        """The fewest updates this rule can aggregate; a round with fewer applies no update."""
+        return 1
 
     def state_dict(self) -> dict[str, Any]:
         """State carried across rounds (for checkpoints); stateless defenses have none."""
@@ -121,7 +125,7 @@ def all_accepted(updates: torch.Tensor) -> torch.Tensor:
     return torch.ones(len(updates), dtype=torch.bool, device=updates.device)
 
 
-def sklearn_seed(ctx: "RoundContext", *path: object) -> int:
+def sklearn_seed(ctx: "DefenseContext", *path: object) -> int:
     """A ``random_state`` for scikit-learn, derived from the run seed and the round."""
     return child_seed(ctx.seed, "defense", ctx.round, *path) % 2**32
 
@@ -149,7 +153,7 @@ class BoundedDefense(Defense):
     rejects a config that breaks it with one :class:`ConfigError`, unless the
     user sets ``degrade: true``; then f is clamped to ``max_f(N)`` and the round's
     ``info`` records ``f_assumed`` and ``f_used``. At aggregation time f is clamped
-    the same way when the loop dropped invalid rows (fewer than ``cfg.clients``).
+    the same way when fewer rows reach it than the cohort (invalid updates, dropouts).
     """
 
     Params: ClassVar[type] = DegradeParams
@@ -173,7 +177,7 @@ class BoundedDefense(Defense):
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
         p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
-        cls.resolve_f(cfg.clients, cls.f_of(p, cfg.num_malicious), p.degrade, cls.f_label(p))
+        cls.resolve_f(cfg.cohort_size, cls.f_of(p, cfg.num_declared_f), p.degrade, cls.f_label(p))
 
     @classmethod
     def resolve_f(cls, n: int, f: int, degrade: bool, label: str = "f") -> int:
@@ -191,10 +195,17 @@ class BoundedDefense(Defense):
             f"defense_params degrade: true to clamp {label} to {fmax}"
         )
 
+    def min_rows(self) -> int:
+        """The fewest updates the rule can aggregate at all (some f >= 0 satisfies the assumption)."""
+        n = 1
+        while self.max_f(n) < 0 and n < 64:
+            n += 1
+        return n
+
     def effective_f(self, n: int, f: int, info: dict[str, Any]) -> int:
         """Resolve f for this round's N = n rows and record a clamp in ``info``."""
         f = self.f_of(self.p, f)
-        dropped = self.cfg is not None and n < self.cfg.clients
+        dropped = self.cfg is not None and n < self.cfg.cohort_size
         used = self.resolve_f(n, f, self.p.degrade or dropped, self.f_label(self.p))
         if used != f:
             info.update(f_assumed=f, f_used=used)

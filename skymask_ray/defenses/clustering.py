@@ -82,9 +82,9 @@ class Flame(Defense):
     @classmethod
     def check(cls, cfg) -> None:
         p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
-        if p.min_cluster_size is not None and p.min_cluster_size > cfg.clients:
+        if p.min_cluster_size is not None and p.min_cluster_size > cfg.cohort_size:
             raise ConfigError(
-                f"defense 'flame' needs min_cluster_size <= N; got {p.min_cluster_size} with N={cfg.clients}"
+                f"defense 'flame' needs min_cluster_size <= N; got {p.min_cluster_size} with N={cfg.cohort_size}"
             )
 
     def aggregate(self, updates, ctx):
@@ -211,14 +211,14 @@ class DivideAndConquer(Defense):
     @classmethod
     def check(cls, cfg) -> None:
         p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
-        if cfg.clients - int(p.c * cfg.num_malicious) < 1:
+        if cfg.cohort_size - int(p.c * cfg.num_declared_f) < 1:
             raise ConfigError(
-                f"defense 'dnc' drops c*f = {int(p.c * cfg.num_malicious)} updates, which needs c*f < N (N={cfg.clients})"
+                f"defense 'dnc' drops c*f = {int(p.c * cfg.num_declared_f)} updates, which needs c*f < N (N={cfg.cohort_size})"
             )
 
     def aggregate(self, updates, ctx):
         n, p = updates.shape
-        drop = min(int(self.p.c * ctx.num_malicious), n - 1)
+        drop = min(int(self.p.c * ctx.declared_f), n - 1)
         b = min(self.p.subsample, p)
         accepted = torch.ones(n, dtype=torch.bool, device=updates.device)
         for _ in range(self.p.niters):

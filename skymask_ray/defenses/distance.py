@@ -41,7 +41,7 @@ class Krum(BoundedDefense):
 
     def aggregate(self, updates, ctx):
         info: dict[str, Any] = {}
-        f = self.effective_f(len(updates), ctx.num_malicious, info)
+        f = self.effective_f(len(updates), ctx.declared_f, info)
         scores = krum_scores(pairwise_sq_distances(updates), f)
         best = int(scores.argmin())
         accepted = torch.zeros(len(updates), dtype=torch.bool, device=updates.device)
@@ -74,13 +74,13 @@ class MultiKrum(BoundedDefense):
     def check(cls, cfg) -> None:
         super().check(cfg)
         p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
-        if p.m is not None and p.m > cfg.clients:
-            raise ConfigError(f"defense 'multi_krum' averages m updates, which needs m <= N; got m={p.m}, N={cfg.clients}")
+        if p.m is not None and p.m > cfg.cohort_size:
+            raise ConfigError(f"defense 'multi_krum' averages m updates, which needs m <= N; got m={p.m}, N={cfg.cohort_size}")
 
     def aggregate(self, updates, ctx):
         n = len(updates)
         info: dict[str, Any] = {}
-        f = self.effective_f(n, ctx.num_malicious, info)
+        f = self.effective_f(n, ctx.declared_f, info)
         m = min(self.p.m if self.p.m is not None else n - f, n)
         scores = krum_scores(pairwise_sq_distances(updates), f)
         accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
@@ -191,7 +191,7 @@ class Bulyan(BoundedDefense):
     def aggregate(self, updates, ctx):
         n, p = updates.shape
         info: dict[str, Any] = {}
-        f = self.effective_f(n, ctx.num_malicious, info)
+        f = self.effective_f(n, ctx.declared_f, info)
         theta, beta = n - 2 * f, n - 4 * f
         chosen = bulyan_select(pairwise_sq_distances(updates), f, theta)
         agg, used = closest_to_median_mean(updates[chosen], beta)

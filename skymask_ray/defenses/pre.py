@@ -40,7 +40,7 @@ from ..registry import Registry
 from ..seeding import torch_generator
 
 if TYPE_CHECKING:
-    from ..context import RoundContext
+    from ..context import DefenseContext
 
 PreAggregator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -107,11 +107,11 @@ def split_pre(params: dict[str, Any] | None, owner: str) -> tuple[dict[str, Any]
     return params, pre
 
 
-def pre_aggregate(pre: PreParams, updates: torch.Tensor, ctx: "RoundContext") -> tuple[torch.Tensor, torch.Tensor]:
+def pre_aggregate(pre: PreParams, updates: torch.Tensor, ctx: "DefenseContext") -> tuple[torch.Tensor, torch.Tensor]:
     """Run the configured pre-aggregator; the shuffle uses its own stream (seed, "pre", round), so the
     defense's ``ctx.generator`` draws are the same with or without it."""
     gen = torch_generator(ctx.seed, "pre", ctx.round)
-    return PRE_AGGREGATORS.get(pre.pre)(updates, ctx.num_malicious, gen, **pre.kwargs())
+    return PRE_AGGREGATORS.get(pre.pre)(updates, ctx.declared_f, gen, **pre.kwargs())
 
 
 def map_back(origin: torch.Tensor, accepted: torch.Tensor, weights: torch.Tensor | None
@@ -123,7 +123,7 @@ def map_back(origin: torch.Tensor, accepted: torch.Tensor, weights: torch.Tensor
     return acc.to(accepted.device), w
 
 
-def inner_context(ctx: "RoundContext", pre: PreParams, rows: int) -> "RoundContext":
+def inner_context(ctx: "DefenseContext", pre: PreParams, rows: int) -> "DefenseContext":
     """The round context the wrapped defense sees: M rows; per-client ids only where rows are clients."""
     ids = ctx.client_ids if pre.pre == "nnm" else None
     return dataclasses.replace(ctx, num_clients=rows, client_ids=ids)

@@ -129,7 +129,7 @@ class TrimmedMean(BoundedDefense):
 
     def aggregate(self, updates, ctx):
         info: dict[str, Any] = {}
-        beta = self.effective_f(len(updates), ctx.num_malicious, info)
+        beta = self.effective_f(len(updates), ctx.declared_f, info)
         mean, share = trimmed_mean(updates, beta)
         info["beta"] = beta
         return Aggregate(mean, share > 0, share, info)

@@ -98,8 +98,12 @@ def sharded_select(
     seed: int,
     round_idx: int,
     timeout_s: float = 3600.0,
+    root: dict[str, "ray.ObjectRef"] | None = None,
 ) -> MaskSelection:
-    """SkyMask's server work with the mask state split over ``actors``; the trainer computes dL/dW."""
+    """SkyMask's server work with the mask state split over ``actors``; the trainer computes dL/dW.
+
+    ``root`` ({"root_x": ref, "root_y": ref}) is passed on to the trainer's calls.
+    """
     numel = updates.shape[1]
     bounds = np.linspace(0, numel, len(actors) + 1).astype(int)
     w_np, g_np, g0_np = w.cpu().numpy(), updates.cpu().numpy(), server_update.cpu().numpy()
@@ -113,10 +117,11 @@ def sharded_select(
     shards = RemoteShards(actors, bounds, timeout_s)
 
     def loss_grad(wv: torch.Tensor, idx: torch.Tensor) -> tuple[float, torch.Tensor]:
-        loss, g = ray.get(trainer.loss_grad.remote(wv.numpy(), idx.numpy(), buffers), timeout=timeout_s)
+        loss, g = ray.get(trainer.loss_grad.remote(wv.numpy(), idx.numpy(), buffers, **(root or {})),
+                          timeout=timeout_s)
         return loss, torch.from_numpy(np.array(g))
 
-    n_root = ray.get(trainer.n_root.remote(), timeout=timeout_s)
+    n_root = ray.get(trainer.n_root.remote(**(root or {})), timeout=timeout_s)
     try:
         return train_and_select(shards, loss_grad, n_root, numel, cfg, seed, round_idx)
     finally:

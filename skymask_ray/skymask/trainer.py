@@ -194,8 +194,8 @@ class MaskTrainer:
         model_name: str,
         input_shape: tuple[int, ...],
         num_classes: int,
-        root_x: np.ndarray,
-        root_y: np.ndarray,
+        root_x: np.ndarray | None,
+        root_y: np.ndarray | None,
         cfg: SkyMaskConfig,
         device: str = "auto",
         threads: int | None = None,
@@ -209,9 +209,24 @@ class MaskTrainer:
         self.model_name = model_name
         self.model = build_model(model_name, input_shape, num_classes).to(self.device)
         self.spec = ParamSpec.of(self.model)
-        self.root = (torch.as_tensor(np.array(root_x)).to(self.device), torch.as_tensor(np.array(root_y)).to(self.device))
+        self.root: tuple[torch.Tensor, torch.Tensor] | None = None
+        if root_x is not None:
+            self._use_root(root_x, root_y)
         self.cfg = cfg
         self.lr = default_mask_lr(cfg, model_name)
+
+    def _use_root(self, root_x: np.ndarray | None, root_y: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take the root set if given, else the one held; as a Ray actor the root comes with every call.
+
+        (Constructor arguments from the object store would break the actor's
+        restarts, so the driver passes the root's refs to each method instead.)
+        """
+        if root_x is not None and root_y is not None:
+            self.root = (torch.as_tensor(np.array(root_x)).to(self.device),
+                         torch.as_tensor(np.array(root_y)).to(self.device))
+        if self.root is None:
+            raise RuntimeError("the mask trainer was given no root data")
+        return self.root
 
     def device_name(self) -> str:
         return str(self.device)
@@ -226,32 +241,37 @@ class MaskTrainer:
 
     def rss_mb(self) -> float:
         """Peak resident memory of this process (MB)."""
-        from ..clients.pool import rss_mb
+        from ..runtime import rss_mb
 
         return rss_mb()
 
     def server_update(
-        self, w: np.ndarray, buffers: dict[str, np.ndarray], s: SGDSettings, seed: int, round_idx: int
+        self, w: np.ndarray, buffers: dict[str, np.ndarray], s: SGDSettings, seed: int, round_idx: int,
+        root_x: np.ndarray | None = None, root_y: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """g_0 = w - w_0 from local SGD on the root set (same optimiser as the clients)."""
+        root = self._use_root(root_x, root_y)
         w_t = torch.as_tensor(np.array(w), device=self.device)
         bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
         gen = torch_generator(seed, "server", round_idx)
-        upd, out_bufs = train_sequential(self.model, self.spec, w_t, [self.root], [gen], s, bufs)
+        upd, out_bufs = train_sequential(self.model, self.spec, w_t, [root], [gen], s, bufs)
         return upd[0].cpu().numpy(), {n: b.cpu().numpy() for n, b in out_bufs[0].items()}
 
-    def loss_grad(self, w: np.ndarray, idx: np.ndarray, buffers: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
+    def loss_grad(self, w: np.ndarray, idx: np.ndarray, buffers: dict[str, np.ndarray],
+                  root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         """One root-batch loss and dL/dW at W (for parameter-sharded mask training)."""
+        root = self._use_root(root_x, root_y)
         bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
-        loss, g = RootLoss(self.model, self.spec, bufs, self.root, self.device)(
+        loss, g = RootLoss(self.model, self.spec, bufs, root, self.device)(
             torch.as_tensor(np.array(w), device=self.device), torch.as_tensor(np.array(idx)))
         return loss, g.cpu().numpy()
 
-    def n_root(self) -> int:
-        return len(self.root[1])
+    def n_root(self, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> int:
+        return len(self._use_root(root_x, root_y)[1])
 
     def select(
-        self, w: np.ndarray, buffers: dict[str, np.ndarray], stacked: np.ndarray, seed: int, round_idx: int
+        self, w: np.ndarray, buffers: dict[str, np.ndarray], stacked: np.ndarray, seed: int, round_idx: int,
+        root_x: np.ndarray | None = None, root_y: np.ndarray | None = None,
     ) -> MaskSelection:
         """Train masks for the server and N clients here, binarise, cluster, select.
 
@@ -259,11 +279,12 @@ class MaskTrainer:
         (see :func:`stack_updates`); from the object store it is read in place.
         """
         t0 = time.perf_counter()
+        root = self._use_root(root_x, root_y)
         w_t = torch.as_tensor(np.array(w), device=self.device)
         shards = LocalShards(from_readonly(stacked).to(self.device), w_t, self.cfg, self.lr)
         bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
         t1 = time.perf_counter()
-        loss = RootLoss(self.model, self.spec, bufs, self.root, self.device)
+        loss = RootLoss(self.model, self.spec, bufs, root, self.device)
         sel = train_and_select(shards, loss, len(loss), self.spec.numel, self.cfg, seed, round_idx)
         sel.timings["t_mask_setup"] = t1 - t0
         return sel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from skymask_ray.config import ExperimentConfig
-from skymask_ray.context import RoundContext
+from skymask_ray.context import AttackContext
 from skymask_ray.models import ParamSpec, build_model, buffers_of
 
 
@@ -39,9 +39,9 @@ def make_updates(
 
 
 def make_ctx(updates: torch.Tensor, malicious: torch.Tensor, spec: ParamSpec | None = None, seed: int = 0,
-             **extra) -> RoundContext:
+             **extra) -> AttackContext:
     spec = spec or flat_spec(updates.shape[1])
-    return RoundContext(
+    return AttackContext(
         round=1,
         global_weights=torch.zeros(spec.numel, dtype=updates.dtype),
         spec=spec,
@@ -78,8 +78,8 @@ class TinyWorld:
         self.updates[self.malicious] = 0.0
         self.server_update = 0.02 + 0.01 * torch.randn(self.spec.numel, generator=g)
 
-    def ctx(self, seed: int = 0) -> RoundContext:
-        return RoundContext(
+    def ctx(self, seed: int = 0) -> AttackContext:
+        return AttackContext(
             round=1, global_weights=self.w.clone(), spec=self.spec, num_clients=len(self.updates),
             num_malicious=int(self.malicious.sum()), generator=torch.Generator().manual_seed(seed),
             server_update=self.server_update, malicious=self.malicious, model=self.model,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -104,9 +106,8 @@ def test_fine_grained_base_with_mean_rest(tiny_world):
 def test_own_server_model_when_server_steps_given(tiny_world):
     w = tiny_world
     attack = build({"search_steps": 1, "server_steps": 3}, epochs=2)
-    ctx = w.ctx()
-    ctx.server_update = None
-    g0 = attack.server_update(w.ctx())
+    ctx = dataclasses.replace(w.ctx(), server_update=None)
+    g0 = attack.server_update(ctx)
     assert g0.shape == (w.spec.numel,) and g0.abs().sum() > 0
     out = attack.apply(w.updates, w.malicious, ctx)
     assert out.shape == w.updates.shape

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skymask_ray.attacks import ATTACKS
-from skymask_ray.config import build_config
+from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError
 
 from .helpers import TinyWorld, make_cfg

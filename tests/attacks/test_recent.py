@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import math
 
@@ -11,7 +13,7 @@ import torch
 
 from skymask_ray.attacks import ATTACKS
 from skymask_ray.attacks.recent import binomial_threshold, malicious_ids
-from skymask_ray.config import build_config
+from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError
 from skymask_ray.skymask.trainer import RootLoss
 
@@ -31,8 +33,7 @@ def run_rounds(attack, updates, mal, rounds, global_lr=0.5, start=None, drift=No
     w = torch.zeros(updates.shape[1], dtype=updates.dtype) if start is None else start.clone()
     outs, ws = [], []
     for r in range(1, rounds + 1):
-        ctx = make_ctx(updates, mal)
-        ctx.round, ctx.global_weights = r, w.clone()
+        ctx = dataclasses.replace(make_ctx(updates, mal), round=r, global_weights=w.clone())
         out = attack.apply(updates, mal, ctx)
         outs.append(out)
         ws.append(w.clone())
@@ -91,16 +92,15 @@ def test_poisonedfl_state_round_trips_through_a_weights_only_checkpoint():
     b.load_state_dict(state)
     w = ws[-1] - 0.5 * outs[-1].mean(0)
     for r in (4, 5):  # the next rounds agree, including a progress check (round 5, window 2)
-        ctx_a, ctx_b = make_ctx(updates, mal), make_ctx(updates, mal)
-        ctx_a.global_weights, ctx_b.global_weights = w.clone(), w.clone()
+        ctx_a = dataclasses.replace(make_ctx(updates, mal), global_weights=w.clone())
+        ctx_b = dataclasses.replace(make_ctx(updates, mal), global_weights=w.clone())
         out_a, out_b = a.apply(updates, mal, ctx_a), b.apply(updates, mal, ctx_b)
         assert torch.equal(out_a, out_b)
         w = w - 0.5 * out_a.mean(0)
     assert a.scaling == b.scaling and a.rounds == b.rounds == 5
     # a fresh attack differs: the state matters
     c = build("poisonedfl", {"window": 2})
-    ctx = make_ctx(updates, mal)
-    ctx.global_weights = w.clone()
+    ctx = dataclasses.replace(make_ctx(updates, mal), global_weights=w.clone())
     assert not torch.equal(c.apply(updates, mal, ctx), a.apply(updates, mal, make_ctx(updates, mal)))
 
 
@@ -168,15 +168,12 @@ def test_dba_stamp_applies_the_union_of_all_parts():
 
 
 def test_dba_rank_comes_from_the_simulation_malicious_set():
-    from skymask_ray.simulation import Simulation
+    from skymask_ray.population import malicious_population
 
     cfg = build_config(overrides={"data": {"dataset": "synthetic", "synthetic_train": 600, "synthetic_test": 50},
                                   "clients": 12, "malicious_fraction": 0.34, "malicious_selection": "random",
                                   "attack": "dba", "seed": 3})
-    sim = Simulation.__new__(Simulation)
-    sim.cfg = cfg
-    sim._setup_data()
-    ids = torch.nonzero(sim.malicious).flatten().tolist()
+    ids = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed).nonzero()[0].tolist()
     assert ids == malicious_ids(cfg) and ids != list(range(len(ids)))
     attack = ATTACKS.get("dba")(cfg.attack_params, cfg, 10)
     assert [attack.part_of(k) for k in ids] == [r % 4 for r in range(len(ids))]
@@ -205,9 +202,10 @@ def test_dba_through_the_client_worker_call_site():
     x = np.zeros((16, 1, 12, 12), dtype=np.float32)
     y = (np.arange(16) % 10).astype(np.int64)
     idx = [np.arange(4 * k, 4 * k + 4) for k in range(3)]
-    worker = ClientWorker(x, y, [0, 1, 2], idx, [True, True, True], cfg, 10)
+    attack = ATTACKS.get("dba")(cfg.attack_params, cfg, 10)
+    worker = ClientWorker(x, y, [0, 1, 2], idx, [True, True, True], cfg, 10, attack.poison_data)
     for k in range(3):
-        stamped = worker.data[k][0].cpu()
+        stamped = worker.client_data(k)[0].cpu()
         assert all(torch.equal(img[0] == 1.0, bar_mask(k)) for img in stamped)
 
 
@@ -267,8 +265,7 @@ def test_neurotoxin_previous_global_reference():
     mu = updates[~mal].mean(0)
     assert torch.equal(attack.last_kept, attack.kept_coordinates(mu))
     step = torch.randn(p, dtype=updates.dtype)
-    ctx2 = make_ctx(updates, mal)
-    ctx2.global_weights = ctx.global_weights - 0.5 * step
+    ctx2 = dataclasses.replace(make_ctx(updates, mal), global_weights=ctx.global_weights - 0.5 * step)
     state = attack.state_dict()
     attack.apply(updates, mal, ctx2)
     torch.testing.assert_close(attack.last_kept.float(), attack.kept_coordinates(step).float())

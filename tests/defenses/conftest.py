@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skymask_ray.config import ExperimentConfig
-from skymask_ray.context import RoundContext
+from skymask_ray.context import DefenseContext
 from skymask_ray.defenses import DEFENSES, Defense
 from skymask_ray.models import ParamSpec
 
@@ -20,14 +20,14 @@ def make_cfg(n: int, f: int, defense: str = "fedavg", params: dict[str, Any] | N
     return cfg
 
 
-def make_ctx(updates: torch.Tensor, f: int, round: int = 1, seed: int = 0, **kw: Any) -> RoundContext:
+def make_ctx(updates: torch.Tensor, f: int, round: int = 1, seed: int = 0, **kw: Any) -> DefenseContext:
     """A round context for the stacked ``updates`` with f assumed malicious."""
     n, p = updates.shape
     spec = kw.pop("spec", None) or ParamSpec(("w",), (torch.Size([p]),), (0,), p)
     weights = kw.pop("global_weights", None)
-    return RoundContext(
+    return DefenseContext(
         round=round, global_weights=torch.zeros(p) if weights is None else weights, spec=spec, num_clients=n,
-        num_malicious=f, generator=torch.Generator().manual_seed(1000 * seed + round), seed=seed, **kw,
+        declared_f=f, generator=torch.Generator().manual_seed(1000 * seed + round), seed=seed, **kw,
     )
 
 
@@ -45,5 +45,5 @@ def defense() -> Callable[..., Defense]:
 
 
 @pytest.fixture
-def ctx() -> Callable[..., RoundContext]:
+def ctx() -> Callable[..., DefenseContext]:
     return make_ctx

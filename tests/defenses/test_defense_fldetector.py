@@ -104,8 +104,7 @@ def test_fldetector_follows_clients_by_id_when_a_row_is_dropped(defense, ctx):
             noise = torch.randn(p, generator=gen)
             updates[k] = scale * noise / noise.norm()
         ids = torch.tensor([k for k in range(n) if k != 4]) if r == 6 else torch.arange(n)
-        c = ctx(updates[ids], len(bad), round=r, global_weights=w.clone())
-        c.client_ids = ids
+        c = ctx(updates[ids], len(bad), round=r, global_weights=w.clone(), client_ids=ids)
         agg = fld.aggregate(updates[ids], c)
         assert "history_reset" not in agg.info
         if r >= 5:

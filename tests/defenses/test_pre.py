@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from skymask_ray.config import build_config
+from skymask_ray.experiment import build_config
 from skymask_ray.defenses import DEFENSES
 from skymask_ray.defenses.pre import PRE_AGGREGATORS, bucketing, map_back, nnm
 from skymask_ray.errors import ConfigError
