@@ -143,9 +143,7 @@ class WorkerInit:
 
     x: ByRef
     y: ByRef
-    clients: list[int]
-    indices: ByRef
-    poisoned: list[bool]
+    shards: ByRef  # (client ids, their index arrays, which are data-poisoned): one object-store value
     cfg: ExperimentConfig
     num_classes: int
     poison: Poison | None
@@ -165,8 +163,9 @@ class WorkerHost:
 
     def load(self, init: WorkerInit) -> int:
         if self.worker is None:
-            self.worker = ClientWorker(init.x.get(), init.y.get(), init.clients, init.indices.get(), init.poisoned,
-                                       init.cfg, init.num_classes, init.poison)
+            clients, indices, poisoned = init.shards.get()
+            self.worker = ClientWorker(init.x.get(), init.y.get(), clients, indices, poisoned, init.cfg,
+                                       init.num_classes, init.poison)
         return os.getpid()
 
     def train(self, init: WorkerInit, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int,
@@ -249,9 +248,10 @@ class ClientPool:
         actor = ray.remote(WorkerHost).options(
             num_cpus=worker_cpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, scheduling_strategy="SPREAD"
         )
-        self.index_refs = [ray.put([parts[k] for k in ks]) for ks in self.assignment]  # kept alive for restarts
-        self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ks, ByRef(idx), [poisoned[k] for k in ks], cfg,
-                                 num_classes, poison) for ks, idx in zip(self.assignment, self.index_refs)]
+        self.shard_refs = [ray.put((ks, [parts[k] for k in ks], [poisoned[k] for k in ks]))
+                           for ks in self.assignment]  # kept alive for restarts
+        self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ByRef(ref), cfg, num_classes, poison)
+                      for ref in self.shard_refs]
         self.workers = [actor.remote() for _ in self.inits]
         self.owner = np.empty(self.n, dtype=np.int64)
         for i, ks in enumerate(self.assignment):

@@ -1,0 +1,111 @@
+"""Cross-device populations: cohorts, sampled attackers, dropouts, declared f, resume, sampled shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skymask_ray.config import DataConfig
+from skymask_ray.data.partition import split_clients
+from skymask_ray.errors import ConfigError
+from skymask_ray.experiment import build_config
+from skymask_ray.population import Population, malicious_population
+
+BASE = {"data": {"dataset": "digits", "root_size": 50}, "model": "mlp", "clients": 30, "workers": 2,
+        "malicious_fraction": 0.2, "train": {"local_lr": 0.5, "batch_size": 16, "grad_clip": None}}
+
+
+def _pop(n=1000, k=50, sampling="pool", fraction=0.2, dropout=0.0, seed=0) -> Population:
+    mal = malicious_population(n, round(n * fraction), "random", seed)
+    return Population(mal, k, sampling, fraction, dropout, seed)
+
+
+def test_cohorts_are_seeded_per_round_and_full_participation_draws_nothing():
+    a, b = _pop(), _pop()
+    assert all(np.array_equal(a.cohort(r), b.cohort(r)) for r in range(1, 6))
+    assert not np.array_equal(a.cohort(1), a.cohort(2))
+    assert all(len(np.unique(a.cohort(r))) == 50 and np.all(np.diff(a.cohort(r)) > 0) for r in range(1, 6))
+    assert np.array_equal(_pop(n=40, k=40).cohort(7), np.arange(40))
+    assert np.array_equal(a.cohort(3), _pop(seed=0).cohort(3)) and not np.array_equal(a.cohort(3), _pop(seed=1).cohort(3))
+
+
+def test_fixed_holds_exactly_k_fraction_and_pool_has_the_right_expectation():
+    fixed, pool = _pop(sampling="fixed"), _pop(sampling="pool")
+    assert {int(fixed.malicious[fixed.cohort(r)].sum()) for r in range(1, 60)} == {10}
+    counts = np.array([pool.malicious[pool.cohort(r)].sum() for r in range(1, 801)])
+    assert abs(counts.mean() - 10) < 0.35 and counts.std() > 1.5  # hypergeometric: mean K f/N, it varies
+
+
+def test_dropouts_are_seeded_and_at_the_right_rate():
+    p = _pop(dropout=0.3)
+    c = p.cohort(1)
+    assert np.array_equal(p.dropped(c, 4), _pop(dropout=0.3).dropped(c, 4))
+    rate = np.mean([p.dropped(p.cohort(r), r).mean() for r in range(1, 400)])
+    assert abs(rate - 0.3) < 0.02
+    assert not _pop(dropout=0.0).dropped(c, 1).any()
+
+
+@pytest.mark.parametrize("over, needle", [({"cohort": 31}, "cohort"), ({"cohort": 1}, "cohort"),
+                                          ({"dropout": 1.0}, "dropout"), ({"dropout": -0.1}, "dropout"),
+                                          ({"data": {"dataset": "digits", "samples_per_client": 0}}, "samples_per_client"),
+                                          ({"malicious_sampling": "some"}, "malicious_sampling"),
+                                          ({"declared_f": 30}, "declared_f")])
+def test_bad_population_values_are_one_line(over, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        build_config(overrides={**BASE, **over})
+    assert "\n" not in str(err.value)
+
+
+def test_declared_f_defaults_to_the_cohort_share():
+    cfg = build_config(overrides={**BASE, "clients": 1000, "cohort": 50, "data": {"dataset": "digits"}})
+    assert cfg.num_declared_f == 10 and cfg.num_malicious == 200
+    assert build_config(overrides={**BASE, "declared_f": 3}).num_declared_f == 3
+
+
+@pytest.mark.parametrize("partition", ["bias", "dirichlet", "iid"])
+def test_sampled_shards_when_the_population_outgrows_the_data(partition):
+    y = np.random.default_rng(0).integers(10, size=600)
+    cfg = DataConfig(partition=partition, samples_per_client=20, bias=0.8)
+    parts = split_clients(y, np.arange(600), 500, cfg, 10, np.random.default_rng(1))
+    assert len(parts) == 500 and all(len(p) == 20 for p in parts)
+    assert all(p.min() >= 0 and p.max() < 600 for p in parts)
+    if partition == "bias":  # each client's dominant label holds about b of its samples
+        share = np.mean([np.bincount(y[p], minlength=10).max() / 20 for p in parts])
+        assert share > 0.7
+    again = split_clients(y, np.arange(600), 500, cfg, 10, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+@pytest.mark.slow
+def test_sampled_run_rows_dropouts_declared_f_and_resume(ray_cluster, tmp_path):
+    from skymask_ray.results import read_parquet
+    from skymask_ray.simulation import Simulation, run_experiment
+
+    over = {**BASE, "cohort": 12, "dropout": 0.25, "attack": "min_max", "defense": "krum", "rounds": 4,
+            "defense_params": {"degrade": True}}
+    cfg = build_config(overrides=over)
+    seen: list[tuple[int, int]] = []
+    with Simulation(cfg, tmp_path / "spy") as sim:
+        inner = sim.defense.aggregate
+
+        def spy(updates, ctx):
+            seen.append((ctx.declared_f, len(updates)))
+            return inner(updates, ctx)
+
+        sim.defense.aggregate = spy
+        sim.run()
+    rows = read_parquet(tmp_path / "spy" / "rounds.parquet").to_pylist()
+    assert [f for f, _ in seen] == [cfg.num_declared_f] * len(seen) == [round(12 * 0.2)] * len(seen)
+    for r in rows:
+        reported = r["cohort"] - r["dropped"]
+        assert r["cohort"] == 12 and r["tp"] + r["fp"] + r["tn"] + r["fn"] == reported
+        assert r["tp"] + r["fn"] <= r["malicious_in_cohort"]
+        assert r["trained_clients"] == reported - (r["tp"] + r["fn"])  # crafted attackers and dropouts do not train
+        assert (r["tpr"] is None) == (r["tp"] + r["fn"] == 0)
+    assert sum(r["dropped"] for r in rows) > 0
+    full = read_parquet(run_experiment(cfg, tmp_path / "full")).to_pylist()
+    run_experiment(build_config(overrides={**over, "rounds": 2}), tmp_path / "part")
+    resumed = read_parquet(run_experiment(cfg, tmp_path / "part", resume=True)).to_pylist()
+    keys = ["round", "accuracy", "tp", "fp", "tn", "fn", "cohort", "malicious_in_cohort", "dropped"]
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
+    assert [[r[k] for k in keys] for r in full] == [[r[k] for k in keys] for r in rows]
