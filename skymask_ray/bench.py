@@ -39,6 +39,8 @@ GRID_KEYS = {
     "attack": "attack", "defense": "defense", "seed": "seed", "dataset": "data.dataset", "model": "model",
     "bias": "data.bias", "partition": "data.partition", "rounds": "rounds",
 }
+STUDY_METADATA = "_metadata.json"  # a study folder's own files start with "_": Parquet readers skip them
+STUDY_SUMMARY = "_summary.md"
 NAMED_KEYS = {"clients", "malicious_fraction", "attack", "defense", "seed", "data.dataset", "model"}  # in every name
 
 
@@ -156,9 +158,9 @@ def cell_name(cfg: ExperimentConfig, varied: list[str] | tuple[str, ...] = ()) -
 
 
 def same_experiment(cfg: ExperimentConfig, folder: Path) -> bool | None:
-    """Does ``folder/config.yaml`` describe the same experiment (all but rounds and where it runs)? None: no config."""
-    f = folder / "config.yaml"
-    if not f.exists():
+    """Does the folder's config describe the same experiment (all but rounds and where it runs)? None: no config."""
+    f = RunFolder(folder).existing_config()
+    if f is None:
         return None
     try:
         return config_hash(build_config(file=f)) == config_hash(cfg)
@@ -269,7 +271,7 @@ def run_grid(
                     queue = queue[1:]
         if bar is not None:
             bar.__exit__(None, None, None)
-        atomic_write_text(out / "metadata.json", json.dumps(metadata(time.perf_counter() - t0), indent=2))
+        atomic_write_text(out / STUDY_METADATA, json.dumps(metadata(time.perf_counter() - t0), indent=2))
     finally:
         if started:
             ray.shutdown()
@@ -288,7 +290,8 @@ def summarize(folder: Path) -> dict[str, Any]:
     out = {k: getattr(last, k) for k in RUN_KEYS}
     out.update({"rounds": len(rows), "accuracy": last.accuracy, "backdoor_success": last.backdoor_success,
                 "tpr": mean("tpr"), "fpr": mean("fpr"), "fallbacks": sum(bool(r.fallback) for r in rows),
-                "peak_rss_mb": max(r.peak_rss_mb for r in rows)})
+                "peak_rss_mb": max(r.peak_rss_mb for r in rows),
+                "mem_pss_mb": max((r.mem_pss_mb for r in rows if r.mem_pss_mb is not None), default=None)})
     for col in ("t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round"):
         out[col] = mean(col)
     return out
@@ -297,9 +300,9 @@ def summarize(folder: Path) -> dict[str, Any]:
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarize` rows."""
     cols = ["clients", "malicious_fraction", "attack", "defense", "seed", "accuracy", "tpr", "fpr", "fallbacks",
-            "t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round", "peak_rss_mb"]
+            "t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round", "mem_pss_mb"]
     heads = ["N", "mal", "attack", "defense", "seed", "acc", "TPR", "FPR", "fallbk", "clients s", "server s",
-             "attack s", "defense s", "eval s", "round s", "peak MB"]
+             "attack s", "defense s", "eval s", "round s", "mem MB (PSS)"]
 
     def cell(v: Any) -> str:
         if v is None:

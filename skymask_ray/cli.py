@@ -118,7 +118,7 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files are replaced once round 1 is done).")
 @_fail_cleanly
 def run(config_file, preset, clients, malicious, attack, defense, out, resume, overwrite, **kw) -> None:
-    """Run one experiment; writes OUT/rounds.parquet and OUT/config.yaml."""
+    """Run one experiment; writes OUT/rounds.parquet (and OUT/_config.yaml, OUT/_state/ for --resume)."""
     from .simulation import run_experiment
 
     ov = overrides_from(kw)
@@ -169,7 +169,7 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, gri
 
     Without --grid: defaults to 500 clients, 20 % malicious, min_max against skymask, 2 rounds.
     """
-    from .bench import load_grid_file, run_grid, summary_table
+    from .bench import STUDY_SUMMARY, load_grid_file, run_grid, summary_table
 
     base: dict = {}
     grid: dict = {}
@@ -189,7 +189,7 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, gri
     rows = run_grid(preset, config_file, base, grid, Path(out), echo=click.echo, concurrency=concurrency,
                     progress=progress, overwrite=overwrite)
     table = summary_table(rows)
-    atomic_write_text(Path(out, "summary.md"), table + "\n")
+    atomic_write_text(Path(out, STUDY_SUMMARY), table + "\n")
     click.echo(table)
 
 

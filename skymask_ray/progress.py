@@ -15,6 +15,10 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return format(v, spec)
 
 
+def _gb(mb: float | None) -> str:
+    return "-" if mb is None else f"{mb / 1024:.1f}"
+
+
 def round_line(row: dict[str, Any]) -> str:
     """The one-line progress display of a finished round."""
     return (
@@ -22,7 +26,7 @@ def round_line(row: dict[str, Any]) -> str:
         f"FPR {_fmt(row['fpr'], '.2f')}{' FALLBACK' if row['fallback'] else ''} | "
         f"clients {row['t_clients']:.1f}s server {row['t_server']:.1f}s attack {row['t_attack']:.1f}s "
         f"defense {row['t_defense']:.1f}s eval {row['t_eval']:.1f}s | round {row['t_round']:.1f}s | "
-        f"peak {row['peak_rss_mb'] / 1024:.1f} GB"
+        f"mem {_gb(row.get('mem_pss_mb'))} GB in use (PSS)"
     )
 
 

@@ -151,9 +151,10 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
         if run is None or run.key["defense"] != "skymask":
             continue
         name = f"mask PCA of {run.slug()}"
-        masks_path = f.parent / "masks.parquet"
+        masks_path = next((p for p in (f.parent / "_masks.parquet", f.parent / "masks.parquet") if p.exists()),
+                          f.parent / "_masks.parquet")
         if not masks_path.exists():
-            skip(name, f"no masks.parquet next to {f}")
+            skip(name, f"no _masks.parquet next to {f}")
             continue
         masks = _read(masks_path)
         available = sorted(set(masks.column("round").to_pylist()))

@@ -8,7 +8,11 @@ finished round, and an earlier run's file is replaced only by a complete new one
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +21,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .config import ExperimentConfig, to_dict
 from .storage import atomic_write
+
+CONFIG_SKIP = ("out", "address", "connect_timeout_s")  # where a run goes and how it connects: not what it is
+
+
+def _arrow_of(hint: Any) -> pa.DataType:
+    """Parquet type of a config field: numbers, strings, bools, lists of ints; mappings as JSON text."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _arrow_of(args[0])
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return pa.struct([(f.name, _arrow_of(hints[f.name])) for f in fields(hint)])
+    if typing.get_origin(hint) is tuple:
+        return pa.list_(pa.int64())
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}.get(hint, pa.string())
+
+
+def config_type() -> pa.DataType:
+    """The ``config`` column: one struct holding every field a study may vary (nested sections as structs)."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    return pa.struct([(f.name, _arrow_of(hints[f.name])) for f in fields(ExperimentConfig) if f.name not in CONFIG_SKIP])
+
+
+def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``cfg`` as a value of :func:`config_type` (attack/defense parameters as JSON text)."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in CONFIG_SKIP}
+    for k in ("attack_params", "defense_params"):
+        d[k] = json.dumps(d[k], sort_keys=True)
+    return d
+
 
 def _col(arrow: pa.DataType, *, run_key: bool = False) -> Any:
     """A row field with its Parquet type; ``run_key`` marks the fields that name a run in reports."""
@@ -59,7 +94,8 @@ class RoundRow:
     t_defense: float = _col(pa.float64())
     t_eval: float = _col(pa.float64())
     t_round: float = _col(pa.float64())
-    peak_rss_mb: float = _col(pa.float64())
+    peak_rss_mb: float = _col(pa.float64())  # summed per-process peak RSS: shared pages counted in each process
+    mem_pss_mb: float | None = _col(pa.float64())  # the run's memory in use at round end: summed PSS (shared once)
     trained_clients: int = _col(pa.int32())
     mask_on_mean: float | None = _col(pa.float64())
     mask_steps: int | None = _col(pa.int32())
@@ -70,6 +106,7 @@ class RoundRow:
     dropped: int | None = _col(pa.int32())  # sampled clients that did not report
     declared_f: int | None = _col(pa.int32())  # the f handed to f-based defenses
     skipped: str | None = _col(pa.string())  # why no update was applied (too few reports), else None
+    config: dict[str, Any] | None = _col(config_type())  # every config field (struct): group rows by any of them
     config_hash: str = _col(pa.string())
     version: str = _col(pa.string())
 

@@ -2,9 +2,10 @@
 
 Layout of ``OUT``::
 
-    rounds.parquet        one row per finished round (the results)
-    masks.parquet         SkyMask's mask PCA coordinates per round (skymask runs)
-    config.yaml           the run's config
+    rounds.parquet        one row per finished round (the results; the only file a Parquet
+                          reader of OUT sees: everything else starts with "_")
+    _masks.parquet        SkyMask's mask PCA coordinates per round (skymask runs)
+    _config.yaml          the run's config
     _state/checkpoint.json     round, config hash and file of the checkpoint (read first)
     _state/checkpoint-R.pt     tensors and plain values only, loaded with ``weights_only=True``
 
@@ -38,8 +39,9 @@ from .errors import ResultsFolderError
 from .storage import atomic_write, atomic_write_text, check_writable_folder
 
 ROUNDS = "rounds.parquet"
-MASKS = "masks.parquet"
-CONFIG = "config.yaml"
+MASKS = "_masks.parquet"
+CONFIG = "_config.yaml"
+LEGACY_NAMES = ("masks.parquet", "config.yaml")  # older versions' names: recognised, replaced by a new run
 STATE_DIR = "_state"
 CHECKPOINT_META = "checkpoint.json"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # older versions: a full pickle in OUT itself, never loaded
@@ -77,6 +79,13 @@ class RunFolder:
     def config(self) -> Path:
         return self.path / CONFIG
 
+    def existing_config(self) -> Path | None:
+        """The folder's config file (this version's name, or an older version's), if any."""
+        for p in (self.config, self.path / "config.yaml"):
+            if p.exists():
+                return p
+        return None
+
     @property
     def state_dir(self) -> Path:
         return self.path / STATE_DIR
@@ -85,7 +94,8 @@ class RunFolder:
         """The files of an earlier run present in the folder."""
         if not self.path.is_dir():
             return []
-        names = [self.rounds, self.masks, self.config, self.state_dir, self.path / LEGACY_CHECKPOINT]
+        names = [self.rounds, self.masks, self.config, self.state_dir, self.path / LEGACY_CHECKPOINT,
+                 *(self.path / n for n in LEGACY_NAMES)]
         return [p for p in names if p.exists()]
 
     def checkpoint_meta(self) -> dict[str, Any] | None:
@@ -157,9 +167,12 @@ class RunFolder:
     # ----- during a run ------------------------------------------------------------------------
     def commit(self, keep_masks: bool) -> None:
         """The new run's first round is done: remove what the old run left that the new one will not replace."""
-        legacy = self.path / LEGACY_CHECKPOINT
-        for p in ([legacy] if legacy.exists() else []) + ([] if keep_masks or not self.masks.exists() else [self.masks]):
-            p.unlink()
+        stale = [self.path / LEGACY_CHECKPOINT, *(self.path / n for n in LEGACY_NAMES)]
+        if not keep_masks:
+            stale.append(self.masks)
+        for p in stale:
+            if p.exists():
+                p.unlink()
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
 

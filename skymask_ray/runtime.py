@@ -138,6 +138,22 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def pss_mb() -> float:
+    """Proportional set size of this process now, in MB: shared pages divided among their users.
+
+    Summed over the run's processes it counts shared pages (torch's libraries, Ray's object store)
+    once, unlike summed peak RSS. 0 where /proc/self/smaps_rollup is missing.
+    """
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
 def reset_peak_rss() -> None:
     """Reset this process's peak-RSS mark (Linux), so a run in a long-lived process measures only itself."""
     try:

@@ -38,9 +38,9 @@ from .evaluation import evaluate
 from .linalg import finite_rows
 from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
-from .results import RoundRow, detection
+from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import init_ray, plan_layout, reserve_trainer, reset_peak_rss, rss_mb
+from .runtime import init_ray, plan_layout, reserve_trainer, pss_mb, reset_peak_rss, rss_mb
 from .seeding import numpy_rng, torch_generator
 from .skymask.service import ServerService
 
@@ -84,6 +84,7 @@ class Simulation:
         self.cfg = cfg
         self.folder = RunFolder(out or cfg.out or "results/run")
         self.hash = config_hash(cfg)
+        self.config_record = config_record(cfg)
         mode: Mode = "resume" if resume else "overwrite" if overwrite else "new"
         ckpt = self.folder.prepare(self.hash, mode)  # refuses before anything is written or started
         if cfg.device == "cuda" and not (cfg.address or os.environ.get("RAY_ADDRESS")) and not torch.cuda.is_available():
@@ -262,6 +263,7 @@ class Simulation:
         t_eval = time.perf_counter() - t0
 
         det = detection(accepted, mal)
+        server_mem = self.server.memory_mb()
         row = RoundRow(
             round=r, dataset=cfg.data.dataset, model=cfg.model, clients=cfg.clients,
             malicious_fraction=cfg.malicious_fraction, malicious=cfg.num_malicious,
@@ -272,13 +274,14 @@ class Simulation:
             accepted=int(accepted.sum()), invalid=int((~valid).sum()), fallback=fallback,
             t_clients=t_clients, t_server=t_server, t_attack=t_attack, t_defense=t_defense,
             t_eval=t_eval, t_round=time.perf_counter() - t_start,
-            peak_rss_mb=rss_mb() + trained.worker_rss_mb + self.server.rss_mb(),
+            peak_rss_mb=rss_mb() + trained.worker_rss_mb + server_mem[0],
+            mem_pss_mb=pss_mb() + trained.worker_pss_mb + server_mem[1],
             trained_clients=len(train_pos),
             mask_on_mean=info.get("mask_on_mean"), mask_steps=len(info.get("mask_losses", [])) or None,
             t_mask_train=info.get("t_mask_train"), t_mask_cluster=info.get("t_mask_cluster"),
             cohort=len(cohort), malicious_in_cohort=int(self.malicious[torch.from_numpy(cohort)].sum()),
             dropped=int(dropped.sum()), declared_f=cfg.num_declared_f, skipped=skipped,
-            config_hash=self.hash, version=__version__,
+            config=self.config_record, config_hash=self.hash, version=__version__,
         )
         return RoundResult(row, ids, mal, valid, accepted, info)
 

@@ -173,8 +173,8 @@ def test_overwrite_replaces_only_after_the_first_round_and_drops_stale_masks(fin
     assert digest(out) == before
     ok = cli("run", *TINY, "--defense", "fedavg", "--overwrite", "--out", str(out))
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert not (out / "masks.parquet").exists()  # the former skymask run's masks went with it
-    assert "defense: fedavg" in (out / "config.yaml").read_text()
+    assert not (out / "_masks.parquet").exists()  # the former skymask run's masks went with it
+    assert "defense: fedavg" in (out / "_config.yaml").read_text()
     assert digest(out)["rounds.parquet"] != before["rounds.parquet"]
 
 

@@ -21,9 +21,9 @@ def test_grid_study_resumes_and_reports(ray_cluster, tmp_path):
     assert cells == ["digits-mlp-n10-m0.2-min_max-fedavg-s0", "digits-mlp-n10-m0.2-min_max-skymask-s0",
                      "digits-mlp-n20-m0.2-min_max-fedavg-s0", "digits-mlp-n20-m0.2-min_max-skymask-s0"]
     assert all(pq.read_table(out / c / "rounds.parquet").num_rows == 2 for c in cells)
-    meta = json.loads((out / "metadata.json").read_text())
+    meta = json.loads((out / "_metadata.json").read_text())
     assert {"package_version", "git_commit", "ray", "torch", "cpu_count", "wall_time_s"} <= set(meta)
-    assert "| 20 | 0.200 | min_max | skymask |" in (out / "summary.md").read_text()
+    assert "| 20 | 0.200 | min_max | skymask |" in (out / "_summary.md").read_text()
 
     again = runner.invoke(main, ["bench", "--grid", "benchmarks/studies/smoke.yaml", "--workers", "2", "--out", str(out)])
     assert again.exit_code == 0 and "4 cells, 4 already complete" in again.output

@@ -164,7 +164,7 @@ def test_single_run_skips_sweeps_cleanly(tmp_path: Path, caplog: pytest.LogCaptu
         "mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0",
     }
     assert "malicious_fraction=0.2" in report.skipped["accuracy and TPR/FPR vs malicious fraction"]
-    assert "no masks.parquet" in report.skipped["mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0"]
+    assert "no _masks.parquet" in report.skipped["mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0"]
     assert "skipped round time and peak memory vs client count" in caplog.text
     text = (tmp_path / "out" / "summary.md").read_text()
     assert "## Skipped plots" in text and "clients=20" in text

@@ -72,14 +72,14 @@ def test_folder_rules_new_resume_overwrite(tmp_path):
 
 def test_commit_removes_only_what_the_new_run_does_not_replace(tmp_path):
     f = RunFolder(tmp_path)
-    for name in ("rounds.parquet", "masks.parquet", "checkpoint.pt"):
+    for name in ("rounds.parquet", "_masks.parquet", "masks.parquet", "config.yaml", "checkpoint.pt"):
         (tmp_path / name).write_bytes(b"old")
     f.save_checkpoint(_ckpt(3), "h", "0")
     f.commit(keep_masks=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rounds.parquet"]
-    (tmp_path / "masks.parquet").write_bytes(b"old")
+    (tmp_path / "_masks.parquet").write_bytes(b"old")
     f.commit(keep_masks=True)
-    assert (tmp_path / "masks.parquet").exists()
+    assert (tmp_path / "_masks.parquet").exists()
 
 
 class _Evil:

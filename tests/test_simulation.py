@@ -60,9 +60,9 @@ def test_skymask_run_rows_detection_and_placement(ray_cluster, tmp_path):
     assert np.mean([r["tpr"] for r in rows]) == 1.0  # min_max's identical vectors are all caught
     assert np.mean([r["fpr"] for r in rows]) <= 0.2
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
-    masks = pq.read_table(tmp_path / "masks.parquet").to_pylist()
+    masks = pq.read_table(tmp_path / "_masks.parquet").to_pylist()
     assert len(masks) == 3 * (cfg.clients + 1) and sum(m["is_server"] for m in masks) == 3
-    assert (tmp_path / "config.yaml").exists()
+    assert (tmp_path / "_config.yaml").exists()
 
 
 def test_min_max_breaks_fedavg_but_not_fltrust(ray_cluster, tmp_path):

@@ -36,7 +36,7 @@ from ..config import ExperimentConfig
 from ..errors import RunError
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
-from ..runtime import MAX_RESTARTS, ByRef, rss_mb
+from ..runtime import MAX_RESTARTS, ByRef, pss_mb, rss_mb
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, train_sequential, train_vmap
 
@@ -131,7 +131,8 @@ class ClientWorker:
             updates, client_bufs = train_sequential(self.model, self.spec, w_t, data, gens, s, bufs)
             if bufs and client_bufs:
                 out_bufs = {n: torch.stack([cb[n] for cb in client_bufs]).cpu().numpy() for n in bufs}
-        return {"ids": list(client_ids), "updates": updates.cpu().numpy(), "buffers": out_bufs, "rss_mb": rss_mb()}
+        return {"ids": list(client_ids), "updates": updates.cpu().numpy(), "buffers": out_bufs, "rss_mb": rss_mb(),
+                "pss_mb": pss_mb()}
 
     def sizes(self) -> dict[int, int]:
         return {k: len(idx) for k, idx in self.indices.items()}
@@ -194,7 +195,8 @@ class RoundTraining:
 
     updates: torch.Tensor  # (len(ids), P)
     buffers: dict[str, torch.Tensor]  # name -> (len(ids), ...) for BatchNorm models, else empty
-    worker_rss_mb: float
+    worker_rss_mb: float  # summed peak RSS of the workers (shared pages counted in each)
+    worker_pss_mb: float = 0.0  # summed PSS of the workers now (shared pages counted once)
 
 
 class ClientBackend(Protocol):
@@ -211,18 +213,20 @@ def _stack(results: list[dict], ids: list[int], numel: int, buffers: dict[str, t
     if len(results) == 1 and results[0]["ids"] == list(ids):
         r = results[0]
         return RoundTraining(from_readonly(r["updates"]).clone(),
-                             {n: from_readonly(b).clone() for n, b in r["buffers"].items()}, r["rss_mb"])
+                             {n: from_readonly(b).clone() for n, b in r["buffers"].items()}, r["rss_mb"],
+                             r["pss_mb"])
     row = {k: i for i, k in enumerate(ids)}
     updates = torch.empty(len(ids), numel)
     out_bufs = {n: b.expand(len(ids), *b.shape).clone() for n, b in buffers.items()}
-    rss = 0.0
+    rss = pss = 0.0
     for r in results:
         pos = torch.as_tensor([row[k] for k in r["ids"]], dtype=torch.long)
         updates[pos] = from_readonly(r["updates"])
         for n, b in r["buffers"].items():
             out_bufs[n][pos] = from_readonly(b)
         rss += r["rss_mb"]
-    return RoundTraining(updates, out_bufs, rss)
+        pss += r["pss_mb"]
+    return RoundTraining(updates, out_bufs, rss, pss)
 
 
 class ClientPool:

@@ -81,8 +81,9 @@ class ServerService:
 
         return select
 
-    def rss_mb(self) -> float:
-        return ray.get(self.trainer.rss_mb.remote(), timeout=600)
+    def memory_mb(self) -> tuple[float, float]:
+        """The trainer's (peak RSS, PSS now) in MB."""
+        return tuple(ray.get(self.trainer.memory_mb.remote(), timeout=600))
 
     def _kill_shards(self) -> None:
         for a in self.shard_workers:

@@ -245,6 +245,12 @@ class MaskTrainer:
 
         return rss_mb()
 
+    def memory_mb(self) -> tuple[float, float]:
+        """(peak RSS, PSS now) of this process in MB."""
+        from ..runtime import pss_mb, rss_mb
+
+        return rss_mb(), pss_mb()
+
     def server_update(
         self, w: np.ndarray, buffers: dict[str, np.ndarray], s: SGDSettings, seed: int, round_idx: int,
         root_x: np.ndarray | None = None, root_y: np.ndarray | None = None,
