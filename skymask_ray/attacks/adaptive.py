@@ -62,16 +62,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..clients.training import SGDSettings, train_sequential
 from ..errors import ConfigError
-from ..params import parse_params
+from ..params import bounded, parse_params
 from ..skymask.select import cluster_from_gram
 from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_updates, train_masks
-from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
+from .base import ATTACKS, Attack, benign_stats, register_attack
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -82,30 +82,15 @@ if TYPE_CHECKING:
 class AdaptiveParams:
     base: str = "min_max"
     base_params: dict[str, Any] = field(default_factory=dict)
-    search_steps: int = 4  # alphas tried: max_alpha / 2**i for i = 0..search_steps
-    max_alpha: float = 1.0
-    accept_fraction: float = 0.5  # least share of malicious rows accepted (mean over GMM seeds) for a candidate
-    server_steps: int | None = None  # None: use ctx.server_update; else train a stand-in g_0 for that many steps
-    cluster_seeds: int = 5  # GMM seeds each candidate must pass (the server's seed is unknown)
-    anchor: str = "benign"  # benign (each attacker starts from its own copy of a benign update) | mean
-
-    def validate(self) -> None:
-        if not isinstance(self.base, str):
-            raise ValueError(f"base must be an attack name, got {self.base!r}")
-        if not isinstance(self.base_params, dict):
-            raise ValueError(f"base_params must be a mapping, got {self.base_params!r}")
-        if not isinstance(self.search_steps, int) or self.search_steps < 0:
-            raise ValueError(f"search_steps must be an integer >= 0, got {self.search_steps!r}")
-        if not is_number(self.max_alpha) or self.max_alpha <= 0:
-            raise ValueError(f"max_alpha must be > 0, got {self.max_alpha!r}")
-        if not is_number(self.accept_fraction) or not 0 < self.accept_fraction <= 1:
-            raise ValueError(f"accept_fraction must be in (0, 1], got {self.accept_fraction!r}")
-        if self.anchor not in ("benign", "mean"):
-            raise ValueError(f"anchor must be benign or mean, got {self.anchor!r}")
-        if not isinstance(self.cluster_seeds, int) or self.cluster_seeds < 1:
-            raise ValueError(f"cluster_seeds must be an integer >= 1, got {self.cluster_seeds!r}")
-        if self.server_steps is not None and (not isinstance(self.server_steps, int) or self.server_steps < 1):
-            raise ValueError(f"server_steps must be an integer >= 1 or null, got {self.server_steps!r}")
+    search_steps: int = bounded(4, ge=0)  # alphas tried: max_alpha / 2**i for i = 0..search_steps
+    max_alpha: float = bounded(1.0, gt=0)
+    # least share of malicious rows accepted (mean over GMM seeds) for a candidate
+    accept_fraction: float = bounded(0.5, gt=0, le=1)
+    # None: use ctx.server_update; else train a stand-in g_0 for that many steps
+    server_steps: int | None = bounded(None, ge=1)
+    cluster_seeds: int = bounded(5, ge=1)  # GMM seeds each candidate must pass (the server's seed is unknown)
+    # benign (each attacker starts from its own copy of a benign update) | mean
+    anchor: Literal["benign", "mean"] = "benign"
 
 
 @register_attack("adaptive")

@@ -102,11 +102,6 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 register_attack = ATTACKS.register_class
 
 
-def is_number(x: object) -> bool:
-    """An int or float, not a bool (for parameter validation)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def benign_stats(updates: torch.Tensor, malicious: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(benign rows, their mean, their per-coordinate std) — the omniscient attacker's view."""
     benign = updates[~malicious]

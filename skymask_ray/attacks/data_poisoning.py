@@ -16,12 +16,13 @@ maximum): the 1-D analogue of a corner patch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..errors import ConfigError
-from .base import Attack, benign_stats, is_number, register_attack
+from ..params import bounded
+from .base import Attack, benign_stats, register_attack
 from .model_poisoning import paper_z
 
 if TYPE_CHECKING:
@@ -36,10 +37,12 @@ class NoAttack(Attack):
 
 @dataclass
 class LabelFlipParams:
-    mapping: str | dict[Any, Any] = "reverse"  # reverse (y -> C-1-y) | shift (y -> y+shift mod C) | {from: to, ...}
+    # reverse (y -> C-1-y) | shift (y -> y+shift mod C) | {from: to, ...}
+    mapping: Literal["reverse", "shift"] | dict[Any, Any] = "reverse"
     shift: int = 1
 
     def validate(self) -> None:
+        """Not a bound: a mapping given as a dict must be non-empty and map class indices >= 0 to such."""
         if isinstance(self.mapping, dict):
             try:
                 pairs = [(int(k), int(v)) for k, v in self.mapping.items()]
@@ -47,10 +50,6 @@ class LabelFlipParams:
                 raise ValueError(f"mapping must map class indices to class indices, got {self.mapping!r}") from None
             if not pairs or any(a < 0 or b < 0 for a, b in pairs):
                 raise ValueError(f"mapping must be a non-empty dict of class indices >= 0, got {self.mapping!r}")
-        elif self.mapping not in ("reverse", "shift"):
-            raise ValueError(f"mapping must be 'reverse', 'shift' or a dict {{from: to}}, got {self.mapping!r}")
-        if not isinstance(self.shift, int) or isinstance(self.shift, bool):
-            raise ValueError(f"shift must be an integer, got {self.shift!r}")
 
 
 @register_attack("label_flip")
@@ -88,20 +87,10 @@ class LabelFlip(Attack):
 
 @dataclass
 class BackdoorParams:
-    target: int = 0
-    poison_fraction: float = 0.5  # share of each malicious client's samples that get the trigger
-    trigger_size: int = 5
+    target: int = bounded(0, ge=0)  # the class index triggered samples are relabelled to
+    poison_fraction: float = bounded(0.5, gt=0, le=1)  # share of each malicious client's samples that get the trigger
+    trigger_size: int = bounded(5, ge=1)
     trigger_value: float = 1.0
-
-    def validate(self) -> None:
-        if not isinstance(self.target, int) or isinstance(self.target, bool) or self.target < 0:
-            raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
-        if not is_number(self.poison_fraction) or not 0 < self.poison_fraction <= 1:
-            raise ValueError(f"poison_fraction must be in (0, 1], got {self.poison_fraction!r}")
-        if not isinstance(self.trigger_size, int) or self.trigger_size < 1:
-            raise ValueError(f"trigger_size must be an integer >= 1, got {self.trigger_size!r}")
-        if not is_number(self.trigger_value):
-            raise ValueError(f"trigger_value must be a number, got {self.trigger_value!r}")
 
 
 class Backdoor(Attack):
@@ -137,12 +126,7 @@ class Backdoor(Attack):
 
 @dataclass
 class ScalingParams(BackdoorParams):
-    scale: float | None = None  # None: N / f (model replacement)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.scale is not None and (not is_number(self.scale) or self.scale <= 0):
-            raise ValueError(f"scale must be > 0 or null, got {self.scale!r}")
+    scale: float | None = bounded(None, gt=0)  # None: N / f (model replacement)
 
 
 @register_attack("scaling")
@@ -170,12 +154,7 @@ class Scaling(Backdoor):
 
 @dataclass
 class LieBackdoorParams(BackdoorParams):
-    z: float | None = None  # None: the paper's z from N and f (its absolute value)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.z is not None and (not is_number(self.z) or self.z < 0):
-            raise ValueError(f"z must be a number >= 0 or null, got {self.z!r}")
+    z: float | None = bounded(None, ge=0)  # None: the paper's z from N and f (its absolute value)
 
 
 @register_attack("lie_backdoor")

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..errors import ConfigError
-from ..params import parse_params
+from ..params import bounded, parse_params
 from ..seeding import torch_generator
-from .base import ATTACKS, Attack, is_number, register_attack
+from .base import ATTACKS, Attack, register_attack
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
@@ -55,15 +55,7 @@ if TYPE_CHECKING:
 class FineGrainedParams:
     base: str = "min_max"
     base_params: dict[str, Any] = field(default_factory=dict)
-    rest: str = "auto"  # own | mean | auto
-
-    def validate(self) -> None:
-        if not isinstance(self.base, str):
-            raise ValueError(f"base must be an attack name, got {self.base!r}")
-        if not isinstance(self.base_params, dict):
-            raise ValueError(f"base_params must be a mapping, got {self.base_params!r}")
-        if self.rest not in ("auto", "own", "mean"):
-            raise ValueError(f"rest must be auto, own or mean, got {self.rest!r}")
+    rest: Literal["auto", "own", "mean"] = "auto"
 
 
 def _poisons_data(cls: type[Attack], params: dict[str, Any] | None) -> bool:
@@ -153,9 +145,9 @@ class LayerParams(FineGrainedParams):
     layers: str | list[str] = "last"  # parameter-name prefixes (e.g. fc2, layers.8), or "last"
 
     def validate(self) -> None:
-        super().validate()
+        """Not a bound: layers (a string or a list of strings, by type) names at least one non-empty prefix."""
         items = [self.layers] if isinstance(self.layers, str) else self.layers
-        if not isinstance(items, list) or not items or not all(isinstance(s, str) and s for s in items):
+        if not items or not all(items):
             raise ValueError(f"layers must be 'last' or a non-empty list of name prefixes, got {self.layers!r}")
 
 
@@ -195,18 +187,9 @@ class Layer(FineGrained):
 
 @dataclass
 class ParameterParams(FineGrainedParams):
-    fraction: float = 0.1  # share of the P coordinates that are poisoned
-    selection: str = "random"  # random | magnitude
+    fraction: float = bounded(0.1, gt=0, le=1)  # share of the P coordinates that are poisoned
+    selection: Literal["random", "magnitude"] = "random"
     resample: bool = False  # random: draw a new subset every round instead of keeping the first
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.fraction) or not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
-        if self.selection not in ("random", "magnitude"):
-            raise ValueError(f"selection must be random or magnitude, got {self.selection!r}")
-        if not isinstance(self.resample, bool):
-            raise ValueError(f"resample must be true or false, got {self.resample!r}")
 
 
 @register_attack("parameter")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 
 from ..linalg import krum_scores, pairwise_sq_distances
-from .base import Attack, benign_stats, is_number, register_attack
+from ..params import bounded
+from .base import Attack, benign_stats, register_attack
 
 if TYPE_CHECKING:
     from ..context import AttackContext
@@ -38,11 +39,7 @@ if TYPE_CHECKING:
 class SpreadParams:
     """Parameters every model-poisoning attack shares."""
 
-    spread: float = 0.0  # per-attacker noise, in units of the benign per-coordinate std
-
-    def validate(self) -> None:
-        if not is_number(self.spread) or self.spread < 0:
-            raise ValueError(f"spread must be a number >= 0, got {self.spread!r}")
+    spread: float = bounded(0.0, ge=0)  # per-attacker noise, in units of the benign per-coordinate std
 
 
 def spread_noise(
@@ -96,11 +93,6 @@ class ModelPoisoning(Attack):
 class LieParams(SpreadParams):
     z: float | None = None  # None: the paper's z from N and f
 
-    def validate(self) -> None:
-        super().validate()
-        if self.z is not None and not is_number(self.z):
-            raise ValueError(f"z must be a number or null, got {self.z!r}")
-
 
 def paper_z(n: int, f: int) -> float:
     r""":math:`z = \Phi^{-1}((N - s)/N)` with :math:`s = \lfloor N/2 + 1\rfloor - f` (Baruch et al.).
@@ -133,18 +125,9 @@ class Lie(ModelPoisoning):
 
 @dataclass
 class ShejwalkarParams(SpreadParams):
-    deviation: str = "unit_vec"  # unit_vec | sign | std
-    gamma_init: float = 10.0
-    tol: float = 1e-5
-
-    def validate(self) -> None:
-        super().validate()
-        if self.deviation not in ("unit_vec", "sign", "std"):
-            raise ValueError(f"deviation must be unit_vec, sign or std, got {self.deviation!r}")
-        if not is_number(self.gamma_init) or self.gamma_init <= 0:
-            raise ValueError(f"gamma_init must be > 0, got {self.gamma_init!r}")
-        if not is_number(self.tol) or self.tol <= 0:
-            raise ValueError(f"tol must be > 0, got {self.tol!r}")
+    deviation: Literal["unit_vec", "sign", "std"] = "unit_vec"
+    gamma_init: float = bounded(10.0, gt=0)
+    tol: float = bounded(1e-5, gt=0)
 
 
 
@@ -265,12 +248,7 @@ class MinSum(Shejwalkar):
 
 @dataclass
 class FangTrimParams(SpreadParams):
-    b: float = 2.0  # the push factor is drawn uniformly from [1, b]
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.b) or self.b < 1:
-            raise ValueError(f"b must be >= 1, got {self.b!r}")
+    b: float = bounded(2.0, ge=1)  # the push factor is drawn uniformly from [1, b]
 
 
 @register_attack("fang_trim")
@@ -306,12 +284,7 @@ class FangTrim(ModelPoisoning):
 
 @dataclass
 class FangKrumParams(SpreadParams):
-    threshold: float = 1e-5  # stop halving lambda below this (the paper's value)
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.threshold) or self.threshold <= 0:
-            raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
+    threshold: float = bounded(1e-5, gt=0)  # stop halving lambda below this (the paper's value)
 
 
 @register_attack("fang_krum")
@@ -363,12 +336,7 @@ class FangKrum(ModelPoisoning):
 
 @dataclass
 class SignFlipParams(SpreadParams):
-    scale: float = 1.0
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.scale) or self.scale <= 0:
-            raise ValueError(f"scale must be > 0, got {self.scale!r}")
+    scale: float = bounded(1.0, gt=0)
 
 
 @register_attack("sign_flip")
@@ -389,12 +357,7 @@ class SignFlip(ModelPoisoning):
 
 @dataclass
 class IpmParams(SpreadParams):
-    eps: float = 0.1
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.eps) or self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+    eps: float = bounded(0.1, gt=0)
 
 
 @register_attack("ipm")
@@ -417,14 +380,7 @@ class InnerProductManipulation(ModelPoisoning):
 @dataclass
 class GaussianParams(SpreadParams):
     mean: float = 0.0
-    std: float = 1.0
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.mean):
-            raise ValueError(f"mean must be a number, got {self.mean!r}")
-        if not is_number(self.std) or self.std < 0:
-            raise ValueError(f"std must be >= 0, got {self.std!r}")
+    std: float = bounded(1.0, ge=0)
 
 
 @register_attack("gaussian")

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..errors import ConfigError
-from ..params import parse_params
+from ..params import bounded, parse_params
 from ..population import malicious_population
 from ..seeding import torch_generator
-from .base import ATTACKS, Attack, benign_stats, is_number, register_attack
+from .base import ATTACKS, Attack, benign_stats, register_attack
 from .data_poisoning import Backdoor, BackdoorParams
 
 if TYPE_CHECKING:
@@ -50,23 +50,12 @@ def previous_aggregate(prev_weights: torch.Tensor | None, weights: torch.Tensor,
 
 @dataclass
 class PoisonedFLParams:
-    scaling_factor: float = 8.0  # c: lambda_t = c * |previous aggregate| (authors' scripts: --sf 8)
-    window: int = 50  # rounds between two progress checks (reference code: e % 50 == 0)
-    decay: float = 0.7  # c <- decay * c when the model did not move along s over the window
-    min_scaling: float = 0.5  # ... unless decay * c would fall below this (reference code)
-    confidence: float = 0.99  # progress = aligned signs above the binomial(P, 1/2) quantile (k_99)
-
-    def validate(self) -> None:
-        if not is_number(self.scaling_factor) or self.scaling_factor <= 0:
-            raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor!r}")
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {self.window!r}")
-        if not is_number(self.decay) or not 0 < self.decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {self.decay!r}")
-        if not is_number(self.min_scaling) or self.min_scaling < 0:
-            raise ValueError(f"min_scaling must be >= 0, got {self.min_scaling!r}")
-        if not is_number(self.confidence) or not 0.5 <= self.confidence < 1:
-            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
+    scaling_factor: float = bounded(8.0, gt=0)  # c: lambda_t = c * |previous aggregate| (authors' scripts: --sf 8)
+    window: int = bounded(50, ge=1)  # rounds between two progress checks (reference code: e % 50 == 0)
+    decay: float = bounded(0.7, gt=0, le=1)  # c <- decay * c when the model did not move along s over the window
+    min_scaling: float = bounded(0.5, ge=0)  # ... unless decay * c would fall below this (reference code)
+    # progress = aligned signs above the binomial(P, 1/2) quantile (k_99)
+    confidence: float = bounded(0.99, ge=0.5, lt=1)
 
 
 def binomial_threshold(d: int, confidence: float) -> float:
@@ -200,28 +189,19 @@ def malicious_ids(cfg: "ExperimentConfig") -> list[int]:
 
 @dataclass
 class DBAParams(BackdoorParams):
-    target: int = 2  # the paper's poison_label_swap (MNIST, CIFAR-10)
-    poison_fraction: float = 20 / 64  # MNIST: poisoning_per_batch 20 of a batch of 64
-    pattern: str = "bars"  # bars (the paper's 4 bars) | square (the trigger_size square of `scaling`)
-    parts: int = 4  # local triggers (trigger_num)
-    bar_length: int = 4  # bars: pixels per bar (MNIST 1x4; CIFAR-10 uses 6)
-    bar_gap: int = 2  # bars: gap between bars (MNIST 2; CIFAR-10 uses 3)
-    scale: float | None = None  # None: no scaling (multi-shot DBA); the paper's single-shot uses 100
+    # new defaults of BackdoorParams' fields, so their bounds are repeated
+    target: int = bounded(2, ge=0)  # the paper's poison_label_swap (MNIST, CIFAR-10)
+    poison_fraction: float = bounded(20 / 64, gt=0, le=1)  # MNIST: poisoning_per_batch 20 of a batch of 64
+    pattern: Literal["bars", "square"] = "bars"  # the paper's 4 bars | the trigger_size square of `scaling`
+    parts: int = bounded(4, ge=1)  # local triggers (trigger_num)
+    bar_length: int = bounded(4, ge=1)  # bars: pixels per bar (MNIST 1x4; CIFAR-10 uses 6)
+    bar_gap: int = bounded(2, ge=0)  # bars: gap between bars (MNIST 2; CIFAR-10 uses 3)
+    scale: float | None = bounded(None, gt=0)  # None: no scaling (multi-shot DBA); the paper's single-shot uses 100
 
     def validate(self) -> None:
-        super().validate()
-        if self.pattern not in ("bars", "square"):
-            raise ValueError(f"pattern must be bars or square, got {self.pattern!r}")
-        for name in ("parts", "bar_length"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.bar_gap, int) or isinstance(self.bar_gap, bool) or self.bar_gap < 0:
-            raise ValueError(f"bar_gap must be an integer >= 0, got {self.bar_gap!r}")
+        """Cross-field: pattern square splits the trigger_size square into parts, so parts <= trigger_size."""
         if self.pattern == "square" and self.parts > self.trigger_size:
             raise ValueError(f"parts ({self.parts}) must be <= trigger_size ({self.trigger_size}) for pattern square")
-        if self.scale is not None and (not is_number(self.scale) or self.scale <= 0):
-            raise ValueError(f"scale must be > 0 or null, got {self.scale!r}")
 
 
 @register_attack("dba")
@@ -325,15 +305,10 @@ class DBA(Backdoor):
 
 @dataclass
 class NeurotoxinParams(BackdoorParams):
-    retain_ratio: float = 0.99  # share of coordinates kept (the authors' gradmask_ratio): top 1 % masked
-    reference: str = "benign"  # benign (mean of this round's benign updates) | previous_global
-
-    def validate(self) -> None:
-        super().validate()
-        if not is_number(self.retain_ratio) or not 0 < self.retain_ratio <= 1:
-            raise ValueError(f"retain_ratio must be in (0, 1], got {self.retain_ratio!r}")
-        if self.reference not in ("benign", "previous_global"):
-            raise ValueError(f"reference must be benign or previous_global, got {self.reference!r}")
+    # share of coordinates kept (the authors' gradmask_ratio): top 1 % masked
+    retain_ratio: float = bounded(0.99, gt=0, le=1)
+    # benign (mean of this round's benign updates) | previous_global
+    reference: Literal["benign", "previous_global"] = "benign"
 
 
 @register_attack("neurotoxin")
@@ -410,33 +385,13 @@ class Neurotoxin(Backdoor):
 class SkyMaskAdaptiveParams:
     base: str = "ipm"  # model-poisoning attack giving the harmful rows H
     base_params: dict[str, Any] = field(default_factory=dict)
-    sensitivity: str = "auto"  # auto | root_grad | server_update | mean
-    sensitive_fraction: float = 0.1  # coordinates (by sensitivity) the poison stays out of
-    bound_quantile: float = 0.5  # B = this quantile of the benign rows' weighted distances to mu
-    max_alpha: float = 4.0  # cap on each attacker's strength
-    anchor: str = "benign"  # benign (distinct benign rows within the bound) | mean
-    oracle_checks: int = 0  # > 0: halve alpha up to this many times until ctx.mask_selector accepts
-    accept_fraction: float = 0.5  # oracle: least share of attackers accepted
-
-    def validate(self) -> None:
-        if not isinstance(self.base, str):
-            raise ValueError(f"base must be an attack name, got {self.base!r}")
-        if not isinstance(self.base_params, dict):
-            raise ValueError(f"base_params must be a mapping, got {self.base_params!r}")
-        if self.sensitivity not in ("auto", "root_grad", "server_update", "mean"):
-            raise ValueError(f"sensitivity must be auto, root_grad, server_update or mean, got {self.sensitivity!r}")
-        if not is_number(self.sensitive_fraction) or not 0 <= self.sensitive_fraction < 1:
-            raise ValueError(f"sensitive_fraction must be in [0, 1), got {self.sensitive_fraction!r}")
-        if not is_number(self.bound_quantile) or not 0 <= self.bound_quantile <= 1:
-            raise ValueError(f"bound_quantile must be in [0, 1], got {self.bound_quantile!r}")
-        if not is_number(self.max_alpha) or self.max_alpha <= 0:
-            raise ValueError(f"max_alpha must be > 0, got {self.max_alpha!r}")
-        if self.anchor not in ("benign", "mean"):
-            raise ValueError(f"anchor must be benign or mean, got {self.anchor!r}")
-        if not isinstance(self.oracle_checks, int) or isinstance(self.oracle_checks, bool) or self.oracle_checks < 0:
-            raise ValueError(f"oracle_checks must be an integer >= 0, got {self.oracle_checks!r}")
-        if not is_number(self.accept_fraction) or not 0 < self.accept_fraction <= 1:
-            raise ValueError(f"accept_fraction must be in (0, 1], got {self.accept_fraction!r}")
+    sensitivity: Literal["auto", "root_grad", "server_update", "mean"] = "auto"
+    sensitive_fraction: float = bounded(0.1, ge=0, lt=1)  # coordinates (by sensitivity) the poison stays out of
+    bound_quantile: float = bounded(0.5, ge=0, le=1)  # B = this quantile of the benign rows' weighted distances to mu
+    max_alpha: float = bounded(4.0, gt=0)  # cap on each attacker's strength
+    anchor: Literal["benign", "mean"] = "benign"  # distinct benign rows within the bound | mean
+    oracle_checks: int = bounded(0, ge=0)  # > 0: halve alpha up to this many times until ctx.mask_selector accepts
+    accept_fraction: float = bounded(0.5, gt=0, le=1)  # oracle: least share of attackers accepted
 
 
 @register_attack("skymask_adaptive")

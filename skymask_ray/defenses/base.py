@@ -141,10 +141,6 @@ class DegradeParams:
 
     degrade: bool = False  # clamp f to the largest value the assumption allows instead of failing
 
-    def validate(self) -> None:
-        if not isinstance(self.degrade, bool):
-            raise ValueError(f"degrade must be true or false, got {self.degrade!r}")
-
 
 class BoundedDefense(Defense):
     """A defense that tolerates at most ``max_f(N)`` Byzantine clients.

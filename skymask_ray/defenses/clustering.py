@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..linalg import centred_gram, pairwise_sq_distances
-from ..params import parse_params
+from ..params import bounded, parse_params
 from .base import Aggregate, Defense, mean_of, register_defense, sklearn_seed
 from .statistics import coordinate_median
 
@@ -47,16 +47,9 @@ def cosine_distances(updates: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class FlameParams:
-    noise_lambda: float = 0.001  # lambda: noise std is lambda * S_t (paper: 0.001 for image classification)
-    min_cluster_size: int | None = None  # None: N // 2 + 1
-
-    def validate(self) -> None:
-        lam = self.noise_lambda
-        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
-            raise ValueError(f"noise_lambda must be >= 0, got {lam!r}")
-        mcs = self.min_cluster_size
-        if mcs is not None and (not isinstance(mcs, int) or isinstance(mcs, bool) or mcs < 2):
-            raise ValueError(f"min_cluster_size must be an integer >= 2 or null, got {mcs!r}")
+    # lambda: noise std is lambda * S_t (paper: 0.001 for image classification)
+    noise_lambda: float = bounded(0.001, ge=0)
+    min_cluster_size: int | None = bounded(None, ge=2)  # None: N // 2 + 1
 
 
 @register_defense("flame")
@@ -121,10 +114,6 @@ class Flame(Defense):
 class PcaKmeansParams:
     layer: str | None = None  # use only parameters whose name starts with this (e.g. the last layer)
 
-    def validate(self) -> None:
-        if self.layer is not None and not isinstance(self.layer, str):
-            raise ValueError(f"layer must be a parameter-name prefix or null, got {self.layer!r}")
-
 
 @register_defense("pca_kmeans")
 class PcaKmeans(Defense):
@@ -169,17 +158,9 @@ class PcaKmeans(Defense):
 
 @dataclass
 class DncParams:
-    subsample: int = 10000  # b: coordinates per iteration
-    niters: int = 5
-    c: float = 1.0  # filtering fraction: drop the c * f highest scores
-
-    def validate(self) -> None:
-        if not isinstance(self.subsample, int) or self.subsample < 1:
-            raise ValueError(f"subsample must be an integer >= 1, got {self.subsample!r}")
-        if not isinstance(self.niters, int) or self.niters < 1:
-            raise ValueError(f"niters must be an integer >= 1, got {self.niters!r}")
-        if not isinstance(self.c, (int, float)) or isinstance(self.c, bool) or self.c < 0:
-            raise ValueError(f"c must be >= 0, got {self.c!r}")
+    subsample: int = bounded(10000, ge=1)  # b: coordinates per iteration
+    niters: int = bounded(5, ge=1)
+    c: float = bounded(1.0, ge=0)  # filtering fraction: drop the c * f highest scores
 
 
 def dnc_scores(sub: torch.Tensor) -> torch.Tensor:
@@ -235,23 +216,15 @@ class DivideAndConquer(Defense):
 
 @dataclass
 class SignGuardParams:
-    lower: float = 0.1  # L: keep norms >= L * median norm
-    upper: float = 3.0  # R: keep norms <= R * median norm
-    coord_fraction: float = 0.1  # fraction of coordinates whose signs are counted
-    cluster: str = "meanshift"  # meanshift | kmeans
+    lower: float = bounded(0.1, ge=0)  # L: keep norms >= L * median norm
+    upper: float = bounded(3.0, ge=0)  # R: keep norms <= R * median norm
+    coord_fraction: float = bounded(0.1, gt=0, le=1)  # fraction of coordinates whose signs are counted
+    cluster: Literal["meanshift", "kmeans"] = "meanshift"
 
     def validate(self) -> None:
-        for name in ("lower", "upper"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v!r}")
+        """Cross-field: the norm band [lower, upper] must not be empty."""
         if self.lower > self.upper:
             raise ValueError(f"lower must be <= upper, got {self.lower} > {self.upper}")
-        f = self.coord_fraction
-        if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
-            raise ValueError(f"coord_fraction must be in (0, 1], got {f!r}")
-        if self.cluster not in ("meanshift", "kmeans"):
-            raise ValueError(f"cluster must be meanshift or kmeans, got {self.cluster!r}")
 
 
 def sign_features(updates: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError
 from ..linalg import coordinate_blocks, krum_scores, pairwise_sq_distances
-from ..params import parse_params
+from ..params import bounded, parse_params
 from .base import Aggregate, BoundedDefense, DegradeParams, mean_of, register_defense
 from .statistics import median_along_rows
 
@@ -52,12 +52,7 @@ class Krum(BoundedDefense):
 
 @dataclass
 class MultiKrumParams(DegradeParams):
-    m: int | None = None  # updates averaged (None: N - f)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.m is not None and (not isinstance(self.m, int) or isinstance(self.m, bool) or self.m < 1):
-            raise ValueError(f"m must be an integer >= 1 or null, got {self.m!r}")
+    m: int | None = bounded(None, ge=1)  # updates averaged (None: N - f)
 
 
 @register_defense("multi_krum")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..params import bounded
 from .base import Aggregate, Defense, all_accepted, mean_of, register_defense, sklearn_seed
 
 
@@ -79,15 +80,9 @@ def gap_statistic(scores: np.ndarray, k_max: int, samples: int, seed: int, rtol:
 
 @dataclass
 class FLDetectorParams:
-    window: int = 10  # N: rounds of L-BFGS pairs and of suspicion scores kept
-    k_max: int = 10  # largest cluster count the gap statistic tries
-    gap_samples: int = 20  # B: uniform reference sets of the gap statistic
-
-    def validate(self) -> None:
-        for name, low in (("window", 1), ("k_max", 2), ("gap_samples", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    window: int = bounded(10, ge=1)  # N: rounds of L-BFGS pairs and of suspicion scores kept
+    k_max: int = bounded(10, ge=2)  # largest cluster count the gap statistic tries
+    gap_samples: int = bounded(20, ge=1)  # B: uniform reference sets of the gap statistic
 
 
 @register_defense("fldetector")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..linalg import pairwise_sq_distances
-from ..params import parse_params
+from ..params import bounded, parse_params
 from ..registry import Registry
 from ..seeding import torch_generator
 
@@ -79,17 +79,16 @@ def bucketing(updates: torch.Tensor, f: int, generator: torch.Generator | None =
 
 @dataclass
 class PreParams:
-    pre: str | None = None  # nnm | bucketing | None
-    bucket_size: int | None = None  # bucketing: rows per bucket (None: 2)
+    pre: str | None = None  # a name in PRE_AGGREGATORS (nnm | bucketing) or None
+    bucket_size: int | None = bounded(None, ge=1)  # bucketing: rows per bucket (None: 2)
 
     def validate(self) -> None:
+        """pre names a registered pre-aggregator (the registry, not a Literal, lists them); cross-field:
+        bucket_size only with pre: bucketing."""
         if self.pre is not None:
             PRE_AGGREGATORS.get(self.pre)  # ConfigError listing the known ones
-        if self.bucket_size is not None:
-            if self.pre != "bucketing":
-                raise ValueError(f"bucket_size is a parameter of pre: bucketing, not of pre: {self.pre!r}")
-            if not isinstance(self.bucket_size, int) or isinstance(self.bucket_size, bool) or self.bucket_size < 1:
-                raise ValueError(f"bucket_size must be an integer >= 1, got {self.bucket_size!r}")
+        if self.bucket_size is not None and self.pre != "bucketing":
+            raise ValueError(f"bucket_size is a parameter of pre: bucketing, not of pre: {self.pre!r}")
 
     def kwargs(self) -> dict[str, Any]:
         return {"bucket_size": self.bucket_size or 2} if self.pre == "bucketing" else {}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..linalg import coordinate_blocks, pairwise_sq_distances
+from ..params import bounded
 from .base import (
     Aggregate,
     BoundedDefense,
@@ -95,12 +96,7 @@ class Median(Defense):
 
 @dataclass
 class TrimmedMeanParams(DegradeParams):
-    beta: int | None = None  # values trimmed at each end of every coordinate (None: f)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.beta is not None and (not isinstance(self.beta, int) or isinstance(self.beta, bool) or self.beta < 0):
-            raise ValueError(f"beta must be an integer >= 0 or null, got {self.beta!r}")
+    beta: int | None = bounded(None, ge=0)  # values trimmed at each end of every coordinate (None: f)
 
 
 @register_defense("trimmed_mean")
@@ -137,17 +133,9 @@ class TrimmedMean(BoundedDefense):
 
 @dataclass
 class GeoMedParams:
-    maxiter: int = 100
-    eps: float = 1e-6  # smoothing nu: distances below it count as nu
-    ftol: float = 1e-7  # stop when the objective's relative change is below it
-
-    def validate(self) -> None:
-        if not isinstance(self.maxiter, int) or self.maxiter < 1:
-            raise ValueError(f"maxiter must be an integer >= 1, got {self.maxiter!r}")
-        if not isinstance(self.eps, (int, float)) or self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
-        if not isinstance(self.ftol, (int, float)) or self.ftol < 0:
-            raise ValueError(f"ftol must be >= 0, got {self.ftol!r}")
+    maxiter: int = bounded(100, ge=1)
+    eps: float = bounded(1e-6, gt=0)  # smoothing nu: distances below it count as nu
+    ftol: float = bounded(1e-7, ge=0)  # stop when the objective's relative change is below it
 
 
 def geometric_median_weights(
@@ -197,14 +185,8 @@ class GeoMed(Defense):
 
 @dataclass
 class CenteredClippingParams:
-    tau: float = 10.0  # clipping radius
-    iterations: int = 1  # clipping iterations L per round
-
-    def validate(self) -> None:
-        if not isinstance(self.tau, (int, float)) or isinstance(self.tau, bool) or self.tau <= 0:
-            raise ValueError(f"tau must be > 0, got {self.tau!r}")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+    tau: float = bounded(10.0, gt=0)  # clipping radius
+    iterations: int = bounded(1, ge=1)  # clipping iterations L per round
 
 
 @register_defense("centered_clipping")
