@@ -1,61 +1,43 @@
 r"""An adaptive attack against SkyMask: the most harmful update whose mask the attacker's own SkyMask accepts.
 
-Threat model: the attacker knows the defense is SkyMask, its configuration
-(the ``skymask`` section of the config) and the architecture, sees all
-benign updates (the omniscient model of every attack here) and holds a
-small clean dataset of its own. This simulator has no separate attacker
-data, so ``ctx.root`` stands in for it (the same size and distribution as
-the server's root set, which makes the attacker's simulation a close but
-not exact copy of the server's: the mask training of the server is
-deterministic given its inputs, the GMM seed is the server's secret and the
-attacker draws its own from ``ctx.generator``).
+Threat model: the attacker knows that the defense is SkyMask, its ``skymask``
+settings and the architecture, sees every benign update (the omniscient model
+of every attack here) and holds clean data of its own; ``ctx.root`` stands in
+for it (the server's GMM seed stays secret: the attacker draws its own from
+``ctx.generator``).
 
-Design, once per round:
+How it is built, once per round:
 
-1. Harmful rows :math:`H` (f x P) from a model-poisoning ``base`` attack
-   whose clients do not train (default ``min_max``; any ``base_params``,
-   ``spread`` included; ``layer``/``parameter`` with ``rest: mean`` too).
-2. Anchors :math:`a_k`: with ``anchor: benign`` (default) each attacker
-   starts from its own copy of a benign update, drawn from ``ctx.generator``
-   (identical malicious rows, even copies of the benign mean, form their own
-   tight mask cluster and are rejected; copies of benign rows inherit their
-   rows' masks); ``anchor: mean`` starts all of them at :math:`\mu`.
-3. Candidates move every anchor along the harmful direction,
-   :math:`G_k(\alpha) = a_k + \alpha (H_k - \mu)`.
-4. For a candidate, the attacker runs SkyMask on its own copy: the server
-   model :math:`w_0 = w_t - g_0`, the N client models with :math:`G(\alpha)`
-   in the malicious rows, :func:`~skymask_ray.skymask.trainer.train_masks` on
-   its clean data, then :func:`~skymask_ray.skymask.select.cluster_from_gram`
-   with ``cluster_seeds`` GMM seeds of its own (the server's seed is secret
-   and the split depends on it). Its score is the share of malicious rows in
-   the server's cluster, averaged over the seeds.
-5. With ``anchor: benign`` a first run at :math:`\alpha = 0` finds the benign
-   rows the simulation accepts under every seed; anchors are redrawn among
-   them (if any).
-6. :math:`\alpha = \alpha_{\max} 2^{-i}`, i = 0..``search_steps``, are tried
-   in turn (stopping once every attacker passes); the attacker sends the one
-   maximising :math:`\alpha \cdot \text{share}` among those with share >=
-   ``accept_fraction``, i.e. the largest expected harmful shift of the
-   aggregate; :math:`\alpha = 0` (the anchors) if none qualifies. Acceptance
-   is not monotone in :math:`\alpha` (measured), hence a grid, not bisection.
+1. Harmful rows :math:`H` (f x P) from a model-poisoning ``base`` attack whose
+   clients do not train (default ``min_max``; any ``base_params``, ``spread``
+   included; ``layer``/``parameter`` with ``rest: mean`` too).
+2. Anchors :math:`a_k`: ``anchor: benign`` (default) gives each attacker its
+   own copy of a benign update (identical rows would form their own mask
+   cluster); ``anchor: mean`` starts all of them at :math:`\mu`.
+3. Candidates :math:`G_k(\alpha) = a_k + \alpha (H_k - \mu)`.
+4. A candidate's score: the attacker runs SkyMask on its own copy
+   (:func:`~skymask_ray.skymask.trainer.train_masks` on the server model
+   :math:`w_0 = w_t - g_0` and the N client models, then
+   :func:`~skymask_ray.skymask.select.cluster_from_gram` under
+   ``cluster_seeds`` GMM seeds) and takes the share of malicious rows in the
+   server's cluster, averaged over the seeds.
+5. With ``anchor: benign`` a run at :math:`\alpha = 0` first finds the benign
+   rows accepted under every seed, and the anchors are redrawn among them.
+6. :math:`\alpha = \alpha_{\max} 2^{-i}`, i = 0..``search_steps``, are tried in
+   turn, stopping once every attacker passes (a grid, not a bisection:
+   acceptance is not monotone in :math:`\alpha`); the attacker sends the
+   candidate maximising :math:`\alpha \cdot \text{share}` among those with
+   share >= ``accept_fraction``, else the anchors (:math:`\alpha = 0`).
 
-Cost: at most 2 + ``search_steps`` mask trainings (default 6) of the
-server's size per round, on the driver's device. :math:`g_0` is
-``ctx.server_update`` (``needs_server_update`` makes the round loop compute
-it even under other defenses); with ``server_steps`` set the attacker instead
-trains its own stand-in server model on its clean data for that many SGD
-steps (the clients' optimiser settings), a weaker attacker that does not see
-:math:`g_0`. ``last_alpha`` and ``last_trials`` (alpha, share) record the
-latest search.
+Cost: at most 2 + ``search_steps`` mask trainings of the server's size per
+round, on the driver's device. :math:`g_0` is ``ctx.server_update``
+(``needs_server_update`` makes the round loop compute it under any defense); with
+``server_steps`` the attacker trains its own stand-in server model for that
+many SGD steps instead (a weaker attacker). ``last_alpha`` and
+``last_trials`` (alpha, share) record the latest search.
 
-Measured in-process against the server's own ``MaskTrainer`` (Fashion-MNIST
-cnn, 20 clients of 300 samples, bias 0.5, the paper's optimiser settings,
-rounds 1-3, the global model advanced by the benign mean between rounds):
-at 50 % malicious min_max was rejected in every round (0/10 accepted) while
-adaptive had 7-8 of 10 attackers accepted at alpha 0.25-0.5, a shift of the
-malicious mean from the benign mean about half of min_max's; at 20 %, 0-3
-of 4 were accepted at alpha 0-1. The search only guarantees what its own
-simulation says; the server's GMM seed decides the rest.
+What it achieves against the server's own mask trainer, measured:
+``benchmarks/results/adaptive_attack.md``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import torch
 from skymask_ray.defenses import DEFENSES
 from skymask_ray.errors import ConfigError
 
-from conftest import make_cfg  # noqa: E402
+from .helpers import make_cfg
 
 
 def _two_groups(n_good: int, n_bad: int, p: int, seed: int = 0, spread: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:

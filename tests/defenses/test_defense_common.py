@@ -5,6 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from skymask_ray.defenses import DEFENSES
+from skymask_ray.defenses.base import BoundedDefense
+from skymask_ray.errors import ConfigError
+
+from .helpers import make_cfg
 
 NAMES = [n for n in DEFENSES.names() if n != "skymask"]  # skymask needs the mask trainer (tested with it)
 
@@ -43,10 +47,6 @@ def test_every_defense_returns_a_p_vector_and_an_n_mask(name, f, defense, ctx):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_defense_checks_its_params(name):
-    from skymask_ray.errors import ConfigError
-
-    from conftest import make_cfg
-
     with pytest.raises(ConfigError, match="unknown parameter"):
         DEFENSES.get(name).check(make_cfg(20, 2, name, {"no_such_param": 1}))
 
@@ -67,11 +67,6 @@ def test_fltrust_weights_are_relu_cosines(defense, ctx):
 @pytest.mark.parametrize("name", NAMES)
 def test_one_remaining_row_gives_a_step_or_a_clear_error(name, ctx):
     """The loop drops NaN/Inf rows; a defense left with one row either aggregates it or names its assumption."""
-    from skymask_ray.defenses.base import BoundedDefense
-    from skymask_ray.errors import ConfigError
-
-    from conftest import make_cfg
-
     cls = DEFENSES.get(name)
     d = cls({}, make_cfg(5, 0, name))
     x = torch.randn(1, 8)

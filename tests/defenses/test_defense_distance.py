@@ -10,7 +10,7 @@ from skymask_ray.defenses import DEFENSES
 from skymask_ray.errors import ConfigError
 from skymask_ray.linalg import krum_scores, pairwise_sq_distances
 
-from conftest import make_cfg  # noqa: E402  (tests/defenses on sys.path)
+from .helpers import make_cfg
 
 
 def _planted(n_benign: int, n_bad: int, p: int = 6, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Tests of skymask_ray.defenses."""

@@ -1,0 +1,1 @@
+"""Tests of skymask_ray.skymask (mask training, selection, sharding)."""
