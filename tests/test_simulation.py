@@ -182,7 +182,8 @@ def test_every_attack_runs_end_to_end(ray_cluster, tmp_path, attack, fraction):
     from skymask_ray.attacks import ATTACKS
 
     params = {"adaptive": {"search_steps": 1}, "layer": {"base": "min_max", "layers": ["last"]},
-              "parameter": {"base": "lie", "fraction": 0.2}}.get(attack, {})
+              "parameter": {"base": "lie", "fraction": 0.2},
+              "dba": {"pattern": "square"}}.get(attack, {})  # digits are 8x8: DBA's bars do not fit
     cfg = _cfg(attack=attack, attack_params=params, defense="fedavg", rounds=1, clients=10,
                malicious_fraction=fraction, skymask={"mask_epochs": 3})
     (row,) = pq.read_table(run_experiment(cfg, tmp_path)).to_pylist()
