@@ -40,3 +40,14 @@ def test_rows_match_the_golden_run(ray_cluster, tmp_path, case):
     for got, exp in zip(rows, want):
         diff = {k: (got.get(k), v) for k, v in exp.items() if not same(got.get(k), v)}
         assert not diff, f"round {exp['round']}: {diff}"
+
+
+def test_in_process_clients_give_the_golden_rows(ray_cluster, tmp_path):
+    """The client backend is a protocol: the in-process one trains exactly like the Ray pool."""
+    from skymask_ray.simulation import Simulation
+
+    cfg = build_config(overrides={**BASE, "attack": "min_max", "defense": "fedavg"})
+    with Simulation(cfg, tmp_path, local_clients=True) as sim:
+        rows = read_parquet(sim.run()).to_pylist()
+    for got, exp in zip(rows, GOLDEN["min_max-fedavg"], strict=True):
+        assert all(same(got.get(k), v) for k, v in exp.items()), exp["round"]
