@@ -100,6 +100,7 @@ class ExperimentConfig:
     address: str | None = None  # Ray cluster address (None: local, or $RAY_ADDRESS)
     connect_timeout_s: float = 30.0  # how long to wait for the cluster at ``address`` before giving up
     workers: int | None = None  # client-pool actors (None: one per CPU core of the cluster)
+    workers_per_gpu: int | None = None  # client workers sharing each GPU (None: from model size and GPU memory)
     out: str | None = None
 
     @property
@@ -250,6 +251,7 @@ def validate_fields(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(cfg.malicious_selection in ("first", "random"), "malicious_selection must be 'first' or 'random'")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}")
     _check(cfg.workers is None or cfg.workers >= 1, "workers must be >= 1")
+    _check(cfg.workers_per_gpu is None or cfg.workers_per_gpu >= 1, "workers_per_gpu must be >= 1")
     _check(cfg.cohort is None or 2 <= cfg.cohort <= cfg.clients,
            f"cohort must be an integer in [2, clients={cfg.clients}], got {cfg.cohort!r}")
     _check(cfg.malicious_sampling in (None, "pool", "fixed"),

@@ -40,7 +40,7 @@ from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import init_ray, plan_layout, reserve_trainer, pss_mb, reset_peak_rss, rss_mb
+from .runtime import LayoutRecorder, init_ray, pss_mb, reset_peak_rss, rss_mb, setup_layout
 from .seeding import numpy_rng, torch_generator
 from .skymask.service import ServerService
 
@@ -103,8 +103,7 @@ class Simulation:
         try:
             self._setup_actors(local_clients)
         except BaseException:
-            if self.started_ray:
-                ray.shutdown()
+            self.close()  # what set-up started (trainer, placement group, workers) must not outlive it
             raise
 
     @property
@@ -148,8 +147,8 @@ class Simulation:
 
     def _setup_actors(self, local_clients: bool) -> None:
         cfg = self.cfg
-        self.layout = plan_layout(cfg.workers, cfg.clients, cfg.device)
-        self.pg = reserve_trainer(self.layout)
+        self.layout, self.pg = setup_layout(cfg.workers, cfg.clients, cfg.device, workers_per_gpu=cfg.workers_per_gpu,
+                                            model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
                                     cfg.device, self.layout, self.pg, cfg.seed,
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
@@ -158,8 +157,9 @@ class Simulation:
         args = (cfg, self.data.x_train, self.data.y_train, self.parts, poisoned, self.data.num_classes,
                 self.spec.numel)
         self.clients: ClientBackend = LocalClients(*args, poison) if local_clients else \
-            ClientPool(*args, self.layout.workers, self.layout.worker_cpus, poison)
-        self._phase(f"client workers started: {self.layout.workers} x {self.layout.worker_cpus:g} CPU"
+            ClientPool(*args, self.layout, poison=poison)
+        self.callbacks.append(LayoutRecorder())  # OUT/_state/layout.json once round 1 is done (the folder committed)
+        self._phase(f"started {self.layout.summary()}"
                     if not local_clients else "clients: in-process")
         self.trainer_device = self.server.wait_ready()
         self._phase(f"server ready on {self.trainer_device}"
@@ -295,9 +295,13 @@ class Simulation:
         return self.folder.rounds
 
     def close(self) -> None:
-        self.clients.shutdown()
-        self.server.close()
-        ray.util.remove_placement_group(self.pg)
+        """Stop the workers and the server and free the trainer's reservation (safe after a failed set-up)."""
+        if getattr(self, "clients", None) is not None:
+            self.clients.shutdown()
+        if getattr(self, "server", None) is not None:
+            self.server.close()
+        if getattr(self, "pg", None) is not None:
+            ray.util.remove_placement_group(self.pg)
         if self.started_ray:
             ray.shutdown()
 

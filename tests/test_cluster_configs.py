@@ -1,9 +1,10 @@
-"""The cluster-launcher configs in cluster/ pass Ray's own schema and install this package."""
+"""The cluster-launcher configs in cluster/ pass Ray's own schema, install this package and a torch its nodes run."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,38 @@ def test_gpu_worker_type_declares_a_gpu(path: Path) -> None:
 def test_cpu_config_has_no_gpu() -> None:
     config = _load(CLUSTER_DIR / "cluster-cpu.yaml")
     assert not any(_is_gpu_type(t) for t in config["available_node_types"].values())
+
+
+TORCH_INDEX = re.compile(r"--index-url\s+https://download\.pytorch\.org/whl/(cpu|cu(\d+))\b")
+MIN_DRIVER = {"118": 450, "121": 525, "124": 525, "126": 560, "128": 570, "129": 575, "130": 580}  # CUDA -> driver
+
+
+def _torch_installs(config: dict[str, Any]) -> list[str]:
+    return [c for c in _all_commands(config) if "pip install" in c and re.search(r"\btorch\b", c)]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_torch_install_pins_a_build_the_nodes_can_run(path: Path) -> None:
+    """Every torch install names its index: the CPU build, or on GPU node types a CUDA 12 build that the image's
+    NVIDIA driver runs (never PyPI's default, which may be a CUDA 13 build needing a newer driver)."""
+    config = _load(path)
+    installs = _torch_installs(config)
+    assert installs, "a setup command installs torch before this package"
+    for cmd in installs:
+        for part in re.split(r";\s*(?:then|else)\s+|;\s*fi\b", cmd):
+            if "pip install" in part and re.search(r"\btorch\b", part):
+                assert TORCH_INDEX.search(part), f"torch from an unnamed index: {part!r}"
+    cuda = {m.group(2) for cmd in installs for m in TORCH_INDEX.finditer(cmd) if m.group(2)}
+    gpu_types = [t for t in config["available_node_types"].values() if _is_gpu_type(t)]
+    if not gpu_types:
+        assert not cuda, "a CPU-only cluster installs the CPU build"
+        return
+    assert len(cuda) == 1 and next(iter(cuda)).startswith("12"), f"one CUDA 12 build for GPU nodes, got {cuda}"
+    (cu,) = cuda
+    gpu_cmds = [c for c in installs if f"whl/cu{cu}" in c]
+    assert all("0x10de" in c and "whl/cpu" in c for c in gpu_cmds), \
+        "the CUDA build only where an NVIDIA device is present, the CPU build elsewhere"
+    for t in gpu_types:  # images that name their driver (GCP's Deep Learning VM families: ...-nvidia-570)
+        image = json.dumps(t["node_config"])
+        for driver in re.findall(r"nvidia-(\d{3})\b", image):
+            assert int(driver) >= MIN_DRIVER[cu], f"torch cu{cu} needs driver >= {MIN_DRIVER[cu]}, image has {driver}"

@@ -31,12 +31,13 @@ from typing import Callable, Protocol
 import numpy as np
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config import ExperimentConfig
 from ..errors import RunError
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
-from ..runtime import MAX_RESTARTS, ByRef, pss_mb, rss_mb
+from ..runtime import MAX_RESTARTS, ByRef, Layout, pss_mb, require_cuda, rss_mb
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, train_sequential, train_vmap
 
@@ -66,8 +67,11 @@ class ClientWorker:
         threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
-        use_cuda = cfg.device != "cpu" and torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0 \
-            if ray.is_initialized() else False
+        # CUDA exactly when Ray gave this actor a GPU (the layout asked for one): then it must work, no CPU fallback
+        in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        use_cuda = cfg.device != "cpu" and in_actor and len(ray.get_gpu_ids()) > 0
+        if use_cuda:
+            require_cuda("a client worker")
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.cfg = cfg
         self.x_train, self.y_train = x_train, y_train
@@ -241,33 +245,56 @@ class ClientPool:
         poisoned: list[bool],
         num_classes: int,
         numel: int,
-        workers: int,
-        worker_cpus: float,
+        workers: int | Layout,
+        worker_cpus: float = 1.0,
         poison: Poison | None = None,
         timeout_s: float = 3600.0,
     ) -> None:
+        """``workers``: a :class:`Layout` (workers pinned to its nodes, GPU workers with their GPU share, clients
+        shared by the workers' weights) or a count of CPU workers of ``worker_cpus`` each, spread."""
         self.n, self.numel, self.timeout_s = len(parts), numel, timeout_s
         self.x_ref, self.y_ref = ray.put(x_train), ray.put(y_train)  # kept alive for actor restarts
-        self.assignment = [a for a in assign_clients([len(p) for p in parts], workers) if a]
-        actor = ray.remote(WorkerHost).options(
-            num_cpus=worker_cpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, scheduling_strategy="SPREAD"
-        )
+        plans = workers.worker_plans() if isinstance(workers, Layout) else [None] * workers
+        # a worker of weight w takes w virtual slots of the LPT assignment (GPU workers train more clients)
+        low = min((p.weight for p in plans if p is not None), default=1.0)
+        slots = [i for i, p in enumerate(plans)
+                 for _ in range(1 if p is None else min(64, max(1, round(p.weight / low))))]
+        mine: list[list[int]] = [[] for _ in plans]
+        for i, ks in zip(slots, assign_clients([len(p) for p in parts], len(slots))):
+            mine[i] += ks
+        keep = [i for i, ks in enumerate(mine) if ks]
+        self.assignment = [sorted(mine[i]) for i in keep]
+        self.plans = [plans[i] for i in keep]
+        host, again = ray.remote(WorkerHost), {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
+        actors = [host.options(num_cpus=worker_cpus, scheduling_strategy="SPREAD", **again) if p is None else
+                  host.options(num_cpus=p.worker_cpus, num_gpus=p.worker_gpus, **again,  # soft: a restart may move
+                               scheduling_strategy=NodeAffinitySchedulingStrategy(p.node_id, soft=True))
+                  for p in self.plans]
         self.shard_refs = [ray.put((ks, [parts[k] for k in ks], [poisoned[k] for k in ks]))
                            for ks in self.assignment]  # kept alive for restarts
         self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ByRef(ref), cfg, num_classes, poison)
                       for ref in self.shard_refs]
-        self.workers = [actor.remote() for _ in self.inits]
+        self.workers = [actor.remote() for actor in actors]
         self.owner = np.empty(self.n, dtype=np.int64)
         for i, ks in enumerate(self.assignment):
             self.owner[ks] = i
         start_timeout = min(timeout_s, 300.0)
+        what = workers.summary() if isinstance(workers, Layout) else f"{workers} x {worker_cpus} CPU, spread"
         try:
             ray.get([w.load.remote(init) for w, init in zip(self.workers, self.inits)], timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(
-                f"{len(self.workers)} client workers of {worker_cpus} CPU each could not start within "
-                f"{start_timeout:.0f}s; cluster resources: {ray.cluster_resources()}"
+            self.shutdown()
+            raise RunError(
+                f"client workers could not start within {start_timeout:.0f}s ({what}); "
+                f"cluster resources: {ray.cluster_resources()}"
             ) from None
+        except ray.exceptions.RayTaskError as exc:  # e.g. a GPU worker whose torch cannot use CUDA: one line
+            self.shutdown()
+            if isinstance(exc.cause, RunError):
+                raise RunError(str(exc.cause)) from None
+            cause = exc.cause if exc.cause is not None else exc
+            raise RunError(f"client workers could not set up their clients: {type(cause).__name__}: "
+                           f"{str(cause).strip().splitlines()[-1][:200]}") from None
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
         """Train ``ids`` on their workers; one stacked matrix, rows in the order of ``ids``."""
