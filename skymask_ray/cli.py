@@ -1,24 +1,65 @@
 """The ``skymask-ray`` command: run, bench, list, report.
 
 User mistakes (ConfigError, missing data) become one line on stderr and exit
-code 2, never a traceback.
+code 2, never a traceback. Every option shows its default in ``-h``: an option
+left to the preset / config file shows the value of a default
+:class:`~skymask_ray.config.ExperimentConfig` ("30 (from the config)") and sets
+no click default, so a ``--config`` file is never overridden by an option not given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
+import re
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import click
+import yaml
 
-from .config import PRESETS, set_dotted
+from . import __version__
+from .config import PRESETS, ExperimentConfig, set_dotted
 from .experiment import build_config
-from .errors import UserError
+from .errors import ConfigError, UserError
+from .params import bounds_of
 from .progress import progress, round_line, setup_lines
 from .storage import atomic_write_text
+
+# -h as well as --help, and every option's default shown, on the group and every command
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+_DEFAULTS = ExperimentConfig()
+
+
+def config_default(dotted: str) -> Any:
+    """The value at ``dotted`` ("train.local_lr") of a default ExperimentConfig: help never drifts from config.py."""
+    obj: Any = _DEFAULTS
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as it would be written in YAML (and in ``--set``): null, true, 0.5, [1, 28, 28], {}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return str(value)
+
+
+def from_config(dotted: str, when_none: str | None = None) -> str:
+    """``[default: X (from the config)]``: X from a default ExperimentConfig (``when_none`` says what None means)."""
+    value = config_default(dotted)
+    shown = when_none if value is None and when_none else _yaml_text(value)
+    return f"[default: {shown} (from the config)]"
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,110 +76,6 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def experiment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options shared by ``run`` and ``bench`` (all optional: preset/config/defaults fill in)."""
-    opts = [
-        click.option("--config", "config_file", type=click.Path(), help="YAML config file."),
-        click.option("--preset", type=click.Choice(sorted(PRESETS)), help="The paper's settings for a dataset."),
-        click.option("--dataset", help="fmnist (default), mnist, cifar10, har, digits, synthetic."),
-        click.option("--model", help="cnn, mlp, lr, resnet20 or a registered model."),
-        click.option("--rounds", type=int),
-        click.option("--seed", type=int),
-        click.option("--partition", type=click.Choice(["bias", "dirichlet", "iid", "subject"])),
-        click.option("--bias", type=float, help="Non-IID bias b of the paper's split (1/C = IID)."),
-        click.option("--alpha", type=float, help="Dirichlet concentration (partition dirichlet)."),
-        click.option("--local-epochs", type=int),
-        click.option("--local-steps", type=int),
-        click.option("--batch-size", type=int),
-        click.option("--local-lr", type=float),
-        click.option("--global-lr", type=float),
-        click.option("--grad-clip", type=float, help="Element-wise gradient clamp (paper: 0.01)."),
-        click.option("--server-budget", type=click.Choice(["matched", "epoch"])),
-        click.option("--root-size", type=int),
-        click.option("--root-p", type=float, help="Fraction of label 1 in the root set."),
-        click.option("--samples-per-client", type=int,
-                     help="Samples per client: a cap, or drawn with replacement when clients x S exceeds the data."),
-        click.option("--cohort", type=int, help="Clients sampled per round (default: all clients, every round)."),
-        click.option("--malicious-sampling", type=click.Choice(["pool", "fixed"]),
-                     help="pool: attackers live in the population and are sampled like anyone; fixed: every "
-                          "cohort holds round(cohort x fraction) attackers. [default: pool]"),
-        click.option("--dropout", type=float, help="Probability that a sampled client fails to report. [default: 0]"),
-        click.option("--declared-f", type=int,
-                     help="f given to f-based defenses (default: round(cohort x malicious fraction))."),
-        click.option("--client-exec", type=click.Choice(["auto", "sequential", "vmap"])),
-        click.option("--mask-shards", type=int, help="Parameter shards of SkyMask's mask trainer."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--address", help="Ray cluster address (default: local, or $RAY_ADDRESS)."),
-        click.option("--connect-timeout", type=float, help="Seconds to wait for the cluster at --address (default 30)."),
-        click.option("--workers", type=int, help="Client-pool actors (default: one per CPU core)."),
-        click.option("--data-dir", type=str, help="Directory holding the dataset files."),
-        click.option("--eval-every", type=int),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-_OVERRIDES = {
-    "dataset": "data.dataset", "model": "model", "rounds": "rounds", "seed": "seed", "partition": "data.partition",
-    "bias": "data.bias", "alpha": "data.alpha", "local_epochs": "train.local_epochs",
-    "local_steps": "train.local_steps", "batch_size": "train.batch_size", "local_lr": "train.local_lr",
-    "global_lr": "train.global_lr", "grad_clip": "train.grad_clip", "server_budget": "train.server_budget",
-    "cohort": "cohort", "malicious_sampling": "malicious_sampling", "dropout": "dropout",
-    "declared_f": "declared_f", "root_size": "data.root_size", "root_p": "data.root_p", "samples_per_client": "data.samples_per_client",
-    "client_exec": "train.client_exec", "mask_shards": "skymask.shards", "device": "device", "address": "address",
-    "connect_timeout": "connect_timeout_s",
-    "workers": "workers", "data_dir": "data.data_dir", "eval_every": "eval_every",
-}
-
-
-def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
-    """Nested config overrides from CLI keyword arguments (None = not given)."""
-    out: dict[str, Any] = {}
-    for key, dotted in _OVERRIDES.items():
-        set_dotted(out, dotted, kw.get(key))
-    return out
-
-
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
-def main(verbose: bool) -> None:
-    """skymask-ray: Byzantine-robust federated learning at scale on Ray, around SkyMask."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-@main.command()
-@experiment_options
-@click.option("--clients", type=int)
-@click.option("--malicious", type=float, help="Malicious fraction in [0, 1).")
-@click.option("--attack")
-@click.option("--defense")
-@click.option("--out", type=click.Path(), default="results/run", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in OUT from its checkpoint (or start it if OUT is empty).")
-@click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files are replaced once round 1 is done).")
-@_fail_cleanly
-def run(config_file, preset, clients, malicious, attack, defense, out, resume, overwrite, **kw) -> None:
-    """Run one experiment; writes OUT/rounds.parquet (and OUT/_config.yaml, OUT/_state/ for --resume)."""
-    from .simulation import run_experiment
-
-    ov = overrides_from(kw)
-    set_dotted(ov, "clients", clients)
-    set_dotted(ov, "malicious_fraction", malicious)
-    set_dotted(ov, "attack", attack)
-    set_dotted(ov, "defense", defense)
-    cfg = build_config(preset, config_file, ov)
-    with progress(cfg.rounds, "rounds") as bar:
-
-        def on_round(row: dict[str, Any]) -> None:
-            bar.write(round_line(row))
-            bar.n = row["round"]
-            bar.refresh()
-
-        path = run_experiment(cfg, out, resume=resume, on_round=on_round, overwrite=overwrite,
-                              on_setup=setup_lines(bar))
-    click.echo(f"wrote {path}")
-
-
 def _csv(kind: Callable[[str], Any]) -> Callable[..., list[Any] | None]:
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[Any] | None:
         if value is None:
@@ -151,41 +88,263 @@ def _csv(kind: Callable[[str], Any]) -> Callable[..., list[Any] | None]:
     return parse
 
 
-@main.command()
-@experiment_options
-@click.option("--clients", callback=_csv(int), help="Comma-separated client counts, e.g. 100,500.")
-@click.option("--malicious", callback=_csv(float), help="Comma-separated malicious fractions, e.g. 0.2,0.8.")
-@click.option("--attack", "attacks", callback=_csv(str), help="Comma-separated attacks.")
-@click.option("--defense", "defenses", callback=_csv(str), help="Comma-separated defenses.")
-@click.option("--seeds", callback=_csv(int), help="Comma-separated seeds.")
-@click.option("--grid", "grid_file", type=click.Path(), help="Study file (preset, base, grid); CLI lists override it.")
-@click.option("--concurrency", type=int, default=1, show_default=True, help="Cells run at once as Ray tasks.")
-@click.option("--out", type=click.Path(), default="results/bench", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace cells whose folders hold another config's results.")
+# The options that fall through to the preset / config file: (flag, dotted config path, help, what None means,
+# click keywords). Their defaults are shown from a default ExperimentConfig and never set as click defaults.
+_CONFIG_OPTIONS: list[tuple[str, str, str, str | None, dict[str, Any]]] = [
+    ("--dataset", "data.dataset", "Dataset (`skymask-ray list` shows them).", None, {}),
+    ("--model", "model", "Model (`skymask-ray list` shows them).", None, {}),
+    ("--rounds", "rounds", "Federated rounds.", None, {"type": int}),
+    ("--seed", "seed", "Seed of everything random (split, attackers, cohorts, training).", None, {"type": int}),
+    ("--partition", "data.partition", "How the training data is split over the clients.", None,
+     {"type": click.Choice(["bias", "dirichlet", "iid", "subject"])}),
+    ("--bias", "data.bias", "Non-IID bias b of the paper's split (1/C = IID).", None, {"type": float}),
+    ("--alpha", "data.alpha", "Dirichlet concentration (partition dirichlet).", None, {"type": float}),
+    ("--local-epochs", "train.local_epochs", "Local epochs per round.", None, {"type": int}),
+    ("--local-steps", "train.local_steps", "Local SGD steps per round instead of epochs.", "null = epochs",
+     {"type": int}),
+    ("--batch-size", "train.batch_size", "Local batch size.", None, {"type": int}),
+    ("--local-lr", "train.local_lr", "Clients' SGD learning rate.", None, {"type": float}),
+    ("--global-lr", "train.global_lr", "Server learning rate on the aggregated update.", None, {"type": float}),
+    ("--grad-clip", "train.grad_clip", "Element-wise gradient clamp (the paper's code: 0.01).", "null = no clamp",
+     {"type": float}),
+    ("--server-budget", "train.server_budget",
+     "Server SGD steps on its root set: matched (the median client's) or epoch (one pass).", None,
+     {"type": click.Choice(["matched", "epoch"])}),
+    ("--root-size", "data.root_size", "Samples in the server's clean root set.", None, {"type": int}),
+    ("--root-p", "data.root_p", "Fraction of label 1 in the root set.", None, {"type": float}),
+    ("--samples-per-client", "data.samples_per_client",
+     "Samples per client: a cap, or drawn with replacement when clients x S exceeds the data.",
+     "all of its share", {"type": int}),
+    ("--cohort", "cohort", "Clients sampled per round.", "all clients, every round", {"type": int}),
+    ("--malicious-sampling", "malicious_sampling",
+     "pool: attackers live in the population and are sampled like anyone; fixed: every cohort holds "
+     "round(cohort x fraction) attackers.", "pool", {"type": click.Choice(["pool", "fixed"])}),
+    ("--dropout", "dropout", "Probability that a sampled client fails to report.", None, {"type": float}),
+    ("--declared-f", "declared_f", "f given to f-based defenses.", "round(cohort x malicious fraction)",
+     {"type": int}),
+    ("--client-exec", "train.client_exec",
+     "How a worker trains its clients: one by one (sequential) or stacked with torch.func (vmap).", None,
+     {"type": click.Choice(["auto", "sequential", "vmap"])}),
+    ("--mask-shards", "skymask.shards", "Parameter shards of SkyMask's mask trainer.", "auto, from memory",
+     {"type": int}),
+    ("--device", "device", "Where clients and the mask trainer compute.", None,
+     {"type": click.Choice(["auto", "cpu", "cuda"])}),
+    ("--address", "address", "Ray cluster address.", "local, or $RAY_ADDRESS", {}),
+    ("--connect-timeout", "connect_timeout_s", "Seconds to wait for the cluster at --address.", None,
+     {"type": float}),
+    ("--workers", "workers", "Client-pool actors.", "one per CPU core", {"type": int}),
+    ("--workers-per-gpu", "workers_per_gpu", "Client workers sharing each GPU.",
+     "from the model's size and the GPU's memory, at most one per CPU of its node; 4 if unknown", {"type": int}),
+    ("--data-dir", "data.data_dir", "Directory holding the dataset files.",
+     "$SKYMASK_DATA, then the system's dataset folders", {"type": str}),
+    ("--eval-every", "eval_every", "Evaluate the global model every this many rounds.", None, {"type": int}),
+]
+
+# CLI keyword -> dotted config path, for every option above
+_OVERRIDES = {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted, *_ in _CONFIG_OPTIONS}
+
+BENCH_ROUNDS = 2  # bench without --grid, --config or --rounds: a quick look, not a study
+BENCH_GRID = {"clients": [500], "malicious_fraction": [0.2], "attack": ["min_max"], "defense": ["skymask"]}
+
+SET_HELP = ("Any config field by its dotted path, the value read as YAML; repeatable, applied after the other "
+            "options. E.g. --set skymask.mask_epochs=10 --set attack_params.spread=1 --set train.local_lr=0.1")
+
+
+def experiment_options(bench: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options shared by ``run`` and ``bench`` (all optional: preset/config/defaults fill in).
+
+    ``bench``: ``--seed`` takes a comma-separated list (a grid axis; ``--seeds`` is a hidden alias) and
+    ``--rounds`` says bench's own default.
+    """
+    opts = [
+        click.option("--config", "config_file", type=click.Path(),
+                     help="YAML config file: any config field; the options given here override it."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)),
+                     help="The paper's settings for a dataset, under the config file."),
+    ]
+    for flag, dotted, text, when_none, kw in _CONFIG_OPTIONS:
+        default = from_config(dotted, when_none)
+        if bench and flag == "--rounds":
+            default = (f"[default: {BENCH_ROUNDS} without --grid or --config, else "
+                       f"{_yaml_text(config_default(dotted))} (from the config)]")
+        if bench and flag == "--seed":
+            opts.append(click.option("--seed", callback=_csv(int), metavar="SEEDS",
+                                     help=f"Seed, or comma-separated seeds (one cell each), e.g. 0,1,2.  {default}"))
+            opts.append(click.option("--seeds", "seeds_alias", callback=_csv(int), hidden=True))
+            continue
+        opts.append(click.option(flag, help=f"{text}  {default}", **kw))
+    opts.append(click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP))
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
+def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
+    """Nested config overrides from CLI keyword arguments (None = not given), then ``--set`` (``kw["sets"]``)."""
+    out: dict[str, Any] = {}
+    for key, dotted in _OVERRIDES.items():
+        set_dotted(out, dotted, kw.get(key))
+    return apply_sets(out, kw.get("sets") or ())
+
+
+def _check_set_key(key: str, item: str) -> None:
+    """``key`` names a config field: a dotted path through sections, and any keys below a mapping field
+    (attack_params, defense_params), whose keys the attack or defense checks."""
+    obj: Any = _DEFAULTS
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(obj, dict):
+            return
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i])!r} is a value, not a section; "
+                              f"use --set {'.'.join(parts[:i])}=VALUE")
+        names = {f.name for f in dataclasses.fields(obj)}
+        if part.replace("-", "_") not in names:
+            where = ".".join(parts[:i])
+            raise ConfigError(f"--set {item!r}: unknown config key {key!r}; known"
+                              f"{' in ' + where if where else ''}: {', '.join(sorted(names))}")
+        obj = getattr(obj, part.replace("-", "_"))
+
+
+def apply_sets(overrides: dict[str, Any], items: Iterable[str]) -> dict[str, Any]:
+    """Put every ``KEY=VALUE`` of ``--set`` (value parsed as a YAML scalar) into the nested ``overrides``.
+
+    Applied after the named options, so ``--set`` wins. A malformed item, an unknown key or a value that
+    is not YAML is one ConfigError line; values are checked with the rest of the config.
+    """
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted config key, "
+                              f"e.g. --set train.local_lr=0.1")
+        _check_set_key(key, item)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        *heads, last = key.split(".")
+        node = overrides
+        for head in heads:
+            if not isinstance(node.get(head, {}), dict):
+                node[head] = {}  # an earlier --set gave the whole section a non-mapping value: this one wins
+            node = node.setdefault(head, {})
+        node[last] = value  # None (null) too: --set train.grad_clip=null switches the clamp off
+    return overrides
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``, nested mappings merged key by key."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+_version = click.version_option(__version__, "--version", prog_name="skymask-ray",
+                                message="%(prog)s %(version)s")
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@_version
+def main(verbose: bool) -> None:
+    """skymask-ray: Byzantine-robust federated learning at scale on Ray, around SkyMask.
+
+    `skymask-ray list` shows what can be chosen; `skymask-ray COMMAND -h` shows a command's options
+    and their defaults.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--clients", type=int, help=f"Clients in the population.  {from_config('clients')}")
+@click.option("--malicious", type=float,
+              help=f"Malicious fraction in [0, 1).  {from_config('malicious_fraction')}")
+@click.option("--attack", help=f"Attack (`skymask-ray list` shows them).  {from_config('attack')}")
+@click.option("--defense", help=f"Defense (`skymask-ray list` shows them).  {from_config('defense')}")
+@experiment_options()
+@click.option("--out", type=click.Path(), default="results/run", help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its checkpoint (or start it if OUT is empty).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files are replaced once round 1 is done).")
+@_version
 @_fail_cleanly
-def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, grid_file, concurrency, out, overwrite,
+def run(config_file, preset, clients, malicious, attack, defense, out, resume, overwrite, **kw) -> None:
+    """Run one experiment; writes OUT/rounds.parquet (and OUT/_config.yaml, OUT/_state/ for --resume).
+
+    Settings apply in order: ExperimentConfig's defaults, --preset, --config, the options, then --set.
+    """
+    from .simulation import run_experiment
+
+    sets = kw.pop("sets", ())
+    ov = overrides_from(kw)
+    set_dotted(ov, "clients", clients)
+    set_dotted(ov, "malicious_fraction", malicious)
+    set_dotted(ov, "attack", attack)
+    set_dotted(ov, "defense", defense)
+    cfg = build_config(preset, config_file, apply_sets(ov, sets))
+    with progress(cfg.rounds, "rounds") as bar:
+
+        def on_round(row: dict[str, Any]) -> None:
+            bar.write(round_line(row))
+            bar.n = row["round"]
+            bar.refresh()
+
+        path = run_experiment(cfg, out, resume=resume, on_round=on_round, overwrite=overwrite,
+                              on_setup=setup_lines(bar))
+    click.echo(f"wrote {path}")
+
+
+def _bench_default(key: str) -> str:
+    return f"[default: {','.join(_yaml_text(v) for v in BENCH_GRID[key])} without --grid]"
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--clients", callback=_csv(int),
+              help=f"Comma-separated client counts, e.g. 100,500.  {_bench_default('clients')}")
+@click.option("--malicious", callback=_csv(float),
+              help=f"Comma-separated malicious fractions, e.g. 0.2,0.8.  {_bench_default('malicious_fraction')}")
+@click.option("--attack", "attacks", callback=_csv(str), help=f"Comma-separated attacks.  {_bench_default('attack')}")
+@click.option("--defense", "defenses", callback=_csv(str),
+              help=f"Comma-separated defenses.  {_bench_default('defense')}")
+@experiment_options(bench=True)
+@click.option("--grid", "grid_file", type=click.Path(), help="Study file (preset, base, grid); CLI lists override it.")
+@click.option("--concurrency", type=int, default=1, help="Cells run at once as Ray tasks.")
+@click.option("--out", type=click.Path(), default="results/bench", help="Study folder (one subfolder per cell).")
+@click.option("--overwrite", is_flag=True, help="Replace cells whose folders hold another config's results.")
+@_version
+@_fail_cleanly
+def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file, concurrency, out, overwrite,
           **kw) -> None:
     """Run a grid of experiments (clients x malicious x attack x defense x seed), resumable, with a summary.
 
-    Without --grid: defaults to 500 clients, 20 % malicious, min_max against skymask, 2 rounds.
+    Without --grid: 500 clients, 20 % malicious, min_max against skymask, 2 rounds. --set applies to every cell.
     """
     from .bench import STUDY_SUMMARY, load_grid_file, run_grid, summary_table
 
+    seeds, alias = kw.pop("seed"), kw.pop("seeds_alias")
+    if seeds is not None and alias is not None:
+        raise ConfigError("give --seed or --seeds, not both (they are one option)")
+    seeds = seeds if seeds is not None else alias
     base: dict = {}
     grid: dict = {}
     if grid_file is not None:
         file_preset, base, grid = load_grid_file(grid_file)
         preset = preset or file_preset
-    base = {**base, **overrides_from(kw)}
-    if grid_file is None and kw.get("rounds") is None and config_file is None:
-        base["rounds"] = 2
-    for key, given, default in (("clients", clients, [500]), ("malicious_fraction", malicious, [0.2]),
-                                ("attack", attacks, ["min_max"]), ("defense", defenses, ["skymask"]),
-                                ("seed", seeds, None)):
+    sets = kw.pop("sets", ())
+    base = apply_sets(_deep_merge(base, overrides_from(kw)), sets)
+    if grid_file is None and kw.get("rounds") is None and config_file is None and "rounds" not in base:
+        base["rounds"] = BENCH_ROUNDS
+    for key, given in (("clients", clients), ("malicious_fraction", malicious), ("attack", attacks),
+                       ("defense", defenses), ("seed", seeds)):
         if given is not None:
             grid[key] = given
-        elif key not in grid and default is not None and grid_file is None:
-            grid[key] = default
+        elif key not in grid and key in BENCH_GRID and grid_file is None:
+            grid[key] = BENCH_GRID[key]
     rows = run_grid(preset, config_file, base, grid, Path(out), echo=click.echo, concurrency=concurrency,
                     progress=progress, overwrite=overwrite)
     table = summary_table(rows)
@@ -193,10 +352,11 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, seeds, gri
     click.echo(table)
 
 
-@main.command()
+@main.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(), default="results/report", show_default=True)
-@click.option("--round", "round_", type=int, help="Round of the mask PCA scatter (default: last).")
+@click.option("--out", type=click.Path(), default="results/report", help="Folder for the plots and summary.md.")
+@click.option("--round", "round_", type=int, help="Round of the mask PCA scatter.  [default: the last]")
+@_version
 def report(inputs, out, round_) -> None:
     """Plots (PNG) and a Markdown summary from result folders or rounds.parquet files."""
     from .report import make_report
@@ -210,17 +370,101 @@ def report(inputs, out, round_) -> None:
         click.echo(f"wrote {p}")
 
 
-@main.command(name="list")
+def describe(obj: Any) -> str:
+    """One line: the first sentence of the first paragraph of ``obj``'s docstring, reST markup dropped."""
+    doc = (obj.__doc__ or "").strip()
+    text = " ".join(doc.split("\n\n")[0].split())
+    first = re.split(r"(?<=[a-z0-9)`][.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
+    if ":math:" in first:  # "Krum (Blanchard et al., 2017): :math:`...`": the name, not the formula
+        head = first[:first.index(":math:")]
+        first = head[:head.index(": ")] if ": " in head else head.rstrip(" ,:")
+    first = re.sub(r":\w+:`~?([^`]*)`", r"\1", first).replace("``", "")
+    return first if len(first) <= 110 else first[:107].rstrip() + "..."
+
+
+def _field_default(f: dataclasses.Field) -> Any:  # type: ignore[type-arg]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def param_defaults(params_cls: Any) -> list[str]:
+    """``name=default`` of every field of a Params dataclass, with its choices or bounds where declared."""
+    if params_cls is None or not dataclasses.is_dataclass(params_cls):
+        return []
+    try:
+        hints = typing.get_type_hints(params_cls)
+    except Exception:  # an annotation that does not resolve: show the defaults without choices
+        hints = {}
+    out = []
+    for f in dataclasses.fields(params_cls):
+        text = f"{f.name}={_yaml_text(_field_default(f))}"
+        hint = hints.get(f.name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        choices = [a for h in (typing.get_args(hint) if union else (hint,)) if typing.get_origin(h) is typing.Literal
+                   for a in typing.get_args(h)]
+        bounds = bounds_of(f)
+        if choices:
+            text += f" ({'|'.join(map(str, choices))})"
+        elif bounds is not None:
+            text += f" ({bounds.describe()})"
+        out.append(text)
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
+    return [item for k, v in d.items()
+            for item in (_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={_yaml_text(v)}"])]
+
+
+_NAME_WIDTH = 18
+
+
+def _echo_entry(name: str, line: str, details: list[str], width: int = 100) -> None:
+    """``  name  line``, then the details ("key=default" items, never split) wrapped under the line."""
+    lines = [line] if line else []
+    for item in details:
+        if lines and len(lines[-1]) + 2 + len(item) <= width - _NAME_WIDTH - 3 and (lines[-1] != line or not line):
+            lines[-1] += "  " + item
+        else:
+            lines.append(item)
+    for i, text in enumerate(lines or [""]):
+        click.echo(f"  {name if i == 0 else '':<{_NAME_WIDTH}} {text}".rstrip())
+
+
+@main.command(name="list", context_settings=CONTEXT)
+@_version
 def list_components() -> None:
-    """Print the registered datasets, models, attacks, defenses and presets."""
+    """Print the datasets, models, attacks (with their parameters), defenses and presets."""
     from .attacks import ATTACKS
     from .data import DATASETS
     from .defenses import DEFENSES
+    from .defenses.pre import PRE_AGGREGATORS, PreParams
     from .models import MODELS
 
-    for title, reg in (("datasets", DATASETS), ("models", MODELS), ("attacks", ATTACKS), ("defenses", DEFENSES)):
-        click.echo(f"{title}: {', '.join(reg.names())}")
-    click.echo(f"presets: {', '.join(sorted(PRESETS))}")
+    for title, reg, hint in (("datasets", DATASETS, "--dataset NAME"), ("models", MODELS, "--model NAME")):
+        click.echo(f"{title} ({hint}):")
+        for name in reg.names():
+            _echo_entry(name, describe(reg.get(name)), [])
+    click.echo("attacks (--attack NAME; parameters: --set attack_params.KEY=VALUE):")
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        _echo_entry(name, describe(cls), param_defaults(getattr(cls, "Params", None)))
+    click.echo("defenses (--defense NAME; parameters: --set defense_params.KEY=VALUE):")
+    for name in DEFENSES.names():
+        cls = DEFENSES.get(name)
+        details = param_defaults(getattr(cls, "Params", None))
+        if name == "skymask":  # its knobs are the config's skymask section
+            details = ["settings: --set skymask.KEY=VALUE:"] + param_defaults(type(_DEFAULTS.skymask))
+        _echo_entry(name, describe(cls), details)
+    pre = [d if not d.startswith("pre=") else f"{d} ({'|'.join(PRE_AGGREGATORS.names())})"
+           for d in param_defaults(PreParams)]
+    _echo_entry("(any defense)", "a pre-aggregator first: --set defense_params.pre=NAME", pre)
+    click.echo("presets (--preset NAME):")
+    for name in sorted(PRESETS):
+        _echo_entry(name, "", _flat(PRESETS[name]))
 
 
 if __name__ == "__main__":
