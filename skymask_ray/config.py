@@ -171,6 +171,8 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
             _merge_into(current, value, f"{where}{key}.")
         elif isinstance(current, tuple) and isinstance(value, list):
             setattr(obj, key, tuple(value))
+        elif isinstance(current, dict) and isinstance(value, dict):  # attack/defense params: merged key by key
+            setattr(obj, key, {**current, **value})
         else:
             setattr(obj, key, value)
 
