@@ -180,7 +180,6 @@ class ParquetLog:
     def __init__(self, path: str | Path, schema: pa.Schema = SCHEMA, keep_existing: bool = False) -> None:
         self.path = Path(path)
         self.schema = schema
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if keep_existing and self.path.exists():
             self.rows = read_parquet(self.path).to_pylist()

@@ -494,16 +494,22 @@ class LayoutRecorder:
         self.written = True
 
 
-def rss_mb() -> float:
-    """Peak resident set size of this process in MB (VmHWM; ru_maxrss where /proc is missing)."""
+def _proc_kb(path: str, field: str) -> float | None:
+    """A ``field: N kB`` value of a /proc file of this process, in MB (None where it is missing)."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process in MB (VmHWM; ru_maxrss where /proc is missing)."""
+    peak = _proc_kb("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def pss_mb() -> float:
@@ -512,14 +518,7 @@ def pss_mb() -> float:
     Summed over the run's processes it counts shared pages (torch's libraries, Ray's object store)
     once, unlike summed peak RSS. 0 where /proc/self/smaps_rollup is missing.
     """
-    try:
-        with open("/proc/self/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    return _proc_kb("/proc/self/smaps_rollup", "Pss") or 0.0
 
 
 def reset_peak_rss() -> None:

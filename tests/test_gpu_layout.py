@@ -195,6 +195,9 @@ def test_device_cuda_on_a_fake_gpu_stops_with_one_line_naming_the_node(ray_clust
         Simulation(cfg, tmp_path / "run")
     msg = str(err.value)
     assert "\n" not in msg and f"node {_node_ip(gpu_node)}" in msg and "cannot use CUDA" in msg
+    deadline = time.monotonic() + 30  # Ray's resource view catches up with released reservations
+    while ray.available_resources().get("GPU", 0) != 1.0 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert ray.available_resources().get("GPU", 0) == 1.0  # nothing reserved is left behind
 
 
