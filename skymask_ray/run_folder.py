@@ -8,6 +8,7 @@ Layout of ``OUT``::
     _config.yaml          the run's config
     _state/checkpoint.json     round, config hash and file of the checkpoint (read first)
     _state/checkpoint-R.pt     tensors and plain values only, loaded with ``weights_only=True``
+    _state/layout.json         where the client workers and the mask trainer ran (written after round 1)
 
 Rules (a user's results are never lost silently):
 
