@@ -49,10 +49,9 @@ def grid_path(key: str) -> str:
     if key in GRID_KEYS:
         return GRID_KEYS[key]
     head, *rest = key.split(".")
-    obj: Any = ExperimentConfig()
-    names = {f.name for f in dataclasses.fields(obj)}
-    if head in names and head in ("attack_params", "defense_params") and len(rest) == 1:
+    if head in ("attack_params", "defense_params") and len(rest) == 1:  # one key of a component's parameters
         return key
+    obj: Any = ExperimentConfig()
     for part in key.split("."):
         if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
             raise ConfigError(f"unknown grid key {key!r}; use one of {', '.join(sorted(GRID_KEYS))}, a dotted config "
