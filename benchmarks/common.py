@@ -183,15 +183,24 @@ def run_cells(preset: str | None, jobs: Sequence[tuple[dict[str, Any], dict[str,
     Returns every cell's config with its summary (:func:`skymask_ray.bench.summarize`), None where
     the cell is not complete.
     """
-    from skymask_ray.bench import cell_done, cell_name, expand_grid, run_grid, summarize
+    from skymask_ray.bench import cell_done, expand_named_grid, run_grid, summarize
 
     if run:
-        for base, grid in jobs:
-            run_grid(preset, None, base, grid, out, echo=print)
+        import ray
+
+        from skymask_ray.runtime import init_ray
+
+        started = init_ray(None)  # one Ray session for every job (each run_grid would start its own)
+        try:
+            for base, grid in jobs:
+                run_grid(preset, None, base, grid, out, echo=print)
+        finally:
+            if started:
+                ray.shutdown()
     cells = []
     for base, grid in jobs:
-        for cfg in expand_grid(preset, None, base, grid):
-            folder = out / cell_name(cfg)
+        for cfg, name in expand_named_grid(preset, None, base, grid):
+            folder = out / name
             cells.append((cfg, summarize(folder) if cell_done(cfg, folder) else None))
     return cells
 

@@ -289,6 +289,7 @@ def summarize(folder: Path) -> dict[str, Any]:
     out = {k: getattr(last, k) for k in RUN_KEYS}
     out.update({"rounds": len(rows), "accuracy": last.accuracy, "backdoor_success": last.backdoor_success,
                 "tpr": mean("tpr"), "fpr": mean("fpr"), "fallbacks": sum(bool(r.fallback) for r in rows),
+                "single_component_rounds": sum(bool(r.single_component) for r in rows),
                 "peak_rss_mb": max(r.peak_rss_mb for r in rows),
                 "mem_pss_mb": max((r.mem_pss_mb for r in rows if r.mem_pss_mb is not None), default=None)})
     for col in ("t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round"):

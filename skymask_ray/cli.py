@@ -40,7 +40,7 @@ def config_default(dotted: str) -> Any:
     """The value at ``dotted`` ("train.local_lr") of a default ExperimentConfig: help never drifts from config.py."""
     obj: Any = _DEFAULTS
     for part in dotted.split("."):
-        obj = getattr(obj, part)
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)  # a key below attack/defense_params
     return obj
 
 
@@ -120,6 +120,10 @@ _CONFIG_OPTIONS: list[tuple[str, str, str, str | None, dict[str, Any]]] = [
      "pool: attackers live in the population and are sampled like anyone; fixed: every cohort holds "
      "round(cohort x fraction) attackers.", "pool", {"type": click.Choice(["pool", "fixed"])}),
     ("--dropout", "dropout", "Probability that a sampled client fails to report.", None, {"type": float}),
+    ("--pre", "defense_params.pre",
+     "Pre-aggregator mixing the updates before any defense (ByzFL's): nnm (nearest-neighbour mixing) or "
+     "bucketing; its own parameters: --set defense_params.bucket_size=N etc.", "none",
+     {}),
     ("--declared-f", "declared_f", "f given to f-based defenses.", "round(cohort x malicious fraction)",
      {"type": int}),
     ("--client-exec", "train.client_exec",

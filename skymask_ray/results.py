@@ -101,6 +101,7 @@ class RoundRow:
     mask_steps: int | None = _col(pa.int32())
     t_mask_train: float | None = _col(pa.float64())
     t_mask_cluster: float | None = _col(pa.float64())
+    single_component: bool | None = _col(pa.bool_())  # skymask.select bic found one cluster: everyone accepted
     cohort: int | None = _col(pa.int32())  # clients sampled this round (K)
     malicious_in_cohort: int | None = _col(pa.int32())  # attackers among them (ground truth)
     dropped: int | None = _col(pa.int32())  # sampled clients that did not report

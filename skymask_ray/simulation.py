@@ -279,6 +279,7 @@ class Simulation:
             trained_clients=len(train_pos),
             mask_on_mean=info.get("mask_on_mean"), mask_steps=len(info.get("mask_losses", [])) or None,
             t_mask_train=info.get("t_mask_train"), t_mask_cluster=info.get("t_mask_cluster"),
+            single_component=info.get("single_component"),
             cohort=len(cohort), malicious_in_cohort=int(self.malicious[torch.from_numpy(cohort)].sum()),
             dropped=int(dropped.sum()), declared_f=cfg.num_declared_f, skipped=skipped,
             config=self.config_record, config_hash=self.hash, version=__version__,

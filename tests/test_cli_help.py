@@ -43,7 +43,7 @@ def shown_options(cmd):
 def config_value(dotted):
     obj = ExperimentConfig()
     for part in dotted.split("."):
-        obj = getattr(obj, part)
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)  # --pre: a key of defense_params
     return obj
 
 
@@ -172,6 +172,18 @@ def test_run_set_through_the_command(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
     assert (cfg.rounds, cfg.skymask.mask_epochs, cfg.attack_params, cfg.train.local_lr) == (5, 10, {"spread": 1}, 0.1)
+
+
+def test_pre_flag_sets_the_pre_aggregator_beside_other_defense_params(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(skymask_ray.simulation, "run_experiment",
+                        lambda cfg, out, **kw: seen.setdefault("cfg", cfg) and Path(out))
+    res = CliRunner().invoke(cli.main, ["run", "--defense", "krum", "--pre", "bucketing",
+                                        "--set", "defense_params.bucket_size=3", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].defense_params == {"pre": "bucketing", "bucket_size": 3}
+    res = CliRunner().invoke(cli.main, ["run", "--defense", "krum", "--pre", "nope", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "unknown pre-aggregator 'nope'" in res.output and "nnm" in res.output
 
 
 @pytest.mark.parametrize("command", ["run", "bench"])

@@ -109,6 +109,12 @@ def compiled_kernels(device_type: str) -> RowKernels | None:
     compiler on a CPU node, no Triton on a GPU node); callers then run eager.
     """
     kernels = RowKernels(*(torch.compile(f, dynamic=True) for f in (_row_sums, _row_grad, _row_sgd)), compiled=True)
+    # inductor imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on import when a CUDA
+    # build of torch runs on a machine without a GPU: true and harmless for a CPU kernel, so not shown
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    if device_type == "cpu":
+        cpp_log.setLevel(logging.ERROR)
     try:
         m, u = torch.zeros(2048, 512, device=device_type), torch.ones(2048, 512, device=device_type)
         lr, clip = torch.ones((), device=device_type), torch.ones((), device=device_type)
@@ -119,6 +125,8 @@ def compiled_kernels(device_type: str) -> RowKernels | None:
         log.warning("torch.compile of the mask step failed on %s (%s); using the eager step", device_type,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None
+    finally:
+        cpp_log.setLevel(level)
     return kernels
 
 
