@@ -57,6 +57,7 @@ def test_skymask_run_rows_detection_and_placement(ray_cluster, tmp_path):
         assert r["accepted"] == r["tn"] + r["fn"]
         assert r["trained_clients"] == cfg.clients - f  # model poisoners skip local training
         assert 0.0 <= r["accuracy"] <= 1.0 and r["t_round"] > 0 and r["peak_rss_mb"] > 100
+        assert r["single_component"] is False  # the paper's gmm2 always splits (None would mean: not recorded)
     assert np.mean([r["tpr"] for r in rows]) == 1.0  # min_max's identical vectors are all caught
     assert np.mean([r["fpr"] for r in rows]) <= 0.2
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
@@ -71,6 +72,7 @@ def test_min_max_breaks_fedavg_but_not_fltrust(ray_cluster, tmp_path):
         path = run_experiment(_cfg(attack=attack, defense=defense, rounds=4, malicious_fraction=0.4),
                               tmp_path / f"{attack}-{defense}")
         accs[attack, defense] = pq.read_table(path).column("accuracy").to_pylist()[-1]
+        assert set(pq.read_table(path).column("single_component").to_pylist()) == {None}  # skymask's alone
     assert accs["none", "fedavg"] > 0.6
     assert accs["min_max", "fedavg"] < 0.2  # chance is 0.1
     assert accs["min_max", "fltrust"] > accs["min_max", "fedavg"] + 0.2
