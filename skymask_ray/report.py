@@ -8,9 +8,14 @@
 - ``fraction_sweep.png``: final accuracy, mean TPR and mean FPR against the
   malicious fraction (means over seeds);
 - ``scaling.png``: mean round time and peak memory against the client count;
+- ``cohort_sweep.png`` (only where some run samples a cohort; skipped with one cohort size K): final
+  accuracy, mean TPR, mean FPR, and the FPR of the rounds whose cohort held no
+  attacker, against K;
 
 Colour always encodes the defense; line style and marker encode whatever else
-varies between the runs (client count, attack, dataset, ...).
+varies between the runs (client count, cohort, attack, dataset, ...). A run's
+cohort K is the clients sampled per round (the row's ``cohort``); it is shown
+only where some run samples fewer than all its clients.
 - ``mask_pca_<run>_r<round>.png`` per SkyMask run: the PCA of one round's
   binarised masks (benign/malicious colours, accepted/rejected markers, the
   server as a star, GMM clusters outlined);
@@ -52,9 +57,10 @@ log = logging.getLogger(__name__)
 
 METRICS = (
     "accuracy", "loss", "backdoor_success", "tpr", "fpr", "t_round", "t_clients",
-    "t_server", "t_attack", "t_defense", "t_eval", "peak_rss_mb",
+    "t_server", "t_attack", "t_defense", "t_eval", "peak_rss_mb", "malicious_in_cohort",
 )
-SHORT = {"clients": "N", "malicious_fraction": "f", "seed": "seed"}
+KEYS = (*RUN_KEYS, "cohort")  # what tells runs apart: the row's run keys and the cohort size K
+SHORT = {"clients": "N", "malicious_fraction": "f", "seed": "seed", "cohort": "K"}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 120
@@ -89,11 +95,21 @@ class Run:
         v = v[np.isfinite(v)]
         return float(v.max()) if v.size else math.nan
 
+    @property
+    def sampled(self) -> bool:
+        """A cross-device run: its cohort is smaller than its population."""
+        return self.key["cohort"] != self.key["clients"]
+
+    def fpr_without_attackers(self) -> tuple[float, int]:
+        """(mean FPR, count) over the rounds whose cohort held no attacker (NaN, 0 if none)."""
+        mask = (self.metrics["malicious_in_cohort"] == 0) & np.isfinite(self.metrics["fpr"])
+        return (float(self.metrics["fpr"][mask].mean()) if mask.any() else math.nan), int(mask.sum())
+
     def slug(self) -> str:
         """A file-name-safe name for this run."""
         k = self.key
-        text = (f"{k['dataset']}-{k['model']}-N{k['clients']}-f{k['malicious_fraction']:g}"
-                f"-{k['attack']}-{k['defense']}-s{k['seed']}")
+        text = (f"{k['dataset']}-{k['model']}-N{k['clients']}" + (f"-K{k['cohort']}" if self.sampled else "")
+                + f"-f{k['malicious_fraction']:g}-{k['attack']}-{k['defense']}-s{k['seed']}")
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
@@ -141,6 +157,9 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
          plot_fraction_sweep, "fraction_sweep.png"),
         ("round time and peak memory vs client count", _sweep_gap(runs, "clients"), plot_scaling, "scaling.png"),
     )
+    if any(r.sampled for r in runs):  # cross-device runs only: elsewhere the plot does not apply (not "skipped")
+        plots += (("accuracy and detection vs cohort size", _sweep_gap(runs, "cohort"), plot_cohort_sweep,
+                   "cohort_sweep.png"),)
     for name, gap, plot, file_name in plots:
         if gap is None:
             save(plot(runs), file_name)
@@ -211,7 +230,10 @@ def load_runs(path: Path) -> list[Run]:
         never = _never_rejects((_floats(sub, "tp") + _floats(sub, "fp"))[order], metrics)
         if never:
             metrics["tpr"] = metrics["fpr"] = np.full(len(order), np.nan)
-        runs.append(Run(path, dict(zip(RUN_KEYS, key)), rounds[order], metrics, fallbacks, never))
+        run_key = dict(zip(RUN_KEYS, key))
+        cohorts = _floats(sub, "cohort")  # files from before populations have no cohort: every client trained
+        run_key["cohort"] = int(cohorts[np.isfinite(cohorts)][0]) if np.isfinite(cohorts).any() else run_key["clients"]
+        runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never))
     return runs
 
 
@@ -262,10 +284,16 @@ def _sweep_gap(runs: list[Run], axis: str) -> str | None:
 # ----- labelling helpers ---------------------------------------------------------------------
 
 
+def _keys(keys: list[dict[str, Any]]) -> list[str]:
+    """The keys worth naming: the cohort only where some run samples fewer than all its clients."""
+    sampled = any(d["cohort"] != d["clients"] for d in keys)
+    return [k for k in KEYS if k != "cohort" or sampled]
+
+
 def _varying(keys: list[dict[str, Any]], exclude: Iterable[str]) -> list[str]:
     """The run keys (outside ``exclude``) whose values differ between ``keys``."""
     skip = set(exclude)
-    return [k for k in RUN_KEYS if k not in skip and len({d[k] for d in keys}) > 1]
+    return [k for k in _keys(keys) if k not in skip and len({d[k] for d in keys}) > 1]
 
 
 def _label(key: dict[str, Any], fields: Iterable[str]) -> str:
@@ -310,8 +338,8 @@ class _Styles:
         fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="defense / run")
 
 
-def _grid(n: int, width: float = 5.0, height: float = 3.8) -> tuple[Figure, list[Axes]]:
-    cols = min(3, n)
+def _grid(n: int, width: float = 5.0, height: float = 3.8, cols: int = 3) -> tuple[Figure, list[Axes]]:
+    cols = min(cols, n)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(width * cols + 2.5, height * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
@@ -323,7 +351,7 @@ def _grid(n: int, width: float = 5.0, height: float = 3.8) -> tuple[Figure, list
 def _context(keys: list[dict[str, Any]], exclude: Iterable[str]) -> str:
     """The run keys shared by all ``keys`` (outside ``exclude``), for a figure title."""
     skip = set(exclude)
-    shared = [k for k in RUN_KEYS if k not in skip and len({d[k] for d in keys}) == 1]
+    shared = [k for k in _keys(keys) if k not in skip and len({d[k] for d in keys}) == 1]
     return _label(keys[0], shared)
 
 
@@ -445,6 +473,34 @@ def plot_scaling(runs: list[Run]) -> Figure:
     return fig
 
 
+def plot_cohort_sweep(runs: list[Run]) -> Figure:
+    """Final accuracy, mean TPR, mean FPR, and the mean FPR of rounds whose cohort held no attacker,
+    against the cohort size K (mean over seeds)."""
+    fig, axes = _grid(4, width=4.4, cols=2)
+    styles = _Styles([r.key for r in runs], {"cohort", "seed"})
+    panels = (
+        ("final test accuracy", lambda r: r.last("accuracy")),
+        ("mean TPR (malicious rejected)", lambda r: r.mean("tpr")),
+        ("mean FPR (benign rejected)", lambda r: r.mean("fpr")),
+        ("FPR, rounds without an attacker", lambda r: r.fpr_without_attackers()[0]),
+    )
+    sizes = sorted({r.key["cohort"] for r in runs})
+    for ax, (ylabel, value) in zip(axes, panels):
+        drawn = _plot_sweep(ax, runs, "cohort", value, styles)
+        if sizes[-1] / max(sizes[0], 1) >= 8:
+            ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(c) for c in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("cohort K (clients per round)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(ylabel if drawn else f"{ylabel}: no such round")
+    styles.legend(fig)
+    fig.suptitle(f"Accuracy and detection vs cohort size ({_context([r.key for r in runs], {'cohort', 'seed', 'defense'})}"
+                 "; mean over seeds)")
+    return fig
+
+
 def _hull(points: np.ndarray) -> np.ndarray:
     """Convex hull of 2-D points, counter-clockwise (Andrew's monotone chain)."""
     pts = np.unique(points, axis=0)
@@ -531,10 +587,12 @@ NO_RATES = "n/a"  # TPR/FPR of a run whose defense never rejected a client
 def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
     """The Markdown summary: one row per run, then the plots written and those skipped."""
     with_backdoor = any(np.isfinite(r.metrics["backdoor_success"]).any() for r in runs)
-    keys = [tuple(r.key[k] for k in RUN_KEYS) for r in runs]
+    keys = [tuple(r.key[k] for k in KEYS) for r in runs]
     duplicated = len(set(keys)) < len(keys)
-    header = ["dataset", "model", "clients", "f", "attack", "defense", "seed", "rounds",
-              "final accuracy", "mean TPR", "mean FPR", "fallbacks", "mean round s", "peak MB"]
+    sampled = any(r.sampled for r in runs)
+    header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed", "rounds",
+              "final accuracy", "mean TPR", "mean FPR", *(["FPR w/o attacker (rounds)"] if sampled else []),
+              "fallbacks", "mean round s", "peak MB"]
     if with_backdoor:
         header.append("final backdoor success")
     if duplicated:
@@ -544,18 +602,23 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
         "",
         f"{len(runs)} run(s) from {len({r.source for r in runs})} file(s). Final accuracy and backdoor success "
         "are the values at each run's last evaluated round; TPR/FPR are means over rounds where defined "
-        "(positive = rejected client); peak MB is the largest peak_rss_mb of the run.",
+        "(positive = rejected client); peak MB is the largest peak_rss_mb of the run."
+        + (" K: clients sampled per round; FPR w/o attacker: mean FPR over the rounds whose cohort held no "
+           "attacker, with their count." if sampled else ""),
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < 6 else "---:" for i in range(len(header))) + "|",
+        "|" + "|".join("---" if i < 6 + sampled else "---:" for i in range(len(header))) + "|",
     ]
-    for run in sorted(runs, key=lambda r: (tuple(str(r.key[k]) for k in RUN_KEYS[:2]),
-                                          *(r.key[k] for k in RUN_KEYS[2:]), str(r.source))):
+    for run in sorted(runs, key=lambda r: (tuple(str(r.key[k]) for k in KEYS[:2]),
+                                          *(r.key[k] for k in KEYS[2:]), str(r.source))):
         k = run.key
-        row = [str(k["dataset"]), str(k["model"]), str(k["clients"]), f"{k['malicious_fraction']:g}",
-               str(k["attack"]), str(k["defense"]), str(k["seed"]), str(len(run.rounds)),
-               _cell(run.last("accuracy"), 4),
-               *((NO_RATES, NO_RATES) if run.never_rejects else (_cell(run.mean("tpr"), 3), _cell(run.mean("fpr"), 3))),
+        quiet_fpr, quiet_rounds = run.fpr_without_attackers()
+        rates = ((NO_RATES, NO_RATES) if run.never_rejects else (_cell(run.mean("tpr"), 3), _cell(run.mean("fpr"), 3)))
+        if sampled:
+            rates += (f"{NO_RATES if run.never_rejects else _cell(quiet_fpr, 3)} ({quiet_rounds})",)
+        row = [str(k["dataset"]), str(k["model"]), str(k["clients"]), *([str(k["cohort"])] if sampled else []),
+               f"{k['malicious_fraction']:g}", str(k["attack"]), str(k["defense"]), str(k["seed"]),
+               str(len(run.rounds)), _cell(run.last("accuracy"), 4), *rates,
                str(run.fallbacks), _cell(run.mean("t_round"), 2), _cell(run.peak("peak_rss_mb"), 0)]
         if with_backdoor:
             row.append(_cell(run.last("backdoor_success"), 4))

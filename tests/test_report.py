@@ -37,15 +37,19 @@ def write_run(
     eval_every: int = 2,
     backdoor: bool = False,
     masks: bool = True,
+    cohort: int | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """One run's rounds.parquet (and masks.parquet for skymask); returns its path and rows."""
-    out = root / f"{defense}-N{clients}-f{fraction}-s{seed}"
-    rng = np.random.default_rng([clients, int(fraction * 100), seed, len(defense)])
+    """One run's rounds.parquet (and masks.parquet for skymask); returns its path and rows.
+
+    ``cohort``: a cross-device run whose cohort of that many clients holds no attacker in round 1."""
+    out = root / (f"{defense}-N{clients}-f{fraction}-s{seed}" + (f"-K{cohort}" if cohort else ""))
+    rng = np.random.default_rng([clients, int(fraction * 100), seed, len(defense), *([cohort] if cohort else [])])
+    n = cohort or clients  # clients that report each round
     writer = ParquetLog(out / "rounds.parquet")
-    malicious = round(clients * fraction)
     rows = []
     for r in range(1, rounds + 1):
         evaluated = r % eval_every == 0 or r == rounds
+        malicious = round(n * fraction) if cohort is None or r > 1 else 0
         tp = malicious if defense == "skymask" else 0
         fp = int(rng.integers(0, 2)) if defense == "skymask" else 0
         row = _row(
@@ -53,11 +57,12 @@ def write_run(
             seed=seed, accuracy=0.9 - 0.6 * 0.6**r + 0.02 * rng.random() if evaluated else None,
             loss=2.0 / r if evaluated else None,
             backdoor_success=0.05 * r if backdoor and evaluated else None,
-            tp=tp, fp=fp, tn=clients - malicious - fp, fn=malicious - tp,
+            tp=tp, fp=fp, tn=n - malicious - fp, fn=malicious - tp,
             tpr=tp / malicious if malicious else None,
-            fpr=fp / (clients - malicious), accepted=clients - tp - fp, fallback=r == 1 and defense == "skymask",
+            fpr=fp / (n - malicious), accepted=n - tp - fp, fallback=r == 1 and defense == "skymask",
             t_clients=0.01 * clients, t_server=0.1, t_attack=0.01, t_defense=0.02 * clients, t_eval=0.05,
             t_round=0.03 * clients + rng.random(), peak_rss_mb=300.0 + 4 * clients + r,
+            cohort=n, malicious_in_cohort=malicious,
         )
         writer.append(row)
         rows.append(row)
@@ -143,6 +148,40 @@ def test_full_grid_writes_every_plot_and_a_row_per_run(grid, tmp_path: Path) -> 
     assert "![accuracy_vs_round](accuracy_vs_round.png)" in text
     assert "Skipped" not in text
     assert "n/a: the defense rejected no client in any round of that run (fedavg)" in text
+
+
+def test_cohorts_tell_runs_apart_and_get_their_own_sweep(tmp_path: Path) -> None:
+    root = tmp_path / "population"
+    runs = {}
+    for defense in ("fedavg", "skymask"):
+        for cohort in (10, 20, 40):
+            runs[defense, cohort] = write_run(root, defense, clients=200, seed=0, rounds=4, cohort=cohort)[1]
+    out = tmp_path / "report"
+    report = build_report([root], out)
+    names = {p.name for p in report.files}
+    assert "cohort_sweep.png" in names and "cohort_sweep" not in " ".join(report.skipped)
+    assert_png(out / "cohort_sweep.png")
+    masks = sorted(n for n in names if n.startswith("mask_pca_"))
+    assert masks == [f"mask_pca_synthetic-mlp-N200-K{k}-f0.2-min_max-skymask-s0_r4.png" for k in (10, 20, 40)]
+    rows = table_rows(out / "summary.md")
+    assert len(rows) == 6 and "source" not in rows[0]  # same run keys, told apart by K
+    for row in rows:
+        recorded = runs[row["defense"], int(row["K"])]
+        assert row["clients"] == "200"
+        if row["defense"] == "fedavg":
+            assert row["FPR w/o attacker (rounds)"] == "n/a (0)"
+        else:  # round 1's cohort held no attacker: its FPR alone
+            assert recorded[0]["malicious_in_cohort"] == 0 and recorded[0]["tpr"] is None
+            assert row["FPR w/o attacker (rounds)"] == f"{recorded[0]['fpr']:.3f} (1)"
+            assert row["mean FPR"] == f"{np.mean([r['fpr'] for r in recorded]):.3f}"
+
+
+def test_full_participation_reports_have_no_cohort_column_or_sweep(grid, tmp_path: Path) -> None:
+    root, _ = grid
+    report = build_report([root], tmp_path / "report")
+    assert "K" not in table_rows(tmp_path / "report" / "summary.md")[0]
+    assert not any(p.name == "cohort_sweep.png" for p in report.files)
+    assert not any("cohort" in name for name in report.skipped)  # does not apply, so not listed as skipped
 
 
 def test_make_report_returns_paths_and_accepts_files(grid, tmp_path: Path) -> None:
