@@ -231,7 +231,7 @@ def test_stack_updates_is_server_then_clients_coordinate_major(n):
     assert out.T.is_contiguous()
 
 
-# ----- skymask.select: gmm2 (the paper) | bic ------------------------------------------------------
+# ----- skymask.select: gmm2 (the paper) | bic | silhouette ------------------------------------------------------
 
 
 def _one_group(seed, k=31, p=400):
@@ -273,6 +273,28 @@ def test_bic_separates_two_groups_exactly_like_gmm2(sizes):
         assert not bic.single_component
         assert bic.benign.tolist() == [True] * sizes[0] + [False] * sizes[1]
         assert np.array_equal(bic.benign, gmm2.benign) and np.array_equal(bic.labels, gmm2.labels)
+
+
+def test_silhouette_keeps_one_group_whole_where_gmm2_rejects_someone():
+    for seed in range(10):
+        b = _one_group(seed)
+        sil = cluster_from_gram(b @ b.T, seed=seed, rule="silhouette")
+        assert sil.single_component and sil.benign.all() and (sil.labels == 0).all() and not sil.degenerate
+        # the threshold is what decides: accepting any split gives the paper's rule back
+        split = cluster_from_gram(b @ b.T, seed=seed, rule="silhouette", min_silhouette=-1.0)
+        assert not split.single_component
+        assert np.array_equal(split.benign, cluster_from_gram(b @ b.T, seed=seed).benign)
+
+
+@pytest.mark.parametrize("sizes", [(10, 20), (3, 28), (25, 6)])
+def test_silhouette_separates_two_groups_exactly_like_gmm2(sizes):
+    for seed in range(5):
+        b = _two_groups(seed, *sizes)
+        sil = cluster_from_gram(b @ b.T, seed=seed, rule="silhouette")
+        gmm2 = cluster_from_gram(b @ b.T, seed=seed, rule="gmm2")
+        assert not sil.single_component
+        assert sil.benign.tolist() == [True] * sizes[0] + [False] * sizes[1]
+        assert np.array_equal(sil.benign, gmm2.benign) and np.array_equal(sil.labels, gmm2.labels)
 
 
 def test_gmm2_is_the_paper_rule_unchanged():
@@ -334,5 +356,5 @@ def test_single_component_reaches_the_round_info():
     assert defense.aggregate(updates, ctx).info["single_component"] is False
     chosen = build_config(overrides={"skymask": {"select": "bic"}, "data": {"dataset": "synthetic"}})
     assert chosen.skymask.select == "bic"
-    with pytest.raises(ConfigError, match="skymask.select must be gmm2 or bic"):
+    with pytest.raises(ConfigError, match="skymask.select must be gmm2, bic or silhouette"):
         build_config(overrides={"skymask": {"select": "bic3"}, "data": {"dataset": "synthetic"}})
