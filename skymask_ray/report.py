@@ -15,7 +15,11 @@
 Colour always encodes the defense; line style and marker encode whatever else
 varies between the runs (client count, cohort, attack, dataset, ...). A run's
 cohort K is the clients sampled per round (the row's ``cohort``); it is shown
-only where some run samples fewer than all its clients.
+only where some run samples fewer than all its clients. Any other config
+field (from the rows' ``config`` column, e.g. ``skymask.select`` or
+``attack_params.spread``) whose value differs between the runs tells them
+apart as well: in labels, file names and summary columns, so two runs of a
+study never share a line or a plot file.
 - ``mask_pca_<run>_r<round>.png`` per SkyMask run: the PCA of one round's
   binarised masks (benign/malicious colours, accepted/rejected markers, the
   server as a star, GMM clusters outlined);
@@ -26,13 +30,16 @@ A plot whose data is absent (one malicious fraction, one client count, no
 ``summary.md`` and returned by :func:`build_report`. Round axes have integer
 ticks. A run whose defense never rejects a client (``tp + fp`` is 0 in every
 round, or no TPR/FPR recorded) has no TPR/FPR: it is left out of those panels
-and shown as ``n/a`` in ``summary.md``, not drawn as a rate of 0. A result file
+and shown as ``n/a`` in ``summary.md``, not drawn as a rate of 0; unless a
+selection rule chose to accept everyone (``single_component``, SkyMask's
+``bic``/``silhouette``), which is a decision with a rate of 0. A result file
 that is not readable Parquet, or an output folder that is an existing file, is
 a ValueError naming the path.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -61,6 +68,11 @@ METRICS = (
 )
 KEYS = (*RUN_KEYS, "cohort")  # what tells runs apart: the row's run keys and the cohort size K
 SHORT = {"clients": "N", "malicious_fraction": "f", "seed": "seed", "cohort": "K"}
+SAME_AS_KEY = {"data.dataset", "model", "clients", "malicious_fraction", "attack", "defense", "seed", "cohort"}
+HOW_IT_RAN = {  # config fields that change where or how fast a run ran, not what it computed
+    "data.data_dir", "device", "workers", "workers_per_gpu", "train.client_exec", "train.vmap_chunk",
+    "skymask.kernel", "skymask.shards", "skymask.shard_memory_gb",
+}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 120
@@ -76,6 +88,7 @@ class Run:
     metrics: dict[str, np.ndarray]
     fallbacks: int
     never_rejects: bool = False  # no client rejected in any round: TPR/FPR are absent (NaN), not 0
+    settings: dict[str, Any] = field(default_factory=dict)  # the run's config, flattened to dotted names
 
     def last(self, name: str) -> float:
         """The value at the last round where ``name`` is defined (NaN if never)."""
@@ -109,7 +122,8 @@ class Run:
         """A file-name-safe name for this run."""
         k = self.key
         text = (f"{k['dataset']}-{k['model']}-N{k['clients']}" + (f"-K{k['cohort']}" if self.sampled else "")
-                + f"-f{k['malicious_fraction']:g}-{k['attack']}-{k['defense']}-s{k['seed']}")
+                + f"-f{k['malicious_fraction']:g}-{k['attack']}-{k['defense']}-s{k['seed']}"
+                + "".join(f"-{name}={_text(v)}" for name, v in k.items() if name not in KEYS))
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
@@ -140,6 +154,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
     runs = [run for f in files for run in load_runs(f)]
     if not runs:
         raise ValueError(f"no rounds recorded in {', '.join(str(f) for f in files)}")
+    tell_apart(runs)
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
 
@@ -211,7 +226,8 @@ def find_rounds_files(inputs: Iterable[str | Path]) -> list[Path]:
 def load_runs(path: Path) -> list[Run]:
     """The runs in one ``rounds.parquet`` (normally one), rows sorted by round, last row per round kept.
 
-    A run whose defense rejected no client in any round gets ``never_rejects`` and NaN TPR/FPR.
+    A run whose defense rejected no client in any round, and never decided to (no ``single_component``
+    round), gets ``never_rejects`` and NaN TPR/FPR.
     """
     table = _read(path)
     missing = [c for c in (*RUN_KEYS, "round") if c not in table.column_names]
@@ -227,14 +243,55 @@ def load_runs(path: Path) -> list[Run]:
         order = len(rounds) - 1 - last_rev
         metrics = {m: _floats(sub, m)[order] for m in METRICS}
         fallbacks = int(np.nansum(_floats(sub, "fallback")[order])) if "fallback" in sub.column_names else 0
-        never = _never_rejects((_floats(sub, "tp") + _floats(sub, "fp"))[order], metrics)
+        decided = bool((_floats(sub, "single_component")[order] == 1).any())  # accepted all by a rule's choice
+        never = not decided and _never_rejects((_floats(sub, "tp") + _floats(sub, "fp"))[order], metrics)
         if never:
             metrics["tpr"] = metrics["fpr"] = np.full(len(order), np.nan)
         run_key = dict(zip(RUN_KEYS, key))
         cohorts = _floats(sub, "cohort")  # files from before populations have no cohort: every client trained
         run_key["cohort"] = int(cohorts[np.isfinite(cohorts)][0]) if np.isfinite(cohorts).any() else run_key["clients"]
-        runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never))
+        settings = _flatten(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}
+        runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never, settings))
     return runs
+
+
+def tell_apart(runs: list[Run]) -> list[str]:
+    """Add to every run's key the config fields whose values differ between ``runs``; returns their names.
+
+    Fields that only say how a run ran (``HOW_IT_RAN``) and those already in ``KEYS`` are left out.
+    A field that a run's file does not record (written before the field existed) does not count as
+    a difference; such a run shows it as None.
+    """
+    names = sorted({n for r in runs for n in r.settings} - SAME_AS_KEY - HOW_IT_RAN)
+    varying = [n for n in names if len({_hashable(r.settings[n]) for r in runs if n in r.settings}) > 1]
+    for run in runs:
+        run.key.update({n: _hashable(run.settings.get(n)) for n in varying})
+    return varying
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config record as {dotted name: value}; attack/defense parameters (JSON text) expanded too."""
+    flat: dict[str, Any] = {}
+    for name, value in record.items():
+        dotted = f"{prefix}{name}"
+        if name in ("attack_params", "defense_params") and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _never_rejects(rejected: np.ndarray, metrics: dict[str, np.ndarray]) -> bool:
@@ -287,7 +344,8 @@ def _sweep_gap(runs: list[Run], axis: str) -> str | None:
 def _keys(keys: list[dict[str, Any]]) -> list[str]:
     """The keys worth naming: the cohort only where some run samples fewer than all its clients."""
     sampled = any(d["cohort"] != d["clients"] for d in keys)
-    return [k for k in KEYS if k != "cohort" or sampled]
+    extra = [k for k in keys[0] if k not in KEYS] if keys else []  # config fields added by tell_apart
+    return [k for k in KEYS if k != "cohort" or sampled] + extra
 
 
 def _varying(keys: list[dict[str, Any]], exclude: Iterable[str]) -> list[str]:
@@ -299,9 +357,8 @@ def _varying(keys: list[dict[str, Any]], exclude: Iterable[str]) -> list[str]:
 def _label(key: dict[str, Any], fields: Iterable[str]) -> str:
     parts = []
     for f in fields:
-        v = key[f]
-        text = f"{v:g}" if isinstance(v, float) else str(v)
-        parts.append(f"{SHORT[f]}={text}" if f in SHORT else text)
+        text = _text(key[f])
+        parts.append(f"{SHORT[f]}={text}" if f in SHORT else text if f in KEYS else f"{f}={text}")
     return " ".join(parts)
 
 
@@ -587,10 +644,12 @@ NO_RATES = "n/a"  # TPR/FPR of a run whose defense never rejected a client
 def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
     """The Markdown summary: one row per run, then the plots written and those skipped."""
     with_backdoor = any(np.isfinite(r.metrics["backdoor_success"]).any() for r in runs)
-    keys = [tuple(r.key[k] for k in KEYS) for r in runs]
+    keys = [tuple(r.key.values()) for r in runs]
     duplicated = len(set(keys)) < len(keys)
     sampled = any(r.sampled for r in runs)
-    header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed", "rounds",
+    extra = [k for k in runs[0].key if k not in KEYS]  # config fields that differ between the runs
+    header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed", *extra,
+              "rounds",
               "final accuracy", "mean TPR", "mean FPR", *(["FPR w/o attacker (rounds)"] if sampled else []),
               "fallbacks", "mean round s", "peak MB"]
     if with_backdoor:
@@ -609,8 +668,8 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 6 + sampled else "---:" for i in range(len(header))) + "|",
     ]
-    for run in sorted(runs, key=lambda r: (tuple(str(r.key[k]) for k in KEYS[:2]),
-                                          *(r.key[k] for k in KEYS[2:]), str(r.source))):
+    for run in sorted(runs, key=lambda r: (tuple(str(r.key[k]) for k in KEYS[:2]), *(r.key[k] for k in KEYS[2:]),
+                                          tuple(str(r.key[k]) for k in extra), str(r.source))):
         k = run.key
         quiet_fpr, quiet_rounds = run.fpr_without_attackers()
         rates = ((NO_RATES, NO_RATES) if run.never_rejects else (_cell(run.mean("tpr"), 3), _cell(run.mean("fpr"), 3)))
@@ -618,7 +677,7 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
             rates += (f"{NO_RATES if run.never_rejects else _cell(quiet_fpr, 3)} ({quiet_rounds})",)
         row = [str(k["dataset"]), str(k["model"]), str(k["clients"]), *([str(k["cohort"])] if sampled else []),
                f"{k['malicious_fraction']:g}", str(k["attack"]), str(k["defense"]), str(k["seed"]),
-               str(len(run.rounds)), _cell(run.last("accuracy"), 4), *rates,
+               *(_text(k[x]) for x in extra), str(len(run.rounds)), _cell(run.last("accuracy"), 4), *rates,
                str(run.fallbacks), _cell(run.mean("t_round"), 2), _cell(run.peak("peak_rss_mb"), 0)]
         if with_backdoor:
             row.append(_cell(run.last("backdoor_success"), 4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -16,8 +17,11 @@ from PIL import Image
 
 from matplotlib.ticker import MaxNLocator
 
-from skymask_ray.report import build_report, load_runs, make_report, plot_accuracy, plot_fraction_sweep
-from skymask_ray.results import COLUMNS, MASK_SCHEMA, ParquetLog
+from skymask_ray.config import ExperimentConfig
+from skymask_ray.report import (
+    build_report, load_runs, make_report, plot_accuracy, plot_fraction_sweep, tell_apart,
+)
+from skymask_ray.results import COLUMNS, MASK_SCHEMA, ParquetLog, config_record
 
 
 def _row(**values: Any) -> dict[str, Any]:
@@ -38,11 +42,14 @@ def write_run(
     backdoor: bool = False,
     masks: bool = True,
     cohort: int | None = None,
+    config: ExperimentConfig | None = None,
+    name: str = "",
 ) -> tuple[Path, list[dict[str, Any]]]:
     """One run's rounds.parquet (and masks.parquet for skymask); returns its path and rows.
 
-    ``cohort``: a cross-device run whose cohort of that many clients holds no attacker in round 1."""
-    out = root / (f"{defense}-N{clients}-f{fraction}-s{seed}" + (f"-K{cohort}" if cohort else ""))
+    ``cohort``: a cross-device run whose cohort of that many clients holds no attacker in round 1;
+    ``config``: the rows' ``config`` column; ``name``: appended to the folder name."""
+    out = root / (f"{defense}-N{clients}-f{fraction}-s{seed}" + (f"-K{cohort}" if cohort else "") + name)
     rng = np.random.default_rng([clients, int(fraction * 100), seed, len(defense), *([cohort] if cohort else [])])
     n = cohort or clients  # clients that report each round
     writer = ParquetLog(out / "rounds.parquet")
@@ -62,7 +69,7 @@ def write_run(
             fpr=fp / (n - malicious), accepted=n - tp - fp, fallback=r == 1 and defense == "skymask",
             t_clients=0.01 * clients, t_server=0.1, t_attack=0.01, t_defense=0.02 * clients, t_eval=0.05,
             t_round=0.03 * clients + rng.random(), peak_rss_mb=300.0 + 4 * clients + r,
-            cohort=n, malicious_in_cohort=malicious,
+            cohort=n, malicious_in_cohort=malicious, config=config_record(config) if config else None,
         )
         writer.append(row)
         rows.append(row)
@@ -346,3 +353,58 @@ def test_out_that_is_an_existing_file_is_refused(grid, tmp_path: Path) -> None:
 
     res = CliRunner().invoke(main, ["report", str(root), "--out", str(taken)])
     assert res.exit_code == 2 and str(taken) in res.output and "Traceback" not in res.output
+
+
+def _with(cfg: ExperimentConfig, **skymask: Any) -> ExperimentConfig:
+    return dataclasses.replace(cfg, skymask=dataclasses.replace(cfg.skymask, **skymask))
+
+
+def test_config_fields_that_differ_tell_runs_apart(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    base = ExperimentConfig(clients=20, malicious_fraction=0.2, attack="min_max", defense="skymask")
+    for seed in (0, 1):
+        for select, workers in (("gmm2", 1), ("silhouette", 2)):  # workers: how it ran, not what it computed
+            cfg = dataclasses.replace(_with(base, select=select), workers=workers, seed=seed)
+            write_run(root, "skymask", seed=seed, config=cfg, name=f"-{select}")
+    out = tmp_path / "report"
+    report = build_report([root], out)
+    rows = table_rows(out / "summary.md")
+    assert len(rows) == 4 and "source" not in rows[0] and "workers" not in rows[0]
+    assert sorted((r["seed"], r["skymask.select"]) for r in rows) == [
+        ("0", "gmm2"), ("0", "silhouette"), ("1", "gmm2"), ("1", "silhouette")]
+    masks = sorted(p.name for p in report.files if p.name.startswith("mask_pca_"))
+    assert masks == [f"mask_pca_synthetic-mlp-N20-f0.2-min_max-skymask-s{s}-skymask.select_{r}_r5.png"
+                     for s in (0, 1) for r in ("gmm2", "silhouette")]  # one file each, none overwritten
+    runs = [run for f in sorted(root.rglob("rounds.parquet")) for run in load_runs(f)]
+    assert len(plot_accuracy(runs).axes[0].get_lines()) == 1  # on run keys alone both rules merge into one line
+    assert tell_apart(runs) == ["skymask.select"]
+    fig = plot_accuracy(runs)
+    assert len(fig.axes[0].get_lines()) == 2  # one line per rule, the mean over its two seeds
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"skymask.select=gmm2", "skymask.select=silhouette"} <= legend
+
+
+def test_a_field_some_files_do_not_record_is_not_a_difference(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    base = ExperimentConfig(clients=20, malicious_fraction=0.2, attack="min_max", defense="skymask")
+    write_run(root, "skymask", seed=0, config=base)
+    path, _ = write_run(root, "skymask", seed=1, config=base)
+    table = pq.read_table(path)
+    old = [{k: v for k, v in c.items() if k != "skymask"} for c in table.column("config").to_pylist()]
+    legacy = table.drop_columns(["config"]).append_column("config", pa.array(old))  # a file from before a field
+    pq.write_table(legacy, path)
+    build_report([root], tmp_path / "report")
+    assert list(table_rows(tmp_path / "report" / "summary.md")[0])[7] == "rounds"  # no extra column after seed
+
+
+def test_a_rule_that_chose_to_accept_everyone_has_rates(tmp_path: Path) -> None:
+    """SkyMask's silhouette rule accepting all clients is a decision: FPR 0, not n/a like a rule that cannot reject."""
+    writer = ParquetLog(tmp_path / "res" / "rounds.parquet")
+    for r in (1, 2):
+        writer.append(_row(round=r, clients=10, malicious_fraction=0.0, malicious=0, attack="none",
+                           defense="skymask", seed=0, accuracy=0.6, tp=0, fp=0, tn=10, fn=0, fpr=0.0,
+                           single_component=True, t_round=1.0, peak_rss_mb=100.0))
+    (run,) = load_runs(writer.path)
+    assert not run.never_rejects and run.mean("fpr") == 0.0
+    build_report([tmp_path / "res"], tmp_path / "out")
+    assert table_rows(tmp_path / "out" / "summary.md")[0]["mean FPR"] == "0.000"
