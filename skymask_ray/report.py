@@ -546,6 +546,10 @@ def plot_cohort_sweep(runs: list[Run]) -> Figure:
         drawn = _plot_sweep(ax, runs, "cohort", value, styles)
         if sizes[-1] / max(sizes[0], 1) >= 8:
             ax.set_xscale("log")
+            ax.set_xlim(sizes[0] / 1.3, sizes[-1] * 1.3)  # set, not inferred: a panel without lines keeps the axis
+        else:
+            pad = 0.05 * (sizes[-1] - sizes[0]) or 1
+            ax.set_xlim(sizes[0] - pad, sizes[-1] + pad)
         ax.set_xticks(sizes, [str(c) for c in sizes])
         ax.minorticks_off()
         ax.set_xlabel("cohort K (clients per round)")

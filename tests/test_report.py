@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from skymask_ray.config import ExperimentConfig
 from skymask_ray.report import (
-    build_report, load_runs, make_report, plot_accuracy, plot_fraction_sweep, tell_apart,
+    build_report, load_runs, make_report, plot_accuracy, plot_cohort_sweep, plot_fraction_sweep, tell_apart,
 )
 from skymask_ray.results import COLUMNS, MASK_SCHEMA, ParquetLog, config_record
 
@@ -408,3 +408,16 @@ def test_a_rule_that_chose_to_accept_everyone_has_rates(tmp_path: Path) -> None:
     assert not run.never_rejects and run.mean("fpr") == 0.0
     build_report([tmp_path / "res"], tmp_path / "out")
     assert table_rows(tmp_path / "out" / "summary.md")[0]["mean FPR"] == "0.000"
+
+
+def test_cohort_panel_without_lines_keeps_the_cohort_axis(tmp_path: Path) -> None:
+    root = tmp_path / "population"
+    for cohort in (10, 40, 160):
+        path, _ = write_run(root, "skymask", clients=400, seed=0, rounds=3, cohort=cohort, masks=False)
+        table = pq.read_table(path)  # an attacker in every round: the last panel has nothing to draw
+        pq.write_table(table.set_column(table.schema.get_field_index("malicious_in_cohort"), "malicious_in_cohort",
+                                        pa.array([2] * table.num_rows, pa.int64())), path)
+    fig = plot_cohort_sweep([run for f in sorted(root.rglob("rounds.parquet")) for run in load_runs(f)])
+    acc, *_, quiet = fig.axes[:4]
+    assert not quiet.get_lines() and quiet.get_title().endswith("no such round")
+    assert quiet.get_xlim() == acc.get_xlim() and acc.get_xlim()[0] < 10 and acc.get_xlim()[1] > 160
