@@ -7,7 +7,7 @@
   seeds with a min..max band;
 - ``fraction_sweep.png``: final accuracy, mean TPR and mean FPR against the
   malicious fraction (means over seeds);
-- ``scaling.png``: mean round time and peak memory against the client count;
+- ``scaling.png``: mean round time and memory in use against the client count;
 - ``cohort_sweep.png`` (only where some run samples a cohort; skipped with one cohort size K): final
   accuracy, mean TPR, mean FPR, and the FPR of the rounds whose cohort held no
   attacker, against K;
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 METRICS = (
     "accuracy", "loss", "backdoor_success", "tpr", "fpr", "t_round", "t_clients",
-    "t_server", "t_attack", "t_defense", "t_eval", "peak_rss_mb", "malicious_in_cohort",
+    "t_server", "t_attack", "t_defense", "t_eval", "peak_rss_mb", "mem_pss_mb", "malicious_in_cohort",
 )
 KEYS = (*RUN_KEYS, "cohort")  # what tells runs apart: the row's run keys and the cohort size K
 SHORT = {"clients": "N", "malicious_fraction": "f", "seed": "seed", "cohort": "K"}
@@ -170,7 +170,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
         ("accuracy vs round", _accuracy_gap(runs), plot_accuracy, "accuracy_vs_round.png"),
         ("accuracy and TPR/FPR vs malicious fraction", _sweep_gap(runs, "malicious_fraction"),
          plot_fraction_sweep, "fraction_sweep.png"),
-        ("round time and peak memory vs client count", _sweep_gap(runs, "clients"), plot_scaling, "scaling.png"),
+        ("round time and memory vs client count", _sweep_gap(runs, "clients"), plot_scaling, "scaling.png"),
     )
     if any(r.sampled for r in runs):  # cross-device runs only: elsewhere the plot does not apply (not "skipped")
         plots += (("accuracy and detection vs cohort size", _sweep_gap(runs, "cohort"), plot_cohort_sweep,
@@ -506,12 +506,18 @@ def plot_fraction_sweep(runs: list[Run]) -> Figure:
 
 
 def plot_scaling(runs: list[Run]) -> Figure:
-    """Mean round time and peak memory against the number of clients (mean over seeds)."""
+    """Mean round time and memory against the number of clients (mean over seeds).
+
+    Memory is the run's largest memory in use (summed PSS: shared pages counted once) where every
+    run records it, otherwise the sum of per-process peak RSS (which counts shared pages in each).
+    """
     fig, axes = _grid(2, width=5.2)
     styles = _Styles([r.key for r in runs], {"clients", "seed"})
+    pss = all(np.isfinite(r.metrics["mem_pss_mb"]).any() for r in runs)  # older files lack it
     panels = (
         ("mean round time (s)", lambda r: r.mean("t_round")),
-        ("peak memory (MB)", lambda r: r.peak("peak_rss_mb")),
+        ("memory in use, PSS (MB)", lambda r: r.peak("mem_pss_mb")) if pss
+        else ("sum of per-process peak RSS (MB)", lambda r: r.peak("peak_rss_mb")),
     )
     counts = sorted({r.key["clients"] for r in runs})
     for ax, (ylabel, value) in zip(axes, panels):
@@ -655,7 +661,7 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
     header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed", *extra,
               "rounds",
               "final accuracy", "mean TPR", "mean FPR", *(["FPR w/o attacker (rounds)"] if sampled else []),
-              "fallbacks", "mean round s", "peak MB"]
+              "fallbacks", "mean round s", "mem in use MB", "sum of peaks MB"]
     if with_backdoor:
         header.append("final backdoor success")
     if duplicated:
@@ -665,7 +671,9 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
         "",
         f"{len(runs)} run(s) from {len({r.source for r in runs})} file(s). Final accuracy and backdoor success "
         "are the values at each run's last evaluated round; TPR/FPR are means over rounds where defined "
-        "(positive = rejected client); peak MB is the largest peak_rss_mb of the run."
+        "(positive = rejected client); mem in use MB is the largest memory in use of the run (summed PSS of its "
+        "processes, shared pages counted once: mem_pss_mb), sum of peaks MB the largest sum of per-process peak "
+        "RSS (peak_rss_mb, shared pages counted in each, so it overstates)."
         + (" K: clients sampled per round; FPR w/o attacker: mean FPR over the rounds whose cohort held no "
            "attacker, with their count." if sampled else ""),
         "",
@@ -682,7 +690,8 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
         row = [str(k["dataset"]), str(k["model"]), str(k["clients"]), *([str(k["cohort"])] if sampled else []),
                f"{k['malicious_fraction']:g}", str(k["attack"]), str(k["defense"]), str(k["seed"]),
                *(_text(k[x]) for x in extra), str(len(run.rounds)), _cell(run.last("accuracy"), 4), *rates,
-               str(run.fallbacks), _cell(run.mean("t_round"), 2), _cell(run.peak("peak_rss_mb"), 0)]
+               str(run.fallbacks), _cell(run.mean("t_round"), 2), _cell(run.peak("mem_pss_mb"), 0),
+               _cell(run.peak("peak_rss_mb"), 0)]
         if with_backdoor:
             row.append(_cell(run.last("backdoor_success"), 4))
         if duplicated:

@@ -19,7 +19,8 @@ from matplotlib.ticker import MaxNLocator
 
 from skymask_ray.config import ExperimentConfig
 from skymask_ray.report import (
-    build_report, load_runs, make_report, plot_accuracy, plot_cohort_sweep, plot_fraction_sweep, tell_apart,
+    build_report, load_runs, make_report, plot_accuracy, plot_cohort_sweep, plot_fraction_sweep, plot_scaling,
+    tell_apart,
 )
 from skymask_ray.results import COLUMNS, MASK_SCHEMA, ParquetLog, config_record
 
@@ -69,6 +70,7 @@ def write_run(
             fpr=fp / (n - malicious), accepted=n - tp - fp, fallback=r == 1 and defense == "skymask",
             t_clients=0.01 * clients, t_server=0.1, t_attack=0.01, t_defense=0.02 * clients, t_eval=0.05,
             t_round=0.03 * clients + rng.random(), peak_rss_mb=300.0 + 4 * clients + r,
+            mem_pss_mb=200.0 + 2 * clients + r,
             cohort=n, malicious_in_cohort=malicious, config=config_record(config) if config else None,
         )
         writer.append(row)
@@ -147,10 +149,16 @@ def test_full_grid_writes_every_plot_and_a_row_per_run(grid, tmp_path: Path) -> 
             assert row["mean TPR"] == f"{np.mean(tpr):.3f}"
             assert row["mean FPR"] == f"{np.mean([r['fpr'] for r in recorded]):.3f}"
         assert row["mean round s"] == f"{np.mean([r['t_round'] for r in recorded]):.2f}"
-        assert row["peak MB"] == f"{max(r['peak_rss_mb'] for r in recorded):.0f}"
+        assert row["sum of peaks MB"] == f"{max(r['peak_rss_mb'] for r in recorded):.0f}"
+        assert row["mem in use MB"] == f"{max(r['mem_pss_mb'] for r in recorded):.0f}"
         assert row["fallbacks"] == ("1" if key[0] == "skymask" else "0")
         expected_backdoor = f"{recorded[-1]['backdoor_success']:.4f}" if key[0] == "fedavg" else "—"
         assert row["final backdoor success"] == expected_backdoor
+    loaded = [run for f in sorted(root.rglob("rounds.parquet")) for run in load_runs(f)]
+    assert plot_scaling(loaded).axes[1].get_ylabel() == "memory in use, PSS (MB)"  # not the overstated RSS sum
+    for run in loaded[:1]:  # a file from before mem_pss_mb: the RSS sum, named as such
+        run.metrics["mem_pss_mb"][:] = np.nan
+    assert plot_scaling(loaded).axes[1].get_ylabel() == "sum of per-process peak RSS (MB)"
     text = (out / "summary.md").read_text()
     assert "![accuracy_vs_round](accuracy_vs_round.png)" in text
     assert "Skipped" not in text
@@ -206,12 +214,12 @@ def test_single_run_skips_sweeps_cleanly(tmp_path: Path, caplog: pytest.LogCaptu
     assert {p.name for p in report.files} == {"accuracy_vs_round.png", "summary.md"}
     assert set(report.skipped) == {
         "accuracy and TPR/FPR vs malicious fraction",
-        "round time and peak memory vs client count",
+        "round time and memory vs client count",
         "mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0",
     }
     assert "malicious_fraction=0.2" in report.skipped["accuracy and TPR/FPR vs malicious fraction"]
     assert "no _masks.parquet" in report.skipped["mask PCA of synthetic-mlp-N20-f0.2-min_max-skymask-s0"]
-    assert "skipped round time and peak memory vs client count" in caplog.text
+    assert "skipped round time and memory vs client count" in caplog.text
     text = (tmp_path / "out" / "summary.md").read_text()
     assert "## Skipped plots" in text and "clients=20" in text
     assert not any("backdoor" in column for column in table_rows(tmp_path / "out" / "summary.md")[0])
