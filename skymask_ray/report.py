@@ -32,7 +32,8 @@ ticks. A run whose defense never rejects a client (``tp + fp`` is 0 in every
 round, or no TPR/FPR recorded) has no TPR/FPR: it is left out of those panels
 and shown as ``n/a`` in ``summary.md``, not drawn as a rate of 0; unless a
 selection rule chose to accept everyone (``single_component``, SkyMask's
-``bic``/``silhouette``), which is a decision with a rate of 0. A result file
+``bic``/``silhouette``) or the same defense rejected clients in another run of
+the report, which makes accepting everyone a decision with a rate of 0. A result file
 that is not readable Parquet, or an output folder that is an existing file, is
 a ValueError naming the path.
 """
@@ -89,6 +90,7 @@ class Run:
     fallbacks: int
     never_rejects: bool = False  # no client rejected in any round: TPR/FPR are absent (NaN), not 0
     settings: dict[str, Any] = field(default_factory=dict)  # the run's config, flattened to dotted names
+    withheld: dict[str, np.ndarray] = field(default_factory=dict)  # recorded TPR/FPR hidden by never_rejects
 
     def last(self, name: str) -> float:
         """The value at the last round where ``name`` is defined (NaN if never)."""
@@ -155,6 +157,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path, mask_round: 
     if not runs:
         raise ValueError(f"no rounds recorded in {', '.join(str(f) for f in files)}")
     tell_apart(runs)
+    share_rejection_evidence(runs)
     out.mkdir(parents=True, exist_ok=True)
     report = Report()
 
@@ -245,14 +248,29 @@ def load_runs(path: Path) -> list[Run]:
         fallbacks = int(np.nansum(_floats(sub, "fallback")[order])) if "fallback" in sub.column_names else 0
         decided = bool((_floats(sub, "single_component")[order] == 1).any())  # accepted all by a rule's choice
         never = not decided and _never_rejects((_floats(sub, "tp") + _floats(sub, "fp"))[order], metrics)
+        withheld = {}
         if never:
+            withheld = {m: metrics[m] for m in ("tpr", "fpr")}
             metrics["tpr"] = metrics["fpr"] = np.full(len(order), np.nan)
         run_key = dict(zip(RUN_KEYS, key))
         cohorts = _floats(sub, "cohort")  # files from before populations have no cohort: every client trained
         run_key["cohort"] = int(cohorts[np.isfinite(cohorts)][0]) if np.isfinite(cohorts).any() else run_key["clients"]
         settings = _flatten(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}
-        runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never, settings))
+        runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never, settings, withheld))
     return runs
+
+
+def share_rejection_evidence(runs: list[Run]) -> None:
+    """A defense seen rejecting in one run can reject: its runs that rejected nobody get their rates back.
+
+    Accepting everyone is then the defense's decision (TPR 0 where there were attackers), not a
+    rule that never rejects (FedAvg, or a run of FLAME whose one cluster held every client).
+    """
+    rejecting = {r.key["defense"] for r in runs if not r.never_rejects}
+    for run in runs:
+        if run.never_rejects and run.key["defense"] in rejecting:
+            run.metrics.update(run.withheld)
+            run.never_rejects, run.withheld = False, {}
 
 
 def tell_apart(runs: list[Run]) -> list[str]:

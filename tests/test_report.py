@@ -429,3 +429,23 @@ def test_cohort_panel_without_lines_keeps_the_cohort_axis(tmp_path: Path) -> Non
     acc, *_, quiet = fig.axes[:4]
     assert not quiet.get_lines() and quiet.get_title().endswith("no such round")
     assert quiet.get_xlim() == acc.get_xlim() and acc.get_xlim()[0] < 10 and acc.get_xlim()[1] > 160
+
+
+def test_a_defense_seen_rejecting_elsewhere_keeps_its_rates(tmp_path: Path) -> None:
+    """FLAME accepting every client in one run is a decision (TPR 0) when it rejected clients in another."""
+    root = tmp_path / "res"
+    for fraction, rejects in ((0.2, True), (0.5, False)):
+        writer = ParquetLog(root / f"flame-{fraction}" / "rounds.parquet")
+        for r in (1, 2):
+            tp = 2 if rejects else 0
+            writer.append(_row(round=r, clients=10, malicious_fraction=fraction, malicious=int(10 * fraction),
+                               defense="flame", seed=0, accuracy=0.5, tp=tp, fp=0, tn=10 - int(10 * fraction),
+                               fn=int(10 * fraction) - tp, tpr=tp / (10 * fraction), fpr=0.0, t_round=1.0))
+    _never_rejecting(root, 0.5, nulls=False)
+    alone = load_runs(root / "flame-0.5" / "rounds.parquet")[0]
+    assert alone.never_rejects and np.isnan(alone.metrics["tpr"]).all()  # one file alone cannot tell
+    build_report([root], tmp_path / "out")
+    rows = {(r["defense"], r["f"]): r for r in table_rows(tmp_path / "out" / "summary.md")}
+    assert rows["flame", "0.5"]["mean TPR"] == "0.000" and rows["flame", "0.5"]["mean FPR"] == "0.000"
+    assert rows["flame", "0.2"]["mean TPR"] == "1.000"
+    assert rows["median", "0.5"]["mean TPR"] == "n/a"  # rejected nobody anywhere
