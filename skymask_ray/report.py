@@ -263,8 +263,8 @@ def load_runs(path: Path) -> list[Run]:
 def share_rejection_evidence(runs: list[Run]) -> None:
     """A defense seen rejecting in one run can reject: its runs that rejected nobody get their rates back.
 
-    Accepting everyone is then the defense's decision (TPR 0 where there were attackers), not a
-    rule that never rejects (FedAvg, or a run of FLAME whose one cluster held every client).
+    Accepting everyone is then the defense's decision (e.g. FLAME's one cluster holding every
+    client: TPR 0 where there were attackers), unlike a rule that never rejects anyone (FedAvg).
     """
     rejecting = {r.key["defense"] for r in runs if not r.never_rejects}
     for run in runs:
