@@ -676,8 +676,9 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
     duplicated = len(set(keys)) < len(keys)
     sampled = any(r.sampled for r in runs)
     extra = [k for k in runs[0].key if k not in KEYS]  # config fields that differ between the runs
-    header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed", *extra,
-              "rounds",
+    fixed = ("rounds",)  # a config field named like a summary column gets a "config." prefix
+    header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed",
+              *(f"config.{x}" if x in fixed else x for x in extra), "rounds",
               "final accuracy", "mean TPR", "mean FPR", *(["FPR w/o attacker (rounds)"] if sampled else []),
               "fallbacks", "mean round s", "mem in use MB", "sum of peaks MB"]
     if with_backdoor:

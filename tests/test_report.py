@@ -449,3 +449,13 @@ def test_a_defense_seen_rejecting_elsewhere_keeps_its_rates(tmp_path: Path) -> N
     assert rows["flame", "0.5"]["mean TPR"] == "0.000" and rows["flame", "0.5"]["mean FPR"] == "0.000"
     assert rows["flame", "0.2"]["mean TPR"] == "1.000"
     assert rows["median", "0.5"]["mean TPR"] == "n/a"  # rejected nobody anywhere
+
+
+def test_a_config_field_named_like_a_column_is_prefixed(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    base = ExperimentConfig(clients=20, malicious_fraction=0.2, attack="min_max", defense="skymask")
+    for rounds in (3, 5):
+        write_run(root, "skymask", rounds=rounds, config=dataclasses.replace(base, rounds=rounds), name=f"-r{rounds}")
+    build_report([root], tmp_path / "report")
+    rows = table_rows(tmp_path / "report" / "summary.md")
+    assert sorted((r["config.rounds"], r["rounds"]) for r in rows) == [("3", "3"), ("5", "5")]
