@@ -31,8 +31,8 @@ def main() -> None:
         ap.error("--spread must be >= 0")
     if args.spread:
         tag = f"paper_fmnist_spread{args.spread:g}"
-        args.out = results_path(tag) if args.out == results_path("paper_fmnist") else args.out
-        args.results_md = results_path(f"{tag}.md") if args.results_md == results_path("paper_fmnist.md") \
+        args.out = results_path(tag) if args.out == ap.get_default("out") else args.out
+        args.results_md = results_path(f"{tag}.md") if args.results_md == ap.get_default("results_md") \
             else args.results_md
     grids = study.grids()
     if args.only is not None:

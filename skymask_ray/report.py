@@ -125,7 +125,7 @@ class Run:
         k = self.key
         text = (f"{k['dataset']}-{k['model']}-N{k['clients']}" + (f"-K{k['cohort']}" if self.sampled else "")
                 + f"-f{k['malicious_fraction']:g}-{k['attack']}-{k['defense']}-s{k['seed']}"
-                + "".join(f"-{name}={_text(v)}" for name, v in k.items() if name not in KEYS))
+                + "".join(f"-{name}={_text(k[name])}" for name in _added(k)))
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
@@ -287,6 +287,11 @@ def tell_apart(runs: list[Run]) -> list[str]:
     return varying
 
 
+def _added(key: dict[str, Any]) -> list[str]:
+    """The config fields :func:`tell_apart` added to a run's key (the same for every run of a report)."""
+    return [k for k in key if k not in KEYS]
+
+
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config record as {dotted name: value}; attack/defense parameters (JSON text) expanded too."""
     flat: dict[str, Any] = {}
@@ -362,8 +367,7 @@ def _sweep_gap(runs: list[Run], axis: str) -> str | None:
 def _keys(keys: list[dict[str, Any]]) -> list[str]:
     """The keys worth naming: the cohort only where some run samples fewer than all its clients."""
     sampled = any(d["cohort"] != d["clients"] for d in keys)
-    extra = [k for k in keys[0] if k not in KEYS] if keys else []  # config fields added by tell_apart
-    return [k for k in KEYS if k != "cohort" or sampled] + extra
+    return [k for k in KEYS if k != "cohort" or sampled] + (_added(keys[0]) if keys else [])
 
 
 def _varying(keys: list[dict[str, Any]], exclude: Iterable[str]) -> list[str]:
@@ -675,7 +679,7 @@ def summary_markdown(runs: list[Run], report: Report, out: Path) -> str:
     keys = [tuple(r.key.values()) for r in runs]
     duplicated = len(set(keys)) < len(keys)
     sampled = any(r.sampled for r in runs)
-    extra = [k for k in runs[0].key if k not in KEYS]  # config fields that differ between the runs
+    extra = _added(runs[0].key)
     fixed = ("rounds",)  # a config field named like a summary column gets a "config." prefix
     header = ["dataset", "model", "clients", *(["K"] if sampled else []), "f", "attack", "defense", "seed",
               *(f"config.{x}" if x in fixed else x for x in extra), "rounds",
