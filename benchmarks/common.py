@@ -82,13 +82,15 @@ def comma_list(kind: Callable[[str], Any] = str) -> Callable[[str], list[Any]]:
 
 def script_parser(doc: str | None, script: str | Path) -> argparse.ArgumentParser:
     """A script's parser: its ``-m`` invocation as prog, its docstring's first line as description."""
-    return argparse.ArgumentParser(prog=invocation(script), description=(doc or "").strip().splitlines()[0])
+    lines = (doc or "").strip().splitlines()
+    return argparse.ArgumentParser(prog=invocation(script), description=lines[0] if lines else None)
 
 
 LIST_OPTIONS = {  # grid key -> (option, element type) of the table scripts
     "attack": ("--attacks", str),
     "defense": ("--defenses", str),
     "malicious_fraction": ("--fractions", float),
+    "seed": ("--seeds", int),
 }
 
 
@@ -112,6 +114,46 @@ def cell_parser(doc: str | None, script: str | Path, study: Study, out: str, res
                     help="the table written (default: %(default)s)")
     ap.add_argument("--table-only", action="store_true", help="tabulate finished cells, run nothing")
     return ap
+
+
+def add_spread_option(ap: argparse.ArgumentParser) -> None:
+    """``--spread S``: every attacker adds its own noise of S benign stds per coordinate (default 0)."""
+    ap.add_argument("--spread", type=float, default=0.0,
+                    help="attackers' own noise in benign stds per coordinate (default: 0, identical attackers)")
+
+
+def apply_spread(ap: argparse.ArgumentParser, args: argparse.Namespace, tag: str) -> None:
+    """Check ``--spread`` and, when it is not 0, move the default ``--out``/``--results-md`` to
+    ``<tag>_spread<S>/`` and ``<tag>_spread<S>.md`` so that spread cells and tables stay apart."""
+    if args.spread < 0:
+        ap.error("--spread must be >= 0")
+    if args.spread:
+        name = f"{tag}_spread{args.spread:g}"
+        if args.out == ap.get_default("out"):
+            args.out = results_path(name)
+        if args.results_md == ap.get_default("results_md"):
+            args.results_md = results_path(f"{name}.md")
+
+
+def spread_params(spread: float) -> dict[str, Any]:
+    """The base keys that give attacked cells ``spread`` (nothing for identical attackers)."""
+    return {"attack_params": {"spread": spread}} if spread else {}
+
+
+def attackers_text(spread: float) -> str:
+    """How the attackers of a table differ, for its header."""
+    if spread:
+        return (f"each attacker adds its own noise of {spread:g} benign std per coordinate "
+                f"(`attack_params.spread` {spread:g})")
+    return "attackers identical (`attack_params.spread` 0, the paper's setting)"
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` over seeds (sd only with two or more values), ``-`` for none."""
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    return f"{m:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{m:.3f}"
 
 
 # ----- study files -----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from skymask_ray.bench import summary_table
 
-from benchmarks.common import cell_parser, command_line, load_study, results_path, run_cells, write_result
+from benchmarks.common import (add_spread_option, apply_spread, attackers_text, cell_parser, command_line, load_study,
+                               run_cells, spread_params, write_result)
 
 STUDY = "paper_fmnist"
 
@@ -24,32 +25,21 @@ def main() -> None:
     study = load_study(STUDY)
     ap = cell_parser(__doc__, __file__, study, "paper_fmnist", "paper_fmnist.md")
     ap.add_argument("--only", help="comma-separated indices of the study's cells to run")
-    ap.add_argument("--spread", type=float, default=0.0,
-                    help="attackers' own noise in benign stds per coordinate (default: 0, identical attackers)")
+    add_spread_option(ap)
     args = ap.parse_args()
-    if args.spread < 0:
-        ap.error("--spread must be >= 0")
-    if args.spread:
-        tag = f"paper_fmnist_spread{args.spread:g}"
-        args.out = results_path(tag) if args.out == ap.get_default("out") else args.out
-        args.results_md = results_path(f"{tag}.md") if args.results_md == ap.get_default("results_md") \
-            else args.results_md
+    apply_spread(ap, args, STUDY)
     grids = study.grids()
     if args.only is not None:
         grids = [grids[int(i)] for i in args.only.split(",")]
     base = {**study.base, "rounds": args.rounds}
-    jobs = [({**base, "attack_params": {"spread": args.spread}} if args.spread and g["attack"] != ["none"] else base, g)
-            for g in grids]
+    jobs = [({**base, **spread_params(args.spread)} if g["attack"] != ["none"] else base, g) for g in grids]
     cells = run_cells(study.preset, jobs, args.out, not args.table_only)
     table = summary_table([s for _, s in cells if s is not None])
     print(table)
-    attackers = (f"each attacker adds its own noise of {args.spread:g} benign std per coordinate "
-                 f"(`attack_params.spread` {args.spread:g})" if args.spread else
-                 "attackers identical (`attack_params.spread` 0, the paper's setting)")
     write_result(
         args.results_md,
         f"# Fashion-MNIST, cnn, 100 clients, bias 0.5, seed 0 (`{command_line(__file__)}`)\n\n"
-        f"{attackers}. acc = final test accuracy; TPR/FPR = means over rounds (positive = rejected); "
+        f"{attackers_text(args.spread)}. acc = final test accuracy; TPR/FPR = means over rounds (positive = rejected); "
         "times are per-round means.\n\n" + table + "\n"
     )
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.common import cell_parser, comma_list, command_line, load_study, markdown_table, run_cells, write_result
+from benchmarks.common import cell_parser, command_line, load_study, markdown_table, mean_sd, run_cells, write_result
 
 STUDY = "select_rule"
 RULES_KEY = "skymask.select"
@@ -43,20 +43,11 @@ def seed_jobs(study, rounds: int, seed: int) -> list[tuple[dict[str, Any], dict[
     return jobs
 
 
-def spread(values: list[float]) -> str:
-    """``mean ± sd`` over seeds (sd only with two or more values)."""
-    if not values:
-        return "-"
-    m = statistics.fmean(values)
-    return f"{m:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{m:.3f}"
-
-
 def main() -> None:
     study = load_study(STUDY)
-    ap = cell_parser(__doc__, __file__, study, "select_rule", "select_rule.md")
-    ap.add_argument("--seeds", type=comma_list(int), default=study.grid["seed"], help="comma-separated seeds")
+    ap = cell_parser(__doc__, __file__, study, "select_rule", "select_rule.md", lists=("seed",))
     args = ap.parse_args()
-    jobs = [job for s in args.seeds for job in seed_jobs(study, args.rounds, s)]
+    jobs = [job for s in args.seed for job in seed_jobs(study, args.rounds, s)]
     done = run_cells(study.preset, jobs, args.out, not args.table_only)
     by: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for cfg, s in done:
@@ -65,7 +56,7 @@ def main() -> None:
             by.setdefault((cfg.attack, cfg.malicious_fraction, rule), []).append(s)
     ref = [s["accuracy"] for s in by.get(("none", 0.0, "fedavg"), [])]
     ref_acc = statistics.fmean(ref) if ref else None
-    conditions = [("none", 0.0)] + [(a, f) for f in study.grid["malicious_fraction"] for a in study.grid["attack"]]
+    conditions = [("none", 0.0)] + [(a, f) for f in sorted(study.grid["malicious_fraction"]) for a in study.grid["attack"]]
     rows = []
     for attack, frac in conditions:
         for rule in NONE_RULES if attack == "none" else study.grid[RULES_KEY]:
@@ -81,13 +72,13 @@ def main() -> None:
                 if attack != "none":
                     ok = ok and bool(tpr) and statistics.fmean(tpr) >= 0.95 and statistics.fmean(acc) >= ref_acc - 0.02
                 met = "yes" if ok else "no"
-            rows.append([attack, f"{frac:.0%}", rule, len(cells), spread(acc), spread(tpr), spread(fpr),
+            rows.append([attack, f"{frac:.0%}", rule, len(cells), mean_sd(acc), mean_sd(tpr), mean_sd(fpr),
                          f"{one}/{total}" if cells else "-", met])
     table = markdown_table(["attack", "malicious", "rule", "seeds", "final acc", "mean TPR", "mean FPR",
                             "one-cluster rounds", "targets met"], rows)
-    ref_text = spread(ref) if ref else "not run"
+    ref_text = mean_sd(ref) if ref else "not run"
     text = (f"# SkyMask selection rule: gmm2 (paper) vs silhouette and bic, {args.rounds} rounds, seeds "
-            f"{','.join(map(str, args.seeds))}\n\n"
+            f"{','.join(map(str, args.seed))}\n\n"
             "Fashion-MNIST, cnn, 100 clients, bias 0.5, paper settings; attackers distinct "
             "(`attack_params.spread` 1: each attacker adds its own noise of one benign std per coordinate). "
             "'none' has no malicious client (FPR over all 100). Per run: accuracy after the last round and "

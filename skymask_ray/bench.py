@@ -298,11 +298,15 @@ def summarize(folder: Path) -> dict[str, Any]:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`summarize` rows."""
+    """A Markdown table of :func:`summarize` rows.
+
+    Memory twice: in use (largest summed PSS; runs recorded before PSS was measured have none) and the
+    sum of per-process peaks, which every run records.
+    """
     cols = ["clients", "malicious_fraction", "attack", "defense", "seed", "accuracy", "tpr", "fpr", "fallbacks",
-            "t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round", "mem_pss_mb"]
+            "t_clients", "t_server", "t_attack", "t_defense", "t_eval", "t_round", "mem_pss_mb", "peak_rss_mb"]
     heads = ["N", "mal", "attack", "defense", "seed", "acc", "TPR", "FPR", "fallbk", "clients s", "server s",
-             "attack s", "defense s", "eval s", "round s", "mem MB (PSS)"]
+             "attack s", "defense s", "eval s", "round s", "mem in use MB", "sum of peaks MB"]
 
     def cell(v: Any) -> str:
         if v is None:

@@ -9,15 +9,20 @@ import pytest
 import benchmarks
 from benchmarks.common import (
     RESULTS,
+    add_spread_option,
+    apply_spread,
     cell_parser,
     command_line,
     comma_list,
     invocation,
     load_study,
     markdown_table,
+    mean_sd,
     parse_cell_name,
     results_path,
+    spread_params,
 )
+from benchmarks.fraction_sweep import seeds_text
 from skymask_ray.bench import cell_name, expand_grid
 
 SMOKE = {"data": {"dataset": "digits", "root_size": 50}, "model": "mlp", "rounds": 2}
@@ -86,3 +91,37 @@ def test_command_line_and_lists() -> None:
     assert command_line("fraction_sweep.py", ["--rounds", "10", "--table-only"]) == \
         "python -m benchmarks.fraction_sweep --rounds 10"
     assert comma_list(int)("100,500") == [100, 500] and comma_list(float)("0.2") == [0.2]
+
+
+def _spread_parser() -> object:
+    ap = cell_parser(None, "benchmarks/fraction_sweep.py", load_study("fraction_sweep"), "attack_table",
+                     "fraction_sweep.md", lists=("seed",))
+    add_spread_option(ap)
+    return ap
+
+
+def test_spread_moves_only_default_paths(tmp_path: Path) -> None:
+    ap = _spread_parser()
+    args = ap.parse_args([])
+    apply_spread(ap, args, "fraction_sweep")  # spread 0: the paper's cells, shared with the attack table
+    assert args.out == RESULTS / "attack_table" and args.results_md == RESULTS / "fraction_sweep.md"
+    assert args.seed == [0] and spread_params(args.spread) == {}
+    args = ap.parse_args(["--spread", "1", "--seeds", "0,1,2"])
+    apply_spread(ap, args, "fraction_sweep")
+    assert args.out == RESULTS / "fraction_sweep_spread1" and args.results_md == RESULTS / "fraction_sweep_spread1.md"
+    assert spread_params(args.spread) == {"attack_params": {"spread": 1.0}} and args.seed == [0, 1, 2]
+    args = ap.parse_args(["--spread", "0.5", "--out", str(tmp_path / "cells")])
+    apply_spread(ap, args, "fraction_sweep")
+    assert args.out == tmp_path / "cells" and args.results_md == RESULTS / "fraction_sweep_spread0.5.md"
+    with pytest.raises(SystemExit):
+        apply_spread(ap, ap.parse_args(["--spread", "-1"]), "fraction_sweep")
+
+
+def test_seed_cells_give_mean_sd_and_say_when_seeds_are_missing() -> None:
+    assert mean_sd([]) == "-" and mean_sd([0.5]) == "0.500" and mean_sd([0.7, 0.8]) == "0.750 ± 0.071"
+    one = {"accuracy": 0.7, "backdoor_success": None, "tpr": 1.0, "fpr": 0.0}
+    two = {"accuracy": 0.8, "backdoor_success": None, "tpr": 0.5, "fpr": 0.2}
+    assert seeds_text([one, two], "skymask", 2) == "0.750 ± 0.071 · 0.75/0.10"
+    assert seeds_text([one, two], "fedavg", 3) == "0.750 ± 0.071 (2 of 3 seeds)"
+    assert seeds_text([one], "skymask", 1) == "0.700 · 1.00/0.00"
+    assert seeds_text([], "skymask", 3) == "not run"
