@@ -318,6 +318,15 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return clean(dataclasses.asdict(cfg))
 
 
+def _ints_as_floats(x: Any) -> Any:
+    """``x`` with every integer (not bool) inside it as a float, so that equal numbers hash alike."""
+    if isinstance(x, dict):
+        return {k: _ints_as_floats(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_ints_as_floats(v) for v in x]
+    return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+
+
 def config_hash(cfg: ExperimentConfig) -> str:
     """Stable short hash of everything that changes what each round computes.
 
@@ -328,6 +337,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     for key in ("out", "address", "workers", "connect_timeout_s", "rounds"):  # rounds: a run may be extended
         d.pop(key, None)
     d["skymask"].pop("kernel", None)  # how the mask step runs, not what it computes
+    for key in ("attack_params", "defense_params"):  # free mappings: 1 from --set and 1.0 from YAML are one value
+        d[key] = _ints_as_floats(d[key])
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

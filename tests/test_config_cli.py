@@ -84,3 +84,18 @@ def test_cli_list_names_every_family():
     assert res.exit_code == 0
     for word in ("fmnist", "cnn", "min_max", "skymask", "fltrust", "paper-fmnist"):
         assert word in res.output
+
+
+def test_equal_component_parameters_hash_alike_whatever_their_number_type():
+    """``--set attack_params.spread=1`` (an int) and a grid's ``spread: 1.0`` are one config: a run
+    made one way is resumed, and a bench cell reused, the other way; another value is another config."""
+    def h(attack: str, params: dict, defense_params: dict | None = None) -> str:
+        return config_hash(build_config(overrides={"attack": attack, "attack_params": params,
+                                                   "defense": "centered_clipping",
+                                                   "defense_params": defense_params or {}}))
+
+    assert h("min_max", {"spread": 1}) == h("min_max", {"spread": 1.0})
+    assert h("min_max", {"spread": 1}) != h("min_max", {"spread": 2})
+    assert h("parameter", {"base": "min_max", "fraction": 1, "base_params": {"spread": 1}}) == \
+        h("parameter", {"base": "min_max", "fraction": 1.0, "base_params": {"spread": 1.0}})
+    assert h("none", {}, {"tau": 2}) == h("none", {}, {"tau": 2.0}) != h("none", {}, {"tau": 3})
