@@ -318,6 +318,15 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return clean(dataclasses.asdict(cfg))
 
 
+HOW_IT_RAN = frozenset({  # dotted config fields that say where or how fast a run ran, not what it computed
+    "data.data_dir", "device", "workers", "workers_per_gpu", "train.client_exec", "train.vmap_chunk",
+    "skymask.kernel", "skymask.shards", "skymask.shard_memory_gb",
+})
+"""Fields a report does not tell runs apart by. :func:`config_hash` drops fewer of them: a resumed run
+must continue on the same device and client path, whose float rounding may differ, so only ``workers``
+and ``skymask.kernel`` leave the hash (with ``out``, ``address``, ``connect_timeout_s`` and ``rounds``)."""
+
+
 def _ints_as_floats(x: Any) -> Any:
     """``x`` with every integer (not bool) inside it as a float, so that equal numbers hash alike."""
     if isinstance(x, dict):

@@ -59,6 +59,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
 from matplotlib.ticker import MaxNLocator
 
+from .config import HOW_IT_RAN
 from .results import RUN_KEYS, read_parquet
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ METRICS = (
 KEYS = (*RUN_KEYS, "cohort")  # what tells runs apart: the row's run keys and the cohort size K
 SHORT = {"clients": "N", "malicious_fraction": "f", "seed": "seed", "cohort": "K"}
 SAME_AS_KEY = {"data.dataset", "model", "clients", "malicious_fraction", "attack", "defense", "seed", "cohort"}
-HOW_IT_RAN = {  # config fields that change where or how fast a run ran, not what it computed
-    "data.data_dir", "device", "workers", "workers_per_gpu", "train.client_exec", "train.vmap_chunk",
-    "skymask.kernel", "skymask.shards", "skymask.shard_memory_gb",
-}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 120
