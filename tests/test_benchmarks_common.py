@@ -125,3 +125,5 @@ def test_seed_cells_give_mean_sd_and_say_when_seeds_are_missing() -> None:
     assert seeds_text([one, two], "fedavg", 3) == "0.750 ± 0.071 (2 of 3 seeds)"
     assert seeds_text([one], "skymask", 1) == "0.700 · 1.00/0.00"
     assert seeds_text([], "skymask", 3) == "not run"
+    bd = [{**one, "backdoor_success": 0.1}, {**two, "backdoor_success": 0.3}]
+    assert seeds_text(bd, "skymask", 2) == "0.750 ± 0.071 (0.20) · 0.75/0.10"
