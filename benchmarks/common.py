@@ -99,14 +99,15 @@ def cell_parser(doc: str | None, script: str | Path, study: Study, out: str, res
     """The options of a script that runs a study's cells and tabulates them.
 
     ``--rounds`` and one comma-list option per grid key in ``lists`` (see :data:`LIST_OPTIONS`),
-    defaulting to the study's values; ``--out`` (cell folders, default ``results/<out>``),
-    ``--results-md`` (the table, default ``results/<results_md>``) and ``--table-only``.
+    defaulting to the study's grid values (or its base value, for a key the grid does not vary);
+    ``--out`` (cell folders, default ``results/<out>``), ``--results-md`` (the table, default
+    ``results/<results_md>``) and ``--table-only``.
     """
     ap = script_parser(doc, script)
     ap.add_argument("--rounds", type=int, default=study.rounds, help=f"default: {study.rounds} ({study.path.name})")
     for key in lists:
         flag, kind = LIST_OPTIONS[key]
-        default = study.grid[key]
+        default = study.grid[key] if key in study.grid else [study.base[key]]
         ap.add_argument(flag, dest=key, type=comma_list(kind), default=default,
                         help=f"comma-separated; default: {','.join(map(str, default))} ({study.path.name})")
     ap.add_argument("--out", type=Path, default=results_path(out), help="folder of the cells (default: %(default)s)")

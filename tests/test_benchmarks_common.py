@@ -23,6 +23,7 @@ from benchmarks.common import (
     spread_params,
 )
 from benchmarks.fraction_sweep import seeds_text
+from benchmarks.paper_fmnist import seeds_table
 from skymask_ray.bench import cell_name, expand_grid
 
 SMOKE = {"data": {"dataset": "digits", "root_size": 50}, "model": "mlp", "rounds": 2}
@@ -127,3 +128,22 @@ def test_seed_cells_give_mean_sd_and_say_when_seeds_are_missing() -> None:
     assert seeds_text([], "skymask", 3) == "not run"
     bd = [{**one, "backdoor_success": 0.1}, {**two, "backdoor_success": 0.3}]
     assert seeds_text(bd, "skymask", 2) == "0.750 ± 0.071 (0.20) · 0.75/0.10"
+
+
+def test_a_list_option_of_a_key_the_grid_does_not_vary_defaults_to_the_base_value() -> None:
+    paper = load_study("paper_fmnist")  # explicit cells, seed in base
+    ap = cell_parser(None, "benchmarks/paper_fmnist.py", paper, "paper_fmnist", "paper_fmnist.md", lists=("seed",))
+    assert ap.parse_args([]).seed == [paper.base["seed"]] == [0]
+    assert ap.parse_args(["--seeds", "0,1,2"]).seed == [0, 1, 2]
+
+
+def test_paper_seeds_table_groups_runs_over_seeds() -> None:
+    def run(attack: str, defense: str, seed: int, acc: float, tpr: float | None, fpr: float | None) -> dict:
+        return {"malicious_fraction": 0.2, "attack": attack, "defense": defense, "seed": seed, "accuracy": acc,
+                "tpr": tpr, "fpr": fpr}
+
+    runs = [run("min_max", "skymask", 0, 0.80, 1.0, 0.0), run("none", "fedavg", 0, 0.70, 0.0, 0.0),
+            run("min_max", "skymask", 1, 0.90, 0.5, 0.2)]
+    rows = seeds_table(runs, 3).splitlines()[2:]
+    assert rows == ["| 20% | min_max | skymask | 2 of 3 | 0.850 ± 0.071 | 0.750 ± 0.354 | 0.100 ± 0.141 |",
+                    "| 20% | none | fedavg | 1 of 3 | 0.700 | - | - |"]
