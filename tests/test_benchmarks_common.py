@@ -9,6 +9,7 @@ import pytest
 import benchmarks
 from benchmarks.common import (
     RESULTS,
+    STUDIES,
     add_spread_option,
     apply_spread,
     cell_parser,
@@ -24,7 +25,8 @@ from benchmarks.common import (
 )
 from benchmarks.fraction_sweep import seeds_text
 from benchmarks.paper_fmnist import seeds_table
-from skymask_ray.bench import cell_name, expand_grid
+from skymask_ray.bench import cell_name, expand_grid, expand_named_grid
+from skymask_ray.config import config_hash
 
 SMOKE = {"data": {"dataset": "digits", "root_size": 50}, "model": "mlp", "rounds": 2}
 
@@ -147,3 +149,27 @@ def test_paper_seeds_table_groups_runs_over_seeds() -> None:
     rows = seeds_table(runs, 3).splitlines()[2:]
     assert rows == ["| 20% | min_max | skymask | 2 of 3 | 0.850 ± 0.071 | 0.750 ± 0.354 | 0.100 ± 0.141 |",
                     "| 20% | none | fedavg | 1 of 3 | 0.700 | - | - |"]
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_study_file_expands_into_valid_cells(path: Path) -> None:
+    study = load_study(path)
+    names = []
+    for grid in study.grids():
+        for attack in grid.get("attack", [None]):
+            one = {**grid, "attack": [attack]} if attack else grid
+            base = {**study.base, "attack_params": study.attack_params.get(attack, {})} if study.attack_params \
+                else study.base
+            names += [name for _, name in expand_named_grid(study.preset, None, base, one)]
+    assert names and len(set(names)) == len(names)
+
+
+def test_pre_aggregator_study_reuses_the_attack_tables_cells() -> None:
+    pre, table = load_study("pre_aggregators"), load_study("attack_table")
+    plain = {k: v for k, v in pre.grid.items() if k != "defense_params.pre"}
+    ours = {name: config_hash(cfg) for cfg, name in expand_named_grid(pre.preset, None, pre.base, plain)}
+    theirs = {name: config_hash(cfg) for cfg, name in expand_named_grid(
+        table.preset, None, table.base, {**table.grid, "defense": plain["defense"]})}
+    assert ours and all(theirs.get(name) == h for name, h in ours.items())
+    with_pre = [name for _, name in expand_named_grid(pre.preset, None, pre.base, pre.grid)]
+    assert all(name.endswith(("-pre=nnm", "-pre=bucketing")) for name in with_pre)
