@@ -30,12 +30,13 @@ def main() -> None:
     pres = study.grid[PRE_KEY]
     base = {**study.base, "rounds": args.rounds}
     plain = {k: v for k, v in study.grid.items() if k != PRE_KEY}
-    jobs = [(base, {**plain, "attack": args.attack, "defense": ["fedavg", *args.defense]}),
+    reference = ["fedavg"] if "fedavg" not in args.defense else []  # FedAvg without a pre-aggregator: the first row
+    jobs = [(base, {**plain, "attack": args.attack, "defense": reference + args.defense}),
             (base, {**study.grid, "attack": args.attack, "defense": args.defense})]
     done = {(cfg.defense, cfg.defense_params.get("pre", "-"), cfg.attack): s
             for cfg, s in run_cells(study.preset, jobs, args.out, not args.table_only)}
-    rows = [["fedavg", "-", *(cell_text(done["fedavg", "-", a], "fedavg") for a in args.attack)]]
-    rows += [[d, pre, *(cell_text(done[d, pre, a], d) for a in args.attack)] for d in args.defense for pre in ["-", *pres]]
+    rows = [[d, pre, *(cell_text(done[d, pre, a], d) for a in args.attack)]
+            for d in reference + args.defense for pre in (["-"] if d in reference else ["-", *pres])]
     table = markdown_table(["defense", "pre-aggregator", *args.attack], rows)
     print(table)
     write_result(
