@@ -224,10 +224,16 @@ def run_cells(preset: str | None, jobs: Sequence[tuple[dict[str, Any], dict[str,
     """Run (when ``run``) the cells of every ``(base, grid)`` job that are not complete under ``out``.
 
     Returns every cell's config with its summary (:func:`skymask_ray.bench.summarize`), None where
-    the cell is not complete.
+    the cell is not complete. Every cell is validated before anything starts; a bad value (an unknown
+    attack, say) exits with its one-line message.
     """
     from skymask_ray.bench import cell_done, expand_named_grid, run_grid, summarize
+    from skymask_ray.errors import ConfigError
 
+    try:
+        named = [(cfg, name) for base, grid in jobs for cfg, name in expand_named_grid(preset, None, base, grid)]
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     if run:
         import ray
 
@@ -240,12 +246,7 @@ def run_cells(preset: str | None, jobs: Sequence[tuple[dict[str, Any], dict[str,
         finally:
             if started:
                 ray.shutdown()
-    cells = []
-    for base, grid in jobs:
-        for cfg, name in expand_named_grid(preset, None, base, grid):
-            folder = out / name
-            cells.append((cfg, summarize(folder) if cell_done(cfg, folder) else None))
-    return cells
+    return [(cfg, summarize(out / name) if cell_done(cfg, out / name) else None) for cfg, name in named]
 
 
 # ----- Markdown --------------------------------------------------------------------------------

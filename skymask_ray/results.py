@@ -205,10 +205,12 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
 
     A by-path read opens the file twice (footer, then data); a running
     :class:`ParquetLog` may ``os.replace`` it in between, mixing two versions.
-    Holding one handle pins one version (the inode stays alive after a replace).
+    Holding one handle pins one version (the inode stays alive after a replace). The handle is
+    Arrow's own: through a Python file object, Arrow's reader threads call back into Python, and
+    about one process in three then aborted at exit ("terminate called without an active exception").
     """
     try:
-        with open(path, "rb") as fh:
+        with pa.OSFile(str(path), "rb") as fh:
             return pq.read_table(fh, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, FileNotFoundError):

@@ -20,6 +20,7 @@ from benchmarks.common import (
     markdown_table,
     mean_sd,
     parse_cell_name,
+    run_cells,
     results_path,
     spread_params,
 )
@@ -173,3 +174,10 @@ def test_pre_aggregator_study_reuses_the_attack_tables_cells() -> None:
     assert ours and all(theirs.get(name) == h for name, h in ours.items())
     with_pre = [name for _, name in expand_named_grid(pre.preset, None, pre.base, pre.grid)]
     assert all(name.endswith(("-pre=nnm", "-pre=bucketing")) for name in with_pre)
+
+
+def test_a_bad_cell_value_exits_with_one_line_before_anything_runs(tmp_path: Path) -> None:
+    jobs = [(SMOKE, {"attack": ["min_max"]}), (SMOKE, {"attack": ["nosuch"]})]
+    with pytest.raises(SystemExit, match=r"^error: unknown attack 'nosuch'") as e:
+        run_cells(None, jobs, tmp_path / "cells", run=True)
+    assert "\n" not in str(e.value) and not (tmp_path / "cells").exists()
