@@ -20,6 +20,7 @@ from typing import Any
 
 from skymask_ray.bench import summary_table
 
+from benchmarks.attack_table import rates
 from benchmarks.common import (add_spread_option, apply_spread, attackers_text, cell_parser, command_line, load_study,
                                markdown_table, mean_sd, run_cells, spread_params, write_result)
 
@@ -34,10 +35,9 @@ def seeds_table(runs: list[dict[str, Any]], seeds: int) -> str:
         by.setdefault((s["malicious_fraction"], s["attack"], s["defense"]), []).append(s)
     rows = []
     for (frac, attack, defense), cells in by.items():
-        rates = [mean_sd([c[k] for c in cells if c[k] is not None]) if defense != "fedavg" else "-"
-                 for k in ("tpr", "fpr")]
+        got = [r for c in cells if (r := rates(c, defense)) is not None]
         rows.append([f"{frac:.0%}", attack, defense, f"{len(cells)} of {seeds}",
-                     mean_sd([c["accuracy"] for c in cells]), *rates])
+                     mean_sd([c["accuracy"] for c in cells]), *(mean_sd([r[i] for r in got]) for i in (0, 1))])
     return markdown_table(["malicious", "attack", "defense", "seeds", "final accuracy", "mean TPR", "mean FPR"],
                           rows, "lllrrrr")
 
