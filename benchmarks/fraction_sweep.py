@@ -19,29 +19,13 @@ per defense the final accuracy (mean ± sd over seeds) and mean TPR/FPR.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
-from benchmarks.attack_table import cell_text, rates
+from benchmarks.attack_table import seeds_text
 from benchmarks.common import (add_spread_option, apply_spread, attackers_text, cell_parser, command_line, load_study,
-                               markdown_table, mean_sd, run_cells, spread_params, write_result)
+                               markdown_table, run_cells, spread_params, write_result)
 
 STUDY = "fraction_sweep"
-
-
-def seeds_text(cells: list[dict[str, Any]], defense: str, seeds: int) -> str:
-    """One table cell over seeds: one seed as :func:`cell_text`; several as accuracy mean ± sd, backdoor
-    success and TPR/FPR means (the same parts as :func:`cell_text`), with the count where fewer seeds than asked are complete."""
-    if len(cells) <= 1:
-        text = cell_text(cells[0] if cells else None, defense)
-    else:
-        text = mean_sd([s["accuracy"] for s in cells])
-        if backdoor := [s["backdoor_success"] for s in cells if s["backdoor_success"] is not None]:
-            text += f" ({statistics.fmean(backdoor):.2f})"
-        got = [r for s in cells if (r := rates(s, defense)) is not None]
-        if got:
-            text += f" · {statistics.fmean(r[0] for r in got):.2f}/{statistics.fmean(r[1] for r in got):.2f}"
-    return text + (f" ({len(cells)} of {seeds} seeds)" if 0 < len(cells) < seeds else "")
 
 
 def main() -> None:

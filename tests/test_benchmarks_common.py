@@ -24,7 +24,7 @@ from benchmarks.common import (
     results_path,
     spread_params,
 )
-from benchmarks.fraction_sweep import seeds_text
+from benchmarks.attack_table import mean_cell, seeds_text
 from benchmarks.paper_fmnist import seeds_table
 from skymask_ray.bench import cell_name, expand_grid, expand_named_grid
 from skymask_ray.config import config_hash
@@ -131,6 +131,24 @@ def test_seed_cells_give_mean_sd_and_say_when_seeds_are_missing() -> None:
     assert seeds_text([], "skymask", 3) == "not run"
     bd = [{**one, "backdoor_success": 0.1}, {**two, "backdoor_success": 0.3}]
     assert seeds_text(bd, "skymask", 2) == "0.750 ± 0.071 (0.20) · 0.75/0.10"
+
+
+def test_mean_cell_averages_each_rate_over_the_seeds_that_have_it() -> None:
+    cells = [{"accuracy": 0.7, "backdoor_success": None, "tpr": None, "fpr": 0.2},
+             {"accuracy": 0.8, "backdoor_success": None, "tpr": 0.5, "fpr": 0.4}]
+    m = mean_cell(cells)
+    assert m["accuracy"] == pytest.approx(0.75) and m["fpr"] == pytest.approx(0.3)
+    assert m["tpr"] == 0.5 and m["backdoor_success"] is None
+
+
+def test_attack_table_seeds_are_the_fraction_sweeps_cells() -> None:
+    table, sweep = load_study("attack_table"), load_study("fraction_sweep")
+    grid = {**sweep.grid, "malicious_fraction": [0.2], "seed": [1]}
+    ours = {name: config_hash(cfg) for cfg, name in expand_named_grid(sweep.preset, None, sweep.base, grid)}
+    theirs = {name: config_hash(cfg) for cfg, name in expand_named_grid(
+        table.preset, None, table.base, {**table.grid, "attack": grid["attack"], "defense": grid["defense"],
+                                         "seed": [1]})}
+    assert ours and ours == theirs and all(name.endswith("-s1") for name in ours)
 
 
 def test_a_list_option_of_a_key_the_grid_does_not_vary_defaults_to_the_base_value() -> None:
