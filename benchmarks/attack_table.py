@@ -168,5 +168,6 @@ def main() -> None:
         "(no-attack run excluded), for the defenses whose row is complete.\n\n"
         + defense_summary_table(done, attacks, defenses) + "\n")
 
+
 if __name__ == "__main__":
     main()
