@@ -23,7 +23,8 @@ from typing import Any
 from skymask_ray.attacks import ATTACKS
 from skymask_ray.defenses import DEFENSES
 
-from benchmarks.common import cell_parser, command_line, load_study, markdown_table, mean_sd, run_cells, write_result
+from benchmarks.common import (cell_parser, command_line, group_cells, load_study, markdown_table, mean_sd, run_cells,
+                               write_result)
 
 STUDY = "attack_table"
 
@@ -138,10 +139,7 @@ def main() -> None:
              {**study.grid, "attack": [attack], "defense": defenses, "malicious_fraction": [args.malicious],
               "seed": [seed]})
             for seed in args.seed for attack in attacks]
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for cfg, s in run_cells(study.preset, jobs, args.out, not args.table_only):
-        if s is not None:
-            runs.setdefault((cfg.attack, cfg.defense), []).append(s)
+    runs = group_cells(run_cells(study.preset, jobs, args.out, not args.table_only), lambda c: (c.attack, c.defense))
     done = {key: mean_cell(cells) for key, cells in runs.items()}
     base_acc = done["none", "fedavg"]["accuracy"] if ("none", "fedavg") in done else None
     rows = []

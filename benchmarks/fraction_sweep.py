@@ -19,11 +19,9 @@ per defense the final accuracy (mean ± sd over seeds) and mean TPR/FPR.
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks.attack_table import seeds_text
-from benchmarks.common import (add_spread_option, apply_spread, attackers_text, cell_parser, command_line, load_study,
-                               markdown_table, run_cells, spread_params, write_result)
+from benchmarks.common import (add_spread_option, apply_spread, attackers_text, cell_parser, command_line, group_cells,
+                               load_study, markdown_table, run_cells, spread_params, write_result)
 
 STUDY = "fraction_sweep"
 
@@ -38,10 +36,8 @@ def main() -> None:
     base = {**study.base, "rounds": args.rounds, **spread_params(args.spread)}
     jobs = [(base, {**study.grid, "malicious_fraction": args.malicious_fraction, "attack": args.attack,
                     "defense": args.defense, "seed": [seed]}) for seed in args.seed]
-    done: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
-    for c, s in run_cells(study.preset, jobs, args.out, not args.table_only):
-        if s is not None:
-            done.setdefault((c.attack, c.malicious_fraction, c.defense), []).append(s)
+    done = group_cells(run_cells(study.preset, jobs, args.out, not args.table_only),
+                       lambda c: (c.attack, c.malicious_fraction, c.defense))
     parts = []
     for attack in args.attack:
         rows = [[f"{f:.0%}", *(seeds_text(done.get((attack, f, d), []), d, len(args.seed)) for d in args.defense)]

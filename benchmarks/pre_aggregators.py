@@ -16,10 +16,9 @@ pre-aggregator, per attack the final accuracy and mean TPR/FPR over rounds.
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks.attack_table import seeds_text
-from benchmarks.common import cell_parser, command_line, load_study, markdown_table, run_cells, write_result
+from benchmarks.common import (cell_parser, command_line, group_cells, load_study, markdown_table, run_cells,
+                               write_result)
 
 STUDY = "pre_aggregators"
 PRE_KEY = "defense_params.pre"
@@ -37,10 +36,8 @@ def main() -> None:
     jobs = [job for seed in args.seed for job in (
         (base, {**plain, "attack": args.attack, "defense": reference + args.defense, "seed": [seed]}),
         (base, {**study.grid, "attack": args.attack, "defense": args.defense, "seed": [seed]}))]
-    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for cfg, s in run_cells(study.preset, jobs, args.out, not args.table_only):
-        if s is not None:
-            runs.setdefault((cfg.defense, cfg.defense_params.get("pre", "-"), cfg.attack), []).append(s)
+    runs = group_cells(run_cells(study.preset, jobs, args.out, not args.table_only),
+                       lambda c: (c.defense, c.defense_params.get("pre", "-"), c.attack))
     rows = [[d, pre, *(seeds_text(runs.get((d, pre, a), []), d, len(args.seed)) for a in args.attack)]
             for d in reference + args.defense for pre in (["-"] if d in reference else ["-", *pres])]
     table = markdown_table(["defense", "pre-aggregator", *args.attack], rows)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.common import cell_parser, command_line, load_study, markdown_table, mean_sd, run_cells, write_result
+from benchmarks.common import (cell_parser, command_line, group_cells, load_study, markdown_table, mean_sd, run_cells,
+                               write_result)
 
 STUDY = "select_rule"
 RULES_KEY = "skymask.select"
@@ -48,12 +49,8 @@ def main() -> None:
     ap = cell_parser(__doc__, __file__, study, "select_rule", "select_rule.md", lists=("seed",))
     args = ap.parse_args()
     jobs = [job for s in args.seed for job in seed_jobs(study, args.rounds, s)]
-    done = run_cells(study.preset, jobs, args.out, not args.table_only)
-    by: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
-    for cfg, s in done:
-        if s is not None:
-            rule = cfg.skymask.select if cfg.defense == "skymask" else "fedavg"
-            by.setdefault((cfg.attack, cfg.malicious_fraction, rule), []).append(s)
+    by = group_cells(run_cells(study.preset, jobs, args.out, not args.table_only),
+                     lambda c: (c.attack, c.malicious_fraction, c.skymask.select if c.defense == "skymask" else "fedavg"))
     ref = [s["accuracy"] for s in by.get(("none", 0.0, "fedavg"), [])]
     ref_acc = statistics.fmean(ref) if ref else None
     conditions = [("none", 0.0)] + [(a, f) for f in sorted(study.grid["malicious_fraction"]) for a in study.grid["attack"]]

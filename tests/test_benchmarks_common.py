@@ -19,6 +19,7 @@ from benchmarks.common import (
     load_study,
     markdown_table,
     mean_sd,
+    group_cells,
     parse_cell_name,
     run_cells,
     results_path,
@@ -131,6 +132,17 @@ def test_seed_cells_give_mean_sd_and_say_when_seeds_are_missing() -> None:
     assert seeds_text([], "skymask", 3) == "not run"
     bd = [{**one, "backdoor_success": 0.1}, {**two, "backdoor_success": 0.3}]
     assert seeds_text(bd, "skymask", 2) == "0.750 ± 0.071 (0.20) · 0.75/0.10"
+
+
+def test_group_cells_keeps_complete_cells_by_key_in_run_order() -> None:
+    class Cfg:
+        def __init__(self, attack: str, seed: int) -> None:
+            self.attack, self.seed = attack, seed
+
+    cells = [(Cfg("lie", 0), {"accuracy": 0.1}), (Cfg("ipm", 0), None), (Cfg("lie", 1), {"accuracy": 0.2}),
+             (Cfg("ipm", 1), {"accuracy": 0.3})]
+    assert group_cells(cells, lambda c: c.attack) == {"lie": [{"accuracy": 0.1}, {"accuracy": 0.2}],
+                                                       "ipm": [{"accuracy": 0.3}]}
 
 
 def test_mean_cell_averages_each_rate_over_the_seeds_that_have_it() -> None:
