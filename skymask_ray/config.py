@@ -73,6 +73,7 @@ class SkyMaskConfig:
     kernel: str = "auto"  # mask step: compiled (torch.compile, one fused pass) | eager | auto (compiled if it works)
     select: str = "gmm2"  # clustering rule: gmm2 (the paper: always split) | bic | silhouette (split or not)
     min_silhouette: float = 0.5  # select silhouette: keep the split only at this mean silhouette or above
+    gmm_restarts: int = 1  # 2-component GMM fits per round, best likelihood kept (1: the paper's single fit)
 
 
 @dataclass
@@ -295,6 +296,7 @@ def validate_fields(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(s.fallback in ("server", "fedavg"), f"skymask.fallback must be server or fedavg, got {s.fallback!r}")
     _check(s.select in ("gmm2", "bic", "silhouette"), f"skymask.select must be gmm2, bic or silhouette, got {s.select!r}")
     _check(-1.0 <= s.min_silhouette <= 1.0, f"skymask.min_silhouette must be in [-1, 1], got {s.min_silhouette!r}")
+    _check(s.gmm_restarts >= 1, f"skymask.gmm_restarts must be >= 1, got {s.gmm_restarts!r}")
     _check(s.shards is None or s.shards >= 1, "skymask.shards must be >= 1")
     _check(s.shard_memory_gb > 0, "skymask.shard_memory_gb must be > 0")
     _check(s.early_stop_step >= 0, "skymask.early_stop_step must be >= 0")

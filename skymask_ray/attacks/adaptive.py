@@ -131,8 +131,8 @@ class Adaptive(Attack):
         loss = RootLoss(ctx.model, ctx.spec, ctx.buffers, ctx.root, updates.device)
         train_masks(shards, loss, len(loss), sky, gen)
         gram = shards.gram().cpu().numpy()
-        accepted = [torch.from_numpy(cluster_from_gram(gram, seed=s, rule=sky.select,
-                                                      min_silhouette=sky.min_silhouette).benign[1:]) for s in seeds]
+        accepted = [torch.from_numpy(cluster_from_gram(gram, seed=s, rule=sky.select, min_silhouette=sky.min_silhouette,
+                                                      restarts=sky.gmm_restarts).benign[1:]) for s in seeds]
         return torch.stack(accepted).to(updates.device)
 
     def anchors(self, pool: torch.Tensor, mu: torch.Tensor, f: int, generator: torch.Generator) -> torch.Tensor:

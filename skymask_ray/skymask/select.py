@@ -32,6 +32,15 @@ flip) 0.25-0.53, where accepting everyone loses less. On planted masks it keeps 
 uniform random bits whole in every seed (mean silhouette of the forced split 0.25-0.40), but, like
 ``bic``, it splits off the one to four most distinct masks of a group of sparse variations of one
 mask (0.5-0.8): a far, small group is what a lone attacker looks like too.
+
+``restarts`` (``skymask.gmm_restarts``, default 1 = the paper: one fit from scikit-learn's k-means
+initialisation) fits the 2-component mixture ``restarts - 1`` more times from random data points
+(``init_params="random_from_data"``) and keeps the fit of highest likelihood, never a worse fit than
+the paper's. One EM run often stops in a local optimum: re-clustering the mask coordinates recorded
+by the 30-round spread-1 runs at 20 % (lie, seeds 0-2), the k-means-initialised fit split off a
+tail of benign clients in rounds where the attackers' masks sat in a tight, linearly separable
+group (benign spread ~20 in PCA units, attackers ~0.5), which the best of 10 fits found with a
+higher likelihood; every rule (gmm2, bic, silhouette) then works on the better split.
 """
 
 from __future__ import annotations
@@ -58,10 +67,24 @@ class Clustering:
 SELECT_RULES = ("gmm2", "bic", "silhouette")
 
 
-def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silhouette: float = 0.5) -> Clustering:
-    """PCA(2) via KernelPCA(precomputed) and GaussianMixture(2, random_state=seed); ``rule`` see module doc."""
+def two_components(coords: np.ndarray, seed: int, restarts: int = 1) -> GaussianMixture:
+    """The 2-component mixture of highest likelihood: the k-means-initialised fit and ``restarts - 1`` more."""
+    best = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-6).fit(coords)
+    if restarts > 1:
+        more = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-6, n_init=restarts - 1,
+                               init_params="random_from_data").fit(coords)
+        if more.score(coords) > best.score(coords):
+            best = more
+    return best
+
+
+def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silhouette: float = 0.5,
+                      restarts: int = 1) -> Clustering:
+    """PCA(2) via KernelPCA(precomputed) and the best of ``restarts`` 2-component GMM fits; ``rule`` see module doc."""
     if rule not in SELECT_RULES:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(SELECT_RULES)}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     k = gram.shape[0]
     g = np.asarray(gram, dtype=np.float64)
     centred = g - g.mean(0, keepdims=True) - g.mean(1, keepdims=True) + g.mean()
@@ -70,8 +93,8 @@ def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silho
     coords = KernelPCA(n_components=2, kernel="precomputed", random_state=seed).fit_transform(g)
     if np.unique(np.round(coords, 9), axis=0).shape[0] < 2:
         return Clustering(np.ones(k, dtype=bool), coords, np.zeros(k, dtype=np.int64), True)
-    gmm2 = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-6)
-    labels = gmm2.fit_predict(coords)
+    gmm2 = two_components(coords, seed, restarts)
+    labels = gmm2.predict(coords)
     if rule == "bic":
         gmm1 = GaussianMixture(n_components=1, random_state=seed, reg_covar=1e-6).fit(coords)
         if gmm1.bic(coords) <= gmm2.bic(coords):

@@ -177,7 +177,8 @@ def train_and_select(
     t1 = time.perf_counter()
     gram = shards.gram().cpu().numpy()
     on = np.diag(gram) / numel  # a mask's bits on = its own inner product
-    result = cluster_from_gram(gram, seed=int(seed + round_idx), rule=cfg.select, min_silhouette=cfg.min_silhouette)
+    result = cluster_from_gram(gram, seed=int(seed + round_idx), rule=cfg.select, min_silhouette=cfg.min_silhouette,
+                               restarts=cfg.gmm_restarts)
     t2 = time.perf_counter()
     return MaskSelection(
         accepted=result.benign[1:].copy(), coords=result.coords, labels=result.labels, losses=losses,

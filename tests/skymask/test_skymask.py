@@ -313,6 +313,63 @@ def test_gmm2_is_the_paper_rule_unchanged():
         cluster_from_gram(g, seed=0, rule="kmeans")
 
 
+def _tight_attackers_beside_broad_benign(seed, n_benign=80, n_att=20):
+    """Mask coordinates as recorded under lie with distinct attackers at 20 %: a broad benign cloud
+    with a far tail of non-IID clients, and the attackers' masks in a tight group off to one side;
+    the server first. Returned as the linear-kernel Gram matrix the selector takes."""
+    rng = np.random.default_rng(seed)
+    main = rng.normal([-8.0, 0.0], [10.0, 8.0], size=(n_benign - 12, 2))
+    tail = rng.normal([45.0, 0.0], [6.0, 6.0], size=(12, 2))
+    attackers = rng.normal([0.0, -30.0], [0.5, 0.5], size=(n_att, 2))
+    c = np.vstack([[[0.0, -5.0]], main, tail, attackers])
+    return c @ c.T
+
+
+def test_gmm_restarts_find_the_tight_group_that_one_fit_misses():
+    from skymask_ray.skymask.select import two_components
+
+    truth = [True] * 81 + [False] * 20
+    missed = 0
+    for seed in range(10):
+        g = _tight_attackers_beside_broad_benign(seed)
+        one, best = cluster_from_gram(g, seed=seed), cluster_from_gram(g, seed=seed, restarts=10)
+        assert best.benign.tolist() == truth
+        missed += one.benign.tolist() != truth
+        # never a worse fit than the paper's single one, on the same coordinates
+        assert two_components(best.coords, seed, 10).score(best.coords) >= two_components(best.coords, seed).score(best.coords)
+        # restarts 1 is the paper's rule
+        assert np.array_equal(cluster_from_gram(g, seed=seed, restarts=1).labels, one.labels)
+    assert missed >= 5  # the k-means-initialised fit splits the benign tail off instead (8 of these 10 seeds)
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        cluster_from_gram(g, seed=0, restarts=0)
+
+
+def test_gmm_restarts_reach_the_selector_and_are_validated():
+    from skymask_ray.errors import ConfigError
+    from skymask_ray.experiment import build_config
+    from skymask_ray.skymask.trainer import train_and_select
+
+    g = _tight_attackers_beside_broad_benign(0)
+
+    class FixedGram:
+        def weighted_average(self):
+            return torch.zeros(3)
+
+        def step(self, grad_w):
+            pass
+
+        def gram(self):
+            return torch.from_numpy(g)
+
+    picks = {n: train_and_select(FixedGram(), lambda w, idx: (0.0, torch.zeros(3)), 4, 400,
+                                 SkyMaskConfig(mask_epochs=1, gmm_restarts=n), seed=0, round_idx=0).accepted
+             for n in (1, 10)}
+    assert picks[10].tolist() == [True] * 80 + [False] * 20 and picks[1].tolist() != picks[10].tolist()
+    assert build_config(overrides={"skymask": {"gmm_restarts": 10}, "data": {"dataset": "synthetic"}}).skymask.gmm_restarts == 10
+    with pytest.raises(ConfigError, match="skymask.gmm_restarts must be >= 1"):
+        build_config(overrides={"skymask": {"gmm_restarts": 0}, "data": {"dataset": "synthetic"}})
+
+
 def test_single_component_reaches_the_round_info():
     """skymask.select reaches cluster_from_gram through train_and_select, and the flag the defense's info."""
     from skymask_ray.config import ExperimentConfig
