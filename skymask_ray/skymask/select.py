@@ -40,7 +40,9 @@ the paper's. One EM run often stops in a local optimum: re-clustering the mask c
 by the 30-round spread-1 runs at 20 % (lie, seeds 0-2), the k-means-initialised fit split off a
 tail of benign clients in rounds where the attackers' masks sat in a tight, linearly separable
 group (benign spread ~20 in PCA units, attackers ~0.5), which the best of 10 fits found with a
-higher likelihood; every rule (gmm2, bic, silhouette) then works on the better split.
+higher likelihood; every rule (gmm2, bic, silhouette) then works on the better split. Run with
+10 restarts (30 rounds, seeds 0-2): lie TPR 0.900 / FPR 0.054 against 0.822 / 0.090 with one fit,
+min_max 0.989 / 0.019 against 0.967 / 0.023 (``benchmarks/results/gmm_restarts/``).
 """
 
 from __future__ import annotations
