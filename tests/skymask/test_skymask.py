@@ -336,12 +336,29 @@ def test_gmm_restarts_find_the_tight_group_that_one_fit_misses():
         assert best.benign.tolist() == truth
         missed += one.benign.tolist() != truth
         # never a worse fit than the paper's single one, on the same coordinates
-        assert two_components(best.coords, seed, 10).score(best.coords) >= two_components(best.coords, seed).score(best.coords)
+        c = best.coords
+        assert two_components(c, seed, 10).score(c) >= two_components(c, seed).score(c)
         # restarts 1 is the paper's rule
         assert np.array_equal(cluster_from_gram(g, seed=seed, restarts=1).labels, one.labels)
     assert missed >= 5  # the k-means-initialised fit splits the benign tail off instead (8 of these 10 seeds)
     with pytest.raises(ValueError, match="restarts must be >= 1"):
         cluster_from_gram(g, seed=0, restarts=0)
+
+
+class _FixedGram:
+    """Mask shards whose training is a no-op and whose Gram matrix is given: the selector alone."""
+
+    def __init__(self, gram: np.ndarray) -> None:
+        self.g = gram
+
+    def weighted_average(self):
+        return torch.zeros(3)
+
+    def step(self, grad_w):
+        pass
+
+    def gram(self):
+        return torch.from_numpy(self.g)
 
 
 def test_gmm_restarts_reach_the_selector_and_are_validated():
@@ -350,22 +367,12 @@ def test_gmm_restarts_reach_the_selector_and_are_validated():
     from skymask_ray.skymask.trainer import train_and_select
 
     g = _tight_attackers_beside_broad_benign(0)
-
-    class FixedGram:
-        def weighted_average(self):
-            return torch.zeros(3)
-
-        def step(self, grad_w):
-            pass
-
-        def gram(self):
-            return torch.from_numpy(g)
-
-    picks = {n: train_and_select(FixedGram(), lambda w, idx: (0.0, torch.zeros(3)), 4, 400,
+    picks = {n: train_and_select(_FixedGram(g), lambda w, idx: (0.0, torch.zeros(3)), 4, 400,
                                  SkyMaskConfig(mask_epochs=1, gmm_restarts=n), seed=0, round_idx=0).accepted
              for n in (1, 10)}
     assert picks[10].tolist() == [True] * 80 + [False] * 20 and picks[1].tolist() != picks[10].tolist()
-    assert build_config(overrides={"skymask": {"gmm_restarts": 10}, "data": {"dataset": "synthetic"}}).skymask.gmm_restarts == 10
+    chosen = build_config(overrides={"skymask": {"gmm_restarts": 10}, "data": {"dataset": "synthetic"}})
+    assert chosen.skymask.gmm_restarts == 10
     with pytest.raises(ConfigError, match="skymask.gmm_restarts must be >= 1"):
         build_config(overrides={"skymask": {"gmm_restarts": 0}, "data": {"dataset": "synthetic"}})
 
@@ -381,23 +388,13 @@ def test_single_component_reaches_the_round_info():
 
     b = _one_group(0)
 
-    class FixedGram:
-        def weighted_average(self):
-            return torch.zeros(3)
-
-        def step(self, grad_w):
-            pass
-
-        def gram(self):
-            return torch.from_numpy(b @ b.T)
-
     def loss_grad(w, idx):
         return 0.0, torch.zeros(3)
 
     picks = {}
     for rule in ("gmm2", "bic"):
         cfg = SkyMaskConfig(mask_epochs=1, select=rule)
-        picks[rule] = train_and_select(FixedGram(), loss_grad, 4, 400, cfg, seed=0, round_idx=0)
+        picks[rule] = train_and_select(_FixedGram(b @ b.T), loss_grad, 4, 400, cfg, seed=0, round_idx=0)
     assert picks["bic"].single_component and picks["bic"].accepted.all() and len(picks["bic"].accepted) == 30
     assert not picks["gmm2"].single_component and not picks["gmm2"].accepted.all()
 
