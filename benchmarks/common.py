@@ -249,7 +249,6 @@ def run_cells(preset: str | None, jobs: Sequence[tuple[dict[str, Any], dict[str,
     return [(cfg, summarize(out / name) if cell_done(cfg, out / name) else None) for cfg, name in named]
 
 
-
 def group_cells(cells: Iterable[tuple[ExperimentConfig, dict[str, Any] | None]],
                 key: Callable[[ExperimentConfig], Any]) -> dict[Any, list[dict[str, Any]]]:
     """The complete cells of :func:`run_cells` grouped by ``key(config)``: one summary per seed, in run order."""
@@ -258,6 +257,7 @@ def group_cells(cells: Iterable[tuple[ExperimentConfig, dict[str, Any] | None]],
         if s is not None:
             groups.setdefault(key(cfg), []).append(s)
     return groups
+
 
 # ----- Markdown --------------------------------------------------------------------------------
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:

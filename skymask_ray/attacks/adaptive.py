@@ -18,7 +18,7 @@ How it is built, once per round:
 4. A candidate's score: the attacker runs SkyMask on its own copy
    (:func:`~skymask_ray.skymask.trainer.train_masks` on the server model
    :math:`w_0 = w_t - g_0` and the N client models, then
-   :func:`~skymask_ray.skymask.select.cluster_from_gram` under
+   :func:`~skymask_ray.skymask.select.select_masks`, the server's rule, under
    ``cluster_seeds`` GMM seeds) and takes the share of malicious rows in the
    server's cluster, averaged over the seeds.
 5. With ``anchor: benign`` a run at :math:`\alpha = 0` first finds the benign
@@ -51,7 +51,7 @@ import torch
 from ..clients.training import SGDSettings, train_sequential
 from ..errors import ConfigError
 from ..params import bounded, parse_params
-from ..skymask.select import cluster_from_gram
+from ..skymask.select import select_masks
 from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_updates, train_masks
 from .base import ATTACKS, Attack, benign_stats, register_attack
 
@@ -131,8 +131,7 @@ class Adaptive(Attack):
         loss = RootLoss(ctx.model, ctx.spec, ctx.buffers, ctx.root, updates.device)
         train_masks(shards, loss, len(loss), sky, gen)
         gram = shards.gram().cpu().numpy()
-        accepted = [torch.from_numpy(cluster_from_gram(gram, seed=s, rule=sky.select, min_silhouette=sky.min_silhouette,
-                                                      restarts=sky.gmm_restarts).benign[1:]) for s in seeds]
+        accepted = [torch.from_numpy(select_masks(gram, s, sky).benign[1:]) for s in seeds]
         return torch.stack(accepted).to(updates.device)
 
     def anchors(self, pool: torch.Tensor, mu: torch.Tensor, f: int, generator: torch.Generator) -> torch.Tensor:

@@ -437,7 +437,8 @@ class SkyMaskAdaptive(Attack):
     Fashion-MNIST cnn, 10 rounds, seeds 0-2 (``benchmarks/results/attack_table_recent.md``); with
     ``oracle_checks`` 3 TPR 0.27 at FPR 0.18, but the halved poison leaves SkyMask's accuracy 0.2
     points below its attack-free run (``benchmarks/results/oracle_adaptive/``). ``last_alpha``,
-    ``last_bound``, ``last_distances``, ``last_sensitive`` and ``last_anchor`` record each round. Not composable (it needs the whole model's gradient).
+    ``last_bound``, ``last_distances``, ``last_sensitive`` and ``last_anchor`` record each round.
+    Not composable (it needs the whole model's gradient).
     """
 
     Params = SkyMaskAdaptiveParams

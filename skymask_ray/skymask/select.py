@@ -54,6 +54,8 @@ from sklearn.decomposition import KernelPCA
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
+from ..config import SkyMaskConfig
+
 
 @dataclass
 class Clustering:
@@ -105,3 +107,9 @@ def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silho
         if len(np.unique(labels)) < 2 or silhouette_score(coords, labels) < min_silhouette:
             return Clustering(np.ones(k, dtype=bool), coords, np.zeros(k, dtype=np.int64), False, True)
     return Clustering(labels == labels[0], coords, labels, False)
+
+
+def select_masks(gram: np.ndarray, seed: int, cfg: SkyMaskConfig) -> Clustering:
+    """:func:`cluster_from_gram` under the config's rule, threshold and restarts: the server's selection,
+    which the white-box attacks replay exactly."""
+    return cluster_from_gram(gram, seed, rule=cfg.select, min_silhouette=cfg.min_silhouette, restarts=cfg.gmm_restarts)

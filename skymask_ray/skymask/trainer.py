@@ -25,7 +25,7 @@ from ..linalg import from_readonly
 from ..models import ParamSpec, build_model, channels_last, state_restored
 from ..seeding import torch_generator
 from .masked import MaskShard, row_kernels
-from .select import cluster_from_gram
+from .select import select_masks
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,7 @@ def train_and_select(
     t1 = time.perf_counter()
     gram = shards.gram().cpu().numpy()
     on = np.diag(gram) / numel  # a mask's bits on = its own inner product
-    result = cluster_from_gram(gram, seed=int(seed + round_idx), rule=cfg.select, min_silhouette=cfg.min_silhouette,
-                               restarts=cfg.gmm_restarts)
+    result = select_masks(gram, int(seed + round_idx), cfg)
     t2 = time.perf_counter()
     return MaskSelection(
         accepted=result.benign[1:].copy(), coords=result.coords, labels=result.labels, losses=losses,
