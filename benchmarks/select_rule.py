@@ -1,11 +1,11 @@
-"""SkyMask's selection rule side by side: gmm2 (the paper) vs silhouette (and bic), distinct attackers, 3 seeds.
+"""SkyMask's selection rule side by side: gmm2 (the paper) vs silhouette, spectral (and bic), distinct attackers, 3 seeds.
 
 Fashion-MNIST cnn, 100 clients, bias 0.5, paper settings. The grid (rounds,
 seeds, fractions, attacks, the attacks' ``spread``) is
 ``benchmarks/studies/select_rule.yaml``; each seed's cells run before the next
 seed's, and cells already complete are skipped, so the script resumes. Besides
 the grid: no attack with no malicious client (skymask under gmm2, bic and
-silhouette, and FedAvg, the accuracy reference); bic runs there only: without
+silhouette and spectral, and FedAvg, the accuracy reference); bic runs there only: without
 an attack it already splits most rounds, so its targets fail. Every cell is ``skymask-ray run --preset
 paper-fmnist --attack A --malicious F --defense skymask --set skymask.select=RULE
 --set attack_params.spread=1 --rounds R --seed S``.
@@ -29,7 +29,7 @@ from benchmarks.common import (cell_parser, command_line, group_cells, load_stud
 
 STUDY = "select_rule"
 RULES_KEY = "skymask.select"
-NONE_RULES = ["gmm2", "bic", "silhouette"]  # rules run without an attack
+NONE_RULES = ["gmm2", "bic", "silhouette", "spectral"]  # rules run without an attack
 
 
 def seed_jobs(study, rounds: int, seed: int) -> list[tuple[dict[str, Any], dict[str, list[Any]]]]:
@@ -74,7 +74,7 @@ def main() -> None:
     table = markdown_table(["attack", "malicious", "rule", "seeds", "final acc", "mean TPR", "mean FPR",
                             "one-cluster rounds", "targets met"], rows)
     ref_text = mean_sd(ref) if ref else "not run"
-    text = (f"# SkyMask selection rule: gmm2 (paper) vs silhouette and bic, {args.rounds} rounds, seeds "
+    text = (f"# SkyMask selection rule: gmm2 (paper) vs silhouette, spectral and bic, {args.rounds} rounds, seeds "
             f"{','.join(map(str, args.seed))}\n\n"
             "Fashion-MNIST, cnn, 100 clients, bias 0.5, paper settings; attackers distinct "
             "(`attack_params.spread` 1: each attacker adds its own noise of one benign std per coordinate). "

@@ -71,9 +71,11 @@ class SkyMaskConfig:
     shards: int | None = None  # parameter shards over trainer actors (None: auto from memory)
     shard_memory_gb: float = 8.0  # budget one trainer shard may use for the N x P state
     kernel: str = "auto"  # mask step: compiled (torch.compile, one fused pass) | eager | auto (compiled if it works)
-    select: str = "gmm2"  # clustering rule: gmm2 (the paper: always split) | bic | silhouette (split or not)
+    select: str = "gmm2"  # clustering rule: gmm2 (the paper: always split) | bic | silhouette (split or not) | spectral
     min_silhouette: float = 0.5  # select silhouette: keep the split only at this mean silhouette or above
     gmm_restarts: int = 1  # 2-component GMM fits per round, best likelihood kept (1: the paper's single fit)
+    neighbors: int | None = None  # select spectral: nearest masks each mask links to (None: max(15, ceil(0.15 K)))
+    max_conductance: float = 0.1  # select spectral: keep the cut only at this conductance or below (1: always)
 
 
 @dataclass
@@ -294,9 +296,12 @@ def validate_fields(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(0.0 < s.threshold < 1.0, "skymask.threshold must be in (0, 1)")
     _check(s.kernel in ("auto", "compiled", "eager"), f"skymask.kernel must be auto, compiled or eager, got {s.kernel!r}")
     _check(s.fallback in ("server", "fedavg"), f"skymask.fallback must be server or fedavg, got {s.fallback!r}")
-    _check(s.select in ("gmm2", "bic", "silhouette"), f"skymask.select must be gmm2, bic or silhouette, got {s.select!r}")
+    _check(s.select in ("gmm2", "bic", "silhouette", "spectral"),
+           f"skymask.select must be gmm2, bic, silhouette or spectral, got {s.select!r}")
     _check(-1.0 <= s.min_silhouette <= 1.0, f"skymask.min_silhouette must be in [-1, 1], got {s.min_silhouette!r}")
     _check(s.gmm_restarts >= 1, f"skymask.gmm_restarts must be >= 1, got {s.gmm_restarts!r}")
+    _check(s.neighbors is None or s.neighbors >= 1, f"skymask.neighbors must be >= 1 or null, got {s.neighbors!r}")
+    _check(0.0 <= s.max_conductance <= 1.0, f"skymask.max_conductance must be in [0, 1], got {s.max_conductance!r}")
     _check(s.shards is None or s.shards >= 1, "skymask.shards must be >= 1")
     _check(s.shard_memory_gb > 0, "skymask.shard_memory_gb must be > 0")
     _check(s.early_stop_step >= 0, "skymask.early_stop_step must be >= 0")

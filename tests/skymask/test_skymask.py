@@ -410,5 +410,79 @@ def test_single_component_reaches_the_round_info():
     assert defense.aggregate(updates, ctx).info["single_component"] is False
     chosen = build_config(overrides={"skymask": {"select": "bic"}, "data": {"dataset": "synthetic"}})
     assert chosen.skymask.select == "bic"
-    with pytest.raises(ConfigError, match="skymask.select must be gmm2, bic or silhouette"):
+    with pytest.raises(ConfigError, match="skymask.select must be gmm2, bic, silhouette or spectral"):
         build_config(overrides={"skymask": {"select": "bic3"}, "data": {"dataset": "synthetic"}})
+
+
+def _class_groups_and_attackers(seed, groups=10, size=8, n_att=20, p=4000, att_flip=0.02):
+    """Masks shaped like non-IID benign clients beside distinct attackers: the server's mask, then
+    ``groups`` benign class groups of ``size`` sparse variations of their own group mask (40 bits
+    moved from a shared base), then ``n_att`` variations of an attackers' mask (100 bits moved);
+    2 % of every benign mask's bits flipped per client, ``att_flip`` per attacker."""
+    rng = np.random.default_rng(seed)
+    base = rng.random(p) < 0.9
+
+    def moved(m):
+        b = base.copy()
+        i = rng.choice(p, m, replace=False)
+        b[i] = ~b[i]
+        return b
+
+    rows = [base ^ (rng.random(p) < 0.02)]
+    for _ in range(groups):
+        group = moved(40)
+        rows += [group ^ (rng.random(p) < 0.02) for _ in range(size)]
+    attackers = moved(100)
+    rows += [attackers ^ (rng.random(p) < att_flip) for _ in range(n_att)]
+    b = np.array(rows, dtype=np.float64)
+    return b @ b.T
+
+
+def test_spectral_cuts_between_class_groups_and_attackers_once_neighbours_exceed_a_group():
+    from skymask_ray.skymask.select import mask_distances, neighbour_count, spectral_split
+
+    truth = [True] * 81 + [False] * 20
+    for seed in range(6):
+        g = _class_groups_and_attackers(seed)
+        for k in (None, 10, 15, 20):
+            res = cluster_from_gram(g, seed=seed, rule="spectral", neighbors=k)
+            assert res.benign.tolist() == truth and not res.single_component and res.coords.shape == (101, 2)
+            assert spectral_split(g, seed, k)[1] <= 0.05  # few edges cross the cut
+        # fewer neighbours than a class group has members: the groups fall apart and the cut misses
+        assert cluster_from_gram(g, seed=seed, rule="spectral", neighbors=5, max_conductance=1.0).benign.tolist() != truth
+    b = np.array([[1, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=np.float64)
+    assert np.allclose(mask_distances(b @ b.T) ** 2, ((b[:, None] - b[None]) ** 2).sum(-1))  # Hamming
+    assert neighbour_count(101, None) == 16 and neighbour_count(501, None) == 76 and neighbour_count(8, 10) == 7
+    with pytest.raises(ValueError, match="neighbors must be >= 1"):
+        cluster_from_gram(g, seed=0, rule="spectral", neighbors=0)
+
+
+def test_spectral_keeps_one_group_whole_unless_told_to_always_cut():
+    from skymask_ray.skymask.select import spectral_split
+
+    for seed in range(10):
+        b = _one_group(seed)
+        res = cluster_from_gram(b @ b.T, seed=seed, rule="spectral")
+        assert res.single_component and res.benign.all() and (res.labels == 0).all() and not res.degenerate
+        assert spectral_split(b @ b.T, seed)[1] > 0.3  # a cut through one group crosses many edges
+        forced = cluster_from_gram(b @ b.T, seed=seed, rule="spectral", max_conductance=1.0)
+        assert not forced.single_component and not forced.benign.all() and forced.benign[0]
+
+
+def test_spectral_reaches_the_selector_and_is_validated():
+    from skymask_ray.errors import ConfigError
+    from skymask_ray.experiment import build_config
+    from skymask_ray.skymask.trainer import train_and_select
+
+    g = _class_groups_and_attackers(0)
+    picks = {k: train_and_select(_FixedGram(g), lambda w, idx: (0.0, torch.zeros(3)), 4, 4000,
+                                 SkyMaskConfig(mask_epochs=1, select="spectral", neighbors=k), seed=0,
+                                 round_idx=0).accepted for k in (10, 5)}
+    assert picks[10].tolist() == [True] * 80 + [False] * 20 and picks[5].tolist() != picks[10].tolist()
+    chosen = build_config(overrides={"skymask": {"select": "spectral", "neighbors": 12},
+                                     "data": {"dataset": "synthetic"}})
+    assert chosen.skymask.select == "spectral" and chosen.skymask.neighbors == 12
+    for key, bad, msg in (("neighbors", 0, "skymask.neighbors must be >= 1"), ("neighbors", "abc", "neighbors"),
+                          ("max_conductance", 1.5, r"skymask.max_conductance must be in \[0, 1\]")):
+        with pytest.raises(ConfigError, match=msg):
+            build_config(overrides={"skymask": {key: bad}, "data": {"dataset": "synthetic"}})
