@@ -469,6 +469,21 @@ def test_spectral_keeps_one_group_whole_unless_told_to_always_cut():
         assert not forced.single_component and not forced.benign.all() and forced.benign[0]
 
 
+def test_spectral_falls_back_to_the_mixture_when_identical_attackers_blur_the_cut():
+    """Identical attackers (spread 0): benign masks take the noiseless mask as a neighbour, so the graph
+    cut is not clean; the mixture's split (silhouette ~0.8) is taken instead, exactly."""
+    from skymask_ray.skymask.select import spectral_split
+
+    truth = [True] * 81 + [False] * 20
+    for seed in range(6):
+        g = _class_groups_and_attackers(seed, att_flip=0.0)
+        assert spectral_split(g, seed)[1] > 0.1
+        res = cluster_from_gram(g, seed=seed, rule="spectral")
+        assert res.benign.tolist() == truth and not res.single_component
+        assert np.array_equal(res.labels, cluster_from_gram(g, seed=seed).labels)  # the paper's split
+        assert cluster_from_gram(g, seed=seed, rule="spectral", max_conductance=1.0).benign.tolist() != truth
+
+
 def test_spectral_reaches_the_selector_and_is_validated():
     from skymask_ray.errors import ConfigError
     from skymask_ray.experiment import build_config
