@@ -74,7 +74,7 @@ class SkyMaskConfig:
     select: str = "gmm2"  # clustering rule: gmm2 (the paper: always split) | bic | silhouette (split or not) | spectral
     min_silhouette: float = 0.5  # select silhouette: keep the split only at this mean silhouette or above
     gmm_restarts: int = 1  # 2-component GMM fits per round, best likelihood kept (1: the paper's single fit)
-    neighbors: int | None = None  # select spectral: nearest masks each mask links to (None: max(15, ceil(0.15 K)))
+    neighbors: int | None = None  # select spectral: nearest masks each mask links to (None: ceil(0.15 K), at least 3)
     max_conductance: float = 0.1  # select spectral: keep the cut only at this conductance or below (1: always)
 
 

@@ -464,7 +464,7 @@ def test_spectral_keeps_one_group_whole_unless_told_to_always_cut():
         b = _one_group(seed)
         res = cluster_from_gram(b @ b.T, seed=seed, rule="spectral")
         assert res.single_component and res.benign.all() and (res.labels == 0).all() and not res.degenerate
-        assert spectral_split(b @ b.T, seed)[1] > 0.3  # a cut through one group crosses many edges
+        assert spectral_split(b @ b.T, seed)[1] > 0.2  # a cut through one group crosses many edges
         forced = cluster_from_gram(b @ b.T, seed=seed, rule="spectral", max_conductance=1.0)
         assert not forced.single_component and not forced.benign.all() and forced.benign[0]
 
