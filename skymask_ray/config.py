@@ -54,6 +54,9 @@ class TrainConfig:
     vmap_chunk: int = 32  # clients per vmap call
 
 
+SELECT_RULES = ("gmm2", "bic", "silhouette", "spectral")  # skymask.select; the rules are skymask/select.py's
+
+
 @dataclass
 class SkyMaskConfig:
     """SkyMask mask training and selection (SPEC section 5); every number is a knob."""
@@ -296,8 +299,8 @@ def validate_fields(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(0.0 < s.threshold < 1.0, "skymask.threshold must be in (0, 1)")
     _check(s.kernel in ("auto", "compiled", "eager"), f"skymask.kernel must be auto, compiled or eager, got {s.kernel!r}")
     _check(s.fallback in ("server", "fedavg"), f"skymask.fallback must be server or fedavg, got {s.fallback!r}")
-    _check(s.select in ("gmm2", "bic", "silhouette", "spectral"),
-           f"skymask.select must be gmm2, bic, silhouette or spectral, got {s.select!r}")
+    _check(s.select in SELECT_RULES,
+           f"skymask.select must be {', '.join(SELECT_RULES[:-1])} or {SELECT_RULES[-1]}, got {s.select!r}")
     _check(-1.0 <= s.min_silhouette <= 1.0, f"skymask.min_silhouette must be in [-1, 1], got {s.min_silhouette!r}")
     _check(s.gmm_restarts >= 1, f"skymask.gmm_restarts must be >= 1, got {s.gmm_restarts!r}")
     _check(s.neighbors is None or s.neighbors >= 1, f"skymask.neighbors must be >= 1 or null, got {s.neighbors!r}")

@@ -75,19 +75,18 @@ the cut puts the server on their side although most of its edge weight is on the
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import math
-import warnings
-
 from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import KernelPCA
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import kneighbors_graph
 
-from ..config import SkyMaskConfig
+from ..config import SELECT_RULES, SkyMaskConfig
 
 
 @dataclass
@@ -96,12 +95,9 @@ class Clustering:
 
     benign: np.ndarray  # (K,) bool, benign[0] is True
     coords: np.ndarray  # (K, 2) PCA coordinates
-    labels: np.ndarray  # (K,) GMM component
+    labels: np.ndarray  # (K,) GMM component, or side of the graph cut (rule spectral)
     degenerate: bool  # all masks (nearly) identical: everyone is benign
-    single_component: bool = False  # rule bic / silhouette found one cluster: everyone is benign
-
-
-SELECT_RULES = ("gmm2", "bic", "silhouette", "spectral")
+    single_component: bool = False  # rule bic / silhouette / spectral found one cluster: everyone is benign
 
 
 def two_components(coords: np.ndarray, seed: int, restarts: int = 1) -> GaussianMixture:
