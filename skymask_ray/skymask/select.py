@@ -95,7 +95,7 @@ class Clustering:
 
     benign: np.ndarray  # (K,) bool, benign[0] is True
     coords: np.ndarray  # (K, 2) PCA coordinates
-    labels: np.ndarray  # (K,) GMM component, or side of the graph cut (rule spectral)
+    labels: np.ndarray  # (K,) GMM component, or side of the graph cut, 0 the server's (rule spectral)
     degenerate: bool  # all masks (nearly) identical: everyone is benign
     single_component: bool = False  # rule bic / silhouette / spectral found one cluster: everyone is benign
 
@@ -123,11 +123,10 @@ def neighbour_count(k: int, neighbors: int | None) -> int:
     return min(k - 1, neighbors if neighbors is not None else max(3, math.ceil(0.15 * k)))
 
 
-def neighbour_graph(gram: np.ndarray, neighbors: int | None = None) -> np.ndarray:
-    """The masks' symmetrised k-nearest-neighbour graph, dense (K, K): weight 1 both ways, 0.5 one way."""
-    graph = kneighbors_graph(mask_distances(gram), neighbour_count(gram.shape[0], neighbors), metric="precomputed",
-                             include_self=False).toarray()
-    return 0.5 * (graph + graph.T)
+def nearest_neighbours(gram: np.ndarray, neighbors: int | None = None) -> np.ndarray:
+    """(K, K) 0/1 matrix, row i marking mask i's ``neighbour_count`` nearest masks (not symmetric)."""
+    return kneighbors_graph(mask_distances(gram), neighbour_count(gram.shape[0], neighbors), metric="precomputed",
+                            include_self=False).toarray()
 
 
 def conductance(graph: np.ndarray, side: np.ndarray) -> float:
@@ -136,14 +135,30 @@ def conductance(graph: np.ndarray, side: np.ndarray) -> float:
     return float(graph[side][:, ~side].sum() / volume) if volume > 0 else 0.0
 
 
+def server_side(nearest: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The side of a two-way cut the server (row 0) belongs to, server included: the side holding most of
+    the server's own nearest masks, its label's side on a tie. Masks that link to the server (in-edges,
+    which attackers near the mean update add) do not count, only the masks the server itself is near."""
+    own = labels == labels[0]
+    near = nearest[0].astype(bool)
+    if near[~own].sum() <= near[own].sum():
+        return own
+    side = ~own
+    side[0] = True
+    return side
+
+
 def spectral_split(gram: np.ndarray, seed: int, neighbors: int | None = None) -> tuple[np.ndarray, float]:
-    """Labels 0/1 of the normalised cut of the masks' neighbour graph, and the cut's conductance."""
-    graph = neighbour_graph(gram, neighbors)
+    """The normalised cut of the masks' neighbour graph: the server's side (:func:`server_side`) and
+    the cut's conductance."""
+    nearest = nearest_neighbours(gram, neighbors)
+    graph = 0.5 * (nearest + nearest.T)
     with warnings.catch_warnings():  # a graph in parts (identical attackers) is what the cut should find
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
         labels = SpectralClustering(n_clusters=2, affinity="precomputed", random_state=seed,
                                     assign_labels="cluster_qr").fit_predict(graph)
-    return labels, conductance(graph, labels == labels[0])
+    side = server_side(nearest, labels)
+    return side, conductance(graph, side)
 
 
 def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silhouette: float = 0.5,
@@ -166,9 +181,9 @@ def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silho
     if np.unique(np.round(coords, 9), axis=0).shape[0] < 2:
         return Clustering(np.ones(k, dtype=bool), coords, np.zeros(k, dtype=np.int64), True)
     if rule == "spectral":
-        labels, cut = spectral_split(g, seed, neighbors)
+        side, cut = spectral_split(g, seed, neighbors)
         if cut <= max_conductance:
-            return Clustering(labels == labels[0], coords, labels, False)
+            return Clustering(side, coords, (~side).astype(np.int64), False)
     gmm2 = two_components(coords, seed, restarts)
     labels = gmm2.predict(coords)
     if rule == "bic":

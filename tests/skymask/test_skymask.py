@@ -501,3 +501,34 @@ def test_spectral_reaches_the_selector_and_is_validated():
                           ("max_conductance", 1.5, r"skymask.max_conductance must be in \[0, 1\]")):
         with pytest.raises(ConfigError, match=msg):
             build_config(overrides={"skymask": {key: bad}, "data": {"dataset": "synthetic"}})
+
+
+def test_server_side_counts_the_servers_own_neighbours_not_the_masks_pointing_at_it():
+    from skymask_ray.skymask.select import server_side
+
+    nearest = np.zeros((7, 7))
+    nearest[0, [1, 2]] = 1  # the server is near two benign masks (1-3 benign) ...
+    nearest[4:, 0] = 1  # ... while every attacker (4-6) counts the server among its neighbours
+    nearest[4:, 4:] = 1 - np.eye(3)
+    server_with_attackers = np.array([1, 0, 0, 0, 1, 1, 1])
+    assert server_side(nearest, server_with_attackers).tolist() == [True] * 4 + [False] * 3
+    assert server_side(nearest, 1 - server_with_attackers).tolist() == [True] * 4 + [False] * 3
+    tie = np.array([0, 0, 1, 1, 1, 1, 1])  # one nearest mask on each side: the server's own label decides
+    assert server_side(nearest, tie).tolist() == [True, True] + [False] * 5
+
+
+def test_spectral_keeps_the_server_with_its_neighbours_on_a_recorded_round():
+    """Round 11 of lie at 20 % with distinct attackers (spread 1, seed 2; Fashion-MNIST cnn, 100 clients):
+    the cut labels the server with the 20 attackers (1-20), 19 of which count it among their 16 nearest
+    masks, although none of its own 16 nearest is an attacker. The server's side is the benign one."""
+    from pathlib import Path
+
+    from skymask_ray.skymask.select import nearest_neighbours, spectral_split
+
+    gram = np.load(Path(__file__).parents[1] / "data" / "gram_lie20_spread1_seed2_round11.npz")["gram"]
+    nearest = nearest_neighbours(gram)
+    assert nearest[0, 1:21].sum() == 0 and nearest[1:21, 0].sum() == 19
+    side, cut = spectral_split(gram, seed=0)
+    assert side.tolist() == [True] + [False] * 20 + [True] * 80 and cut <= 0.1
+    res = cluster_from_gram(gram, seed=0, rule="spectral")
+    assert res.benign.tolist() == side.tolist() and res.labels.tolist() == (~side).astype(int).tolist()
