@@ -200,7 +200,7 @@ def test_pre_aggregator_study_reuses_the_attack_tables_cells() -> None:
     plain = {k: v for k, v in pre.grid.items() if k != "defense_params.pre"}
     ours = {name: config_hash(cfg) for cfg, name in expand_named_grid(pre.preset, None, pre.base, plain)}
     theirs = {name: config_hash(cfg) for cfg, name in expand_named_grid(
-        table.preset, None, table.base, {**table.grid, "defense": plain["defense"]})}
+        table.preset, None, table.base, {**table.grid, "defense": plain["defense"], "seed": plain["seed"]})}
     assert ours and all(theirs.get(name) == h for name, h in ours.items())
     with_pre = [name for _, name in expand_named_grid(pre.preset, None, pre.base, pre.grid)]
     assert all(name.endswith(("-pre=nnm", "-pre=bucketing")) for name in with_pre)
