@@ -206,6 +206,15 @@ def test_pre_aggregator_study_reuses_the_attack_tables_cells() -> None:
     assert all(name.endswith(("-pre=nnm", "-pre=bucketing")) for name in with_pre)
 
 
+def test_population_seeds_study_is_the_population_studys_cohort_50_slice() -> None:
+    """population_seeds.yaml repeats population.yaml's base: its cells must stay that study's, seed aside."""
+    whole, seeds = load_study("population"), load_study("population_seeds")
+    ours = {name: config_hash(cfg) for cfg, name in expand_named_grid(seeds.preset, None, seeds.base, seeds.grid)}
+    theirs = {name: config_hash(cfg) for cfg, name in expand_named_grid(
+        whole.preset, None, whole.base, {**whole.grid, "cohort": [50], "seed": seeds.grid["seed"]})}
+    assert len(ours) == 32 and ours == theirs
+
+
 def test_a_bad_cell_value_exits_with_one_line_before_anything_runs(tmp_path: Path) -> None:
     jobs = [(SMOKE, {"attack": ["min_max"]}), (SMOKE, {"attack": ["nosuch"]})]
     with pytest.raises(SystemExit, match=r"^error: unknown attack 'nosuch'") as e:
