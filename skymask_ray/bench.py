@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config import ExperimentConfig, config_hash, load_yaml_mapping, set_dotted
+from .defenses.base import can_reject
 from .experiment import build_config
 from .errors import ConfigError
 from .progress import round_line, setup_lines
@@ -298,7 +299,7 @@ def summarize(folder: Path) -> dict[str, Any]:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`summarize` rows.
+    """A Markdown table of :func:`summarize` rows (TPR/FPR ``-`` for a defense that cannot reject).
 
     Memory twice: in use (largest summed PSS; runs recorded before PSS was measured have none) and the
     sum of per-process peaks, which every run records.
@@ -316,5 +317,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         return str(v)
 
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    def value(r: dict[str, Any], c: str) -> Any:
+        return None if c in ("tpr", "fpr") and not can_reject(r["defense"]) else r[c]
+
+    lines += ["| " + " | ".join(cell(value(r, c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)

@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import click
 
+from .defenses.base import can_reject
+
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -20,10 +22,11 @@ def _gb(mb: float | None) -> str:
 
 
 def round_line(row: dict[str, Any]) -> str:
-    """The one-line progress display of a finished round."""
+    """The one-line progress display of a finished round (TPR/FPR ``-`` where the defense cannot reject)."""
+    rates = can_reject(row["defense"])
     return (
-        f"round {row['round']:>3} | acc {_fmt(row['accuracy'])} | TPR {_fmt(row['tpr'], '.2f')} "
-        f"FPR {_fmt(row['fpr'], '.2f')}{' FALLBACK' if row['fallback'] else ''} | "
+        f"round {row['round']:>3} | acc {_fmt(row['accuracy'])} | TPR {_fmt(row['tpr'] if rates else None, '.2f')} "
+        f"FPR {_fmt(row['fpr'] if rates else None, '.2f')}{' FALLBACK' if row['fallback'] else ''} | "
         f"clients {row['t_clients']:.1f}s server {row['t_server']:.1f}s attack {row['t_attack']:.1f}s "
         f"defense {row['t_defense']:.1f}s eval {row['t_eval']:.1f}s | round {row['t_round']:.1f}s | "
         f"mem {_gb(row.get('mem_pss_mb'))} GB in use (PSS)"

@@ -472,7 +472,8 @@ def setup_layout(requested_workers: int | None, clients: int, device: str, *, wo
 
 
 class LayoutRecorder:
-    """A round-loop callback that writes the run's layout to ``OUT/_state/layout.json`` after its first round.
+    """A round-loop callback that writes the run's layout and kernel choices to ``OUT/_state/layout.json``
+    after its first round.
 
     Not at set-up: until the first round is done the folder may still hold an earlier run (whose
     ``_state`` is removed when the new run commits), and a folder a run died in during set-up must
@@ -489,7 +490,7 @@ class LayoutRecorder:
             return
         from .storage import atomic_write_text
 
-        doc = {"from_round": int(result.row.round), **sim.layout.describe()}
+        doc = {"from_round": int(result.row.round), **sim.layout.describe(), "kernels": dict(sim.kernels)}
         atomic_write_text(sim.folder.state_dir / "layout.json", json.dumps(doc, indent=1) + "\n")
         self.written = True
 

@@ -28,7 +28,7 @@ import torch
 from . import __version__
 from .attacks import ATTACKS
 from .clients.pool import ClientBackend, ClientPool, LocalClients, sgd_settings
-from .clients.training import SGDSettings, num_steps
+from .clients.training import SGDSettings, client_mode, num_steps
 from .config import ExperimentConfig, config_hash
 from .context import AttackContext, DefenseContext
 from .data import load_dataset, split_clients, split_root
@@ -161,9 +161,11 @@ class Simulation:
         self.callbacks.append(LayoutRecorder())  # OUT/_state/layout.json once round 1 is done (the folder committed)
         self._phase(f"started {self.layout.summary()}"
                     if not local_clients else "clients: in-process")
-        self.trainer_device = self.server.wait_ready()
-        self._phase(f"server ready on {self.trainer_device}"
-                    + (" (mask step compiled)" if cfg.defense == "skymask" else ""))
+        self.trainer_device, server_kernels = self.server.wait_ready()
+        modes = {client_mode(cfg.train.client_exec, p.device, bool(self.buffers)) for p in self.layout.nodes if p.workers}
+        self.kernels = {"client_training": "/".join(sorted(modes)), **server_kernels}
+        self._phase(f"server ready on {self.trainer_device}; kernels: "
+                    + ", ".join(f"{k}={v}" if k == "client_training" else v for k, v in self.kernels.items()))
 
     def _restore(self, ckpt: Checkpoint) -> None:
         if tuple(ckpt.weights.shape) != tuple(self.weights.shape):

@@ -9,11 +9,15 @@ so the trainer computes on the CPU of the node it was placed on.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# kernel probes (skymask_ray.kernels) cache into a folder of this test session, never the user's ~/.cache;
+# set before Ray starts, so the session's Ray workers inherit it
+os.environ["SKYMASK_RAY_CACHE"] = tempfile.mkdtemp(prefix="skymask-ray-test-cache-")
 
 STORE = 200 * 1024**2
 

@@ -39,7 +39,7 @@ from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
 from ..runtime import MAX_RESTARTS, ByRef, Layout, pss_mb, require_cuda, rss_mb
 from ..seeding import torch_generator
-from .training import SGDSettings, client_generator, train_sequential, train_vmap
+from .training import SGDSettings, client_generator, client_mode, train_sequential, train_vmap
 
 Poison = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, y, generator, client=k) -> (x, y)
 
@@ -78,10 +78,7 @@ class ClientWorker:
         self.model = build_model(cfg.model, tuple(x_train.shape[1:]), num_classes).to(self.device)
         self.spec = ParamSpec.of(self.model)
         self.has_buffers = any(True for _ in self.model.buffers())
-        mode = cfg.train.client_exec
-        if mode == "auto":
-            mode = "vmap" if self.device.type == "cuda" and not self.has_buffers else "sequential"
-        self.mode = mode
+        self.mode = client_mode(cfg.train.client_exec, self.device.type, self.has_buffers)
         if poison is None and any(poisoned):
             raise ValueError("poisoned clients need the attack's poison function")
         self.poison = poison

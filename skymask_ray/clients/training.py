@@ -170,6 +170,22 @@ def train_vmap(
     return updates
 
 
+def client_mode(client_exec: str, device_type: str, has_buffers: bool) -> str:
+    """How a worker trains its clients: ``client_exec`` if set, else vmap on a GPU and sequential on a CPU.
+
+    ``auto``'s rule is a measured default, not a probe: the two paths agree to
+    1e-5, not bit for bit, so a per-machine choice would make a run's rows depend
+    on the machine. ``benchmarks/speed_guard.py`` measures both paths on the
+    running machine and flags a CPU where vmap is much faster. BatchNorm
+    models (buffers) always train sequentially.
+    """
+    if has_buffers:
+        return "sequential"
+    if client_exec != "auto":
+        return client_exec
+    return "vmap" if device_type == "cuda" else "sequential"
+
+
 def client_generator(seed: int, round_idx: int, client: int) -> torch.Generator:
     """The client's own random stream for this round (independent of scheduling)."""
     from ..seeding import child_seed

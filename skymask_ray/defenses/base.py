@@ -57,6 +57,7 @@ class Defense:
     name: ClassVar[str] = "base"
     Params: ClassVar[type] = NoParams
     needs_server_update: ClassVar[bool] = False  # root-data defenses need g_0
+    rejects: ClassVar[bool] = True  # False: accepts every client by construction, so TPR/FPR say nothing (shown "-")
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig") -> None:
         params, self.pre = split_pre(params, f"defense {self.name!r}")
@@ -110,6 +111,11 @@ DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
 register_defense = DEFENSES.register_class
+
+
+def can_reject(name: str) -> bool:
+    """Can defense ``name`` reject a client at all? (FedAvg cannot: its TPR/FPR are shown as ``-``, not 0.)"""
+    return name not in DEFENSES or DEFENSES.get(name).rejects
 
 
 def mean_of(updates: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ class FedAvg(Defense):
     Accepts everyone; no robustness (the baseline every attack should break).
     """
 
+    rejects = False
+
     def aggregate(self, updates, ctx):
         return Aggregate(updates.mean(dim=0), torch.ones(len(updates), dtype=torch.bool, device=updates.device))
 

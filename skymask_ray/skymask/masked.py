@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 
 from ..config import SkyMaskConfig
+from ..kernels import Choice, choose
 from ..linalg import column_blocks
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ EAGER = RowKernels(_row_sums, _row_grad, _row_sgd, compiled=False)
 
 # below this many K x P entries a step takes milliseconds eager: compiling (seconds, once per process) does not pay
 COMPILE_MIN_ENTRIES = 2**23
+PROBE_ENTRIES = 2**24  # K x rows of a mask-step probe: 64 MB per float32 matrix, beyond the caches as the real state is
 
 
 @functools.cache
@@ -130,14 +132,107 @@ def compiled_kernels(device_type: str) -> RowKernels | None:
     return kernels
 
 
-def row_kernels(kind: str, device_type: str, entries: int) -> RowKernels:
-    """``kind``: compiled | eager | auto (compiled for at least COMPILE_MIN_ENTRIES entries, where it works)."""
-    if kind == "eager" or (kind == "auto" and entries < COMPILE_MIN_ENTRIES):
-        return EAGER
+def size_bucket(k: int) -> str:
+    """The problem-size class a probe's answer holds for: K rounded up to a power of two."""
+    return f"K<={1 << max(0, k - 1).bit_length()}"
+
+
+@functools.cache
+def step_choice(device_type: str, k: int) -> Choice:
+    """Compiled or eager mask step for K masks on this machine, by timing both (:mod:`skymask_ray.kernels`).
+
+    The probe is a shard of K masks over ``PROBE_ENTRIES / K`` coordinates,
+    stepped as a run steps it (the eager path blockwise). Compiling comes
+    first (seconds, once per process; torch caches it on disk); where it
+    fails, eager is the only candidate.
+    """
+    compiled = compiled_kernels(device_type)
+    kernels = {"eager": EAGER, **({"compiled": compiled} if compiled is not None else {})}
+    rows = max(16, PROBE_ENTRIES // max(k, 1))
+    gen = torch.Generator().manual_seed(0)
+    updates = (1e-3 * torch.randn(k, rows, generator=gen)).to(device_type)
+    w, grad = torch.zeros(rows, device=device_type), 1e-3 * torch.randn(rows, generator=gen).to(device_type)
+    cfg = SkyMaskConfig()
+    shards = {name: MaskShard(updates, w, cfg, 1e7, kernels=kern) for name, kern in kernels.items()}
+    cands = {name: (lambda _n, s=s: s.step(grad)) for name, s in shards.items()}
+    return choose("mask_step", size_bucket(k), cands, device_type, small=1, full=1)
+
+
+def row_kernels(kind: str, device_type: str, k: int, p: int) -> tuple[RowKernels, Choice]:
+    """The mask step for K masks of P coordinates, and why: ``kind`` compiled | eager | auto.
+
+    ``auto``: eager below COMPILE_MIN_ENTRIES entries (a step takes
+    milliseconds, compiling seconds), else whichever of compiled and eager the
+    probe found faster on this machine (:func:`step_choice`).
+    """
+    if kind == "eager":
+        return EAGER, Choice("mask_step", "eager", note="skymask.kernel")
+    if kind == "auto" and k * p < COMPILE_MIN_ENTRIES:
+        return EAGER, Choice("mask_step", "eager", note=f"{k} x {p} entries: too few to compile")
+    if kind == "auto":
+        choice = step_choice(device_type, k)
+        return (compiled_kernels(device_type) if choice.chosen == "compiled" else EAGER), choice
     kernels = compiled_kernels(device_type)
-    if kernels is None and kind == "compiled":
+    if kernels is None:
         raise RuntimeError(f"skymask.kernel = compiled, but torch.compile does not work on {device_type}")
-    return kernels or EAGER
+    return kernels, Choice("mask_step", "compiled", note="skymask.kernel")
+
+
+GRAM_BLOCK_BYTES = 2**26  # bits per block of the Gram product, in the product's input type
+
+
+def gram_float32(m: torch.Tensor, threshold: float) -> torch.Tensor:
+    """B^T B (K x K, float64) of the bits B = m > threshold of coordinate-major masks m (P x K), float32 products.
+
+    Exact: blocks of at most 2^24 coordinates keep every count of a block
+    product below 2^24, which float32 holds exactly (TF32 too: 0/1 inputs
+    and their products are exact there, sums are float32); blocks are summed
+    in float64.
+    """
+    p, k = m.shape
+    out = torch.zeros(k, k, dtype=torch.float64, device=m.device)
+    step = max(1, min(2**24, GRAM_BLOCK_BYTES // (4 * max(k, 1))))
+    for i in range(0, p, step):
+        b = (m[i:i + step] > threshold).to(torch.float32)
+        out += (b.T @ b).double()
+    return out
+
+
+INT_MM_MIN_ROWS = 16  # torch._int_mm's CPU kernel wants at least this inner dimension
+
+
+def gram_int8(m: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The same B^T B through torch's int8 product with int32 sums (``torch._int_mm``, a private API); exact."""
+    p, k = m.shape
+    out = torch.zeros(k, k, dtype=torch.float64, device=m.device)
+    step = max(INT_MM_MIN_ROWS, min(2**24, GRAM_BLOCK_BYTES // max(k, 1)))
+    for i in range(0, p, step):
+        b = m[i:i + step] > threshold
+        if b.shape[0] < INT_MM_MIN_ROWS:
+            bf = b.to(torch.float32)
+            out += (bf.T @ bf).double()
+            continue
+        b8 = b.to(torch.int8)
+        out += torch._int_mm(b8.T.contiguous(), b8).double()
+    return out
+
+
+GRAM_KERNELS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {"float32": gram_float32}
+if hasattr(torch, "_int_mm"):
+    GRAM_KERNELS["int8"] = gram_int8
+GRAM_PROBE_SMALL = 512  # coordinates of the first, dropping probe (int8 took 0.5 ms a coordinate at K = 501 where slow)
+GRAM_PROBE_FULL = 2**15
+
+
+@functools.cache
+def gram_choice(device_type: str, k: int) -> Choice:
+    """The faster exact Gram product for K masks on this machine (float32 is the default; int8 where it wins)."""
+    cands = dict(GRAM_KERNELS)
+    if device_type == "cuda" and k % 8:
+        cands.pop("int8", None)  # the CUDA int8 product wants dimensions that are multiples of 8
+    m = torch.randn(GRAM_PROBE_FULL, k, generator=torch.Generator().manual_seed(0)).to(device_type)
+    return choose("gram", size_bucket(k), {name: (lambda n, f=f: f(m[:n], 0.0)) for name, f in cands.items()},
+                  device_type, small=GRAM_PROBE_SMALL, full=GRAM_PROBE_FULL)
 
 
 class MaskShard:
@@ -152,15 +247,15 @@ class MaskShard:
     """
 
     def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float,
-                 block: int | None = None) -> None:
+                 block: int | None = None, kernels: RowKernels | None = None) -> None:
         # K x P in, stored P x K: a transposed view of coordinate-major storage is taken as is
         self.rows = updates.T.contiguous()  # only read, never written; row 0 of the K axis = the server's g_0
         self.w = w
         self.cfg = cfg
         self.lr = lr
         self._m = torch.full_like(self.rows, float(cfg.mask_init))
-        self.kernels = row_kernels(cfg.kernel, self.rows.device.type, self.rows.numel())
         p, k = self.rows.shape
+        self.kernels = kernels or row_kernels(cfg.kernel, self.rows.device.type, k, p)[0]
         width = block or (p if self.kernels.compiled else max(16, 2**21 // max(k, 1)))  # eager: ~8 MB blocks
         self.blocks = column_blocks(k, p, budget=k * width)
         clip = cfg.mask_grad_clip if cfg.mask_grad_clip is not None else math.inf
@@ -220,20 +315,7 @@ class MaskShard:
     def gram(self) -> torch.Tensor:
         """This shard's contribution B B^T (K x K, float64) to the Gram matrix of the bits; exact.
 
-        On the CPU the bits are int8 and the products ``torch._int_mm`` (int32
-        sums); elsewhere, and for blocks under 16 rows, float32 (exact: each
-        block's counts stay below 2^24).
+        By the product the probe found faster on this machine (:func:`gram_choice`).
         """
-        p, k = self._m.shape
-        thr = self._bit_threshold()
-        out = torch.zeros(k, k, dtype=torch.float64, device=self._m.device)
-        step = max(1, min(2**26 // max(k, 1), 2**24 - 1))  # 64 MB of int8 bits per block
-        for i in range(0, p, step):
-            b = self._m[i:i + step] > thr
-            if b.device.type == "cpu" and b.shape[0] >= 16:
-                b8 = b.to(torch.int8)
-                out += torch._int_mm(b8.T.contiguous(), b8).double()
-            else:
-                bf = b.to(torch.float32)
-                out += (bf.T @ bf).double()
-        return out
+        k = self._m.shape[1]
+        return GRAM_KERNELS[gram_choice(self._m.device.type, k).chosen](self._m, self._bit_threshold())

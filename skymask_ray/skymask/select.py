@@ -80,14 +80,25 @@ import math
 import warnings
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.cluster import SpectralClustering
-from sklearn.decomposition import KernelPCA
-from sklearn.metrics import silhouette_score
-from sklearn.mixture import GaussianMixture
-from sklearn.neighbors import kneighbors_graph
 
 from ..config import SELECT_RULES, SkyMaskConfig
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
+
+
+def load_sklearn() -> None:
+    """Import what clustering uses from scikit-learn (about a second): the functions below import it on first
+    use, so a process that never clusters (the driver, a client worker) never pays; the mask trainer pays at
+    set-up."""
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.mixture  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
 
 
 @dataclass
@@ -103,6 +114,8 @@ class Clustering:
 
 def two_components(coords: np.ndarray, seed: int, restarts: int = 1) -> GaussianMixture:
     """The 2-component mixture of highest likelihood: the k-means-initialised fit and ``restarts - 1`` more."""
+    from sklearn.mixture import GaussianMixture
+
     best = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-6).fit(coords)
     if restarts > 1:
         more = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-6, n_init=restarts - 1,
@@ -126,6 +139,8 @@ def neighbour_count(k: int, neighbors: int | None) -> int:
 
 def nearest_neighbours(gram: np.ndarray, neighbors: int | None = None) -> np.ndarray:
     """(K, K) 0/1 matrix, row i marking mask i's ``neighbour_count`` nearest masks (not symmetric)."""
+    from sklearn.neighbors import kneighbors_graph
+
     return kneighbors_graph(mask_distances(gram), neighbour_count(gram.shape[0], neighbors), metric="precomputed",
                             include_self=False).toarray()
 
@@ -152,6 +167,8 @@ def server_side(nearest: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def spectral_split(gram: np.ndarray, seed: int, neighbors: int | None = None) -> tuple[np.ndarray, float]:
     """The normalised cut of the masks' neighbour graph: the server's side (:func:`server_side`) and
     the cut's conductance."""
+    from sklearn.cluster import SpectralClustering
+
     nearest = nearest_neighbours(gram, neighbors)
     graph = 0.5 * (nearest + nearest.T)
     with warnings.catch_warnings():  # a graph in parts (identical attackers) is what the cut should find
@@ -167,6 +184,10 @@ def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silho
     """PCA(2) via KernelPCA(precomputed) and the best of ``restarts`` 2-component GMM fits, or with
     ``rule`` spectral first the cut of the ``neighbors``-nearest-neighbour graph, kept at a conductance
     of ``max_conductance`` or below; ``rule`` see module doc."""
+    from sklearn.decomposition import KernelPCA
+    from sklearn.metrics import silhouette_score
+    from sklearn.mixture import GaussianMixture
+
     if rule not in SELECT_RULES:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(SELECT_RULES)}")
     if restarts < 1:

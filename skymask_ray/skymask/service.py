@@ -43,17 +43,16 @@ class ServerService:
         )
         self.root_kw = {"root_x": ray.put(root[0].numpy()), "root_y": ray.put(root[1].numpy())}
         self.trainer = trainer_cls.remote(model, input_shape, num_classes, None, None, cfg, device)
-        # the fused mask step compiles (seconds) while the client pool starts: set-up, not round time
+        # the mask step and Gram product are chosen (probed, compiled) while the client pool starts: set-up time
         self._kernels = self.trainer.prepare_kernels.remote(kernel_rows) if kernel_rows else None
         self.mask_lr = default_mask_lr(cfg, model)
         self.shard_workers: list = []
 
-    def wait_ready(self) -> str:
-        """Block until the trainer is up (and its kernel compiled); returns its device."""
+    def wait_ready(self) -> tuple[str, dict[str, str]]:
+        """Block until the trainer is up and its kernels chosen; returns its device and the kernel choices."""
         device = ray.get(self.trainer.device_name.remote(), timeout=600)
-        if self._kernels is not None:
-            ray.get(self._kernels, timeout=600)
-        return device
+        kernels = ray.get(self._kernels, timeout=600) if self._kernels is not None else {}
+        return device, kernels
 
     def server_update(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], sgd: SGDSettings,
                       round_idx: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ..config import SkyMaskConfig
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model, channels_last, state_restored
 from ..seeding import torch_generator
-from .masked import MaskShard, row_kernels
+from .masked import MaskShard, gram_choice, row_kernels
 from .select import select_masks
 
 log = logging.getLogger(__name__)
@@ -231,13 +231,21 @@ class MaskTrainer:
     def device_name(self) -> str:
         return str(self.device)
 
-    def prepare_kernels(self, rows: int) -> bool:
-        """Compile the fused mask step now (seconds, once per process) if ``rows`` masks will use it.
+    def prepare_kernels(self, rows: int) -> dict[str, str]:
+        """Choose (and compile) the mask step and the Gram product for ``rows`` masks now, at set-up.
 
         The simulation calls it while the client pool starts (set-up, as the
-        workers' warm-up is). Returns whether the compiled step is used.
+        workers' warm-up is): each choice is probed on this machine or read
+        from the probe cache (:mod:`skymask_ray.kernels`), and clustering's
+        imports are paid here rather than in round 1. Returns each choice's
+        one-line summary, for the set-up line and ``_state/layout.json``.
         """
-        return row_kernels(self.cfg.kernel, self.device.type, rows * self.spec.numel).compiled
+        from . import select
+
+        select.load_sklearn()
+        _, step = row_kernels(self.cfg.kernel, self.device.type, rows, self.spec.numel)
+        gram = gram_choice(self.device.type, rows)
+        return {"mask_step": step.summary(), "gram": gram.summary()}
 
     def rss_mb(self) -> float:
         """Peak resident memory of this process (MB)."""

@@ -160,14 +160,62 @@ def test_compiled_step_equals_eager_step(optimizer):
     assert torch.equal(shards["compiled"].gram(), shards["eager"].gram())
 
 
-def test_gram_int8_path_matches_float64_products():
-    """The int8 Gram (blocks >= 16 rows) and the float fallback (< 16 rows) count bits exactly."""
+@pytest.mark.parametrize("kernel", ["float32", "int8"])
+def test_every_gram_kernel_counts_bits_exactly(kernel, monkeypatch):
+    """Each Gram implementation gives B B^T exactly, over several blocks and a last block under 16 rows."""
+    from skymask_ray.skymask import masked
+
+    if kernel not in masked.GRAM_KERNELS:
+        pytest.skip("this torch has no int8 product")
+    monkeypatch.setattr(masked, "GRAM_BLOCK_BYTES", 9 * 4 * 40)  # 40 float32 rows / 360 int8 rows per block
     g = torch.Generator().manual_seed(6)
-    for p in (5, 16, 1000):
-        shard = MaskShard(torch.zeros(9, p), torch.zeros(p), SkyMaskConfig(kernel="eager"), lr=1.0)
-        shard.masks.copy_(torch.randn(9, p, generator=g))
+    for p in (5, 16, 1000, 2 * 360 + 7):
+        m = torch.randn(p, 9, generator=g)
+        b = (m > 0.3).double()
+        assert torch.equal(masked.GRAM_KERNELS[kernel](m, 0.3), b.T @ b), p
+
+
+def test_shard_gram_uses_the_probed_kernel(monkeypatch):
+    from skymask_ray.kernels import Choice
+    from skymask_ray.skymask import masked
+
+    shard = MaskShard(torch.zeros(9, 50), torch.zeros(50), SkyMaskConfig(kernel="eager"), lr=1.0)
+    shard.masks.copy_(torch.randn(9, 50, generator=torch.Generator().manual_seed(1)))
+    used = []
+    for name in masked.GRAM_KERNELS:
+        monkeypatch.setattr(masked, "gram_choice", lambda device, k, n=name: Choice("gram", n))
+        monkeypatch.setitem(masked.GRAM_KERNELS, name, lambda m, t, n=name, f=masked.GRAM_KERNELS[name]:
+                            used.append(n) or f(m, t))
         b = shard.bits().double()
         assert torch.equal(shard.gram(), b @ b.T)
+    assert used == list(masked.GRAM_KERNELS)
+
+
+def test_gram_probe_drops_a_slow_int8_product(monkeypatch, tmp_path):
+    """Where torch._int_mm is slow (a CPU without fast int8), the probe picks float32 and never times int8
+    at full size."""
+    import time
+
+    from skymask_ray.skymask import masked
+
+    if "int8" not in masked.GRAM_KERNELS:
+        pytest.skip("this torch has no int8 product")
+    monkeypatch.setenv("SKYMASK_RAY_CACHE", str(tmp_path))
+    real, sizes = torch._int_mm, []
+
+    def slow_int_mm(a, b):
+        sizes.append(a.shape[1])
+        time.sleep(0.2)
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", slow_int_mm)
+    masked.gram_choice.cache_clear()
+    try:
+        choice = masked.gram_choice("cpu", 37)
+    finally:
+        masked.gram_choice.cache_clear()
+    assert choice.chosen == "float32" and not choice.cached
+    assert sizes == [masked.GRAM_PROBE_SMALL]  # dropped after the small probe
 
 
 @pytest.mark.parametrize("name,shape", [("cnn", (1, 12, 12)), ("resnet20", (3, 8, 8))])
@@ -200,13 +248,47 @@ def test_root_loss_matches_float64_functional_reference(name, shape):
     assert buffers.keys() == given.keys() and all(torch.equal(buffers[n], given[n]) for n in given)
 
 
-def test_auto_kernel_compiles_only_large_states():
-    """auto: eager below COMPILE_MIN_ENTRIES (compiling would cost more than it saves), compiled from there."""
+def test_auto_kernel_is_eager_for_small_states_and_probed_for_large_ones(monkeypatch):
+    """auto: eager below COMPILE_MIN_ENTRIES (compiling would cost more than it saves); from there the probe
+    decides, and an explicit kind is taken as given."""
+    from skymask_ray.kernels import Choice
+    from skymask_ray.skymask import masked
     from skymask_ray.skymask.masked import COMPILE_MIN_ENTRIES, EAGER, row_kernels
 
-    assert row_kernels("auto", "cpu", COMPILE_MIN_ENTRIES - 1) is EAGER
-    assert row_kernels("eager", "cpu", 10 * COMPILE_MIN_ENTRIES) is EAGER
-    assert row_kernels("auto", "cpu", COMPILE_MIN_ENTRIES).compiled
+    kern, why = row_kernels("auto", "cpu", 1, COMPILE_MIN_ENTRIES - 1)
+    assert kern is EAGER and why.chosen == "eager" and "too few" in why.note
+    assert row_kernels("eager", "cpu", 10, COMPILE_MIN_ENTRIES)[0] is EAGER
+    assert row_kernels("compiled", "cpu", 1, 1)[0].compiled
+    for probed in ("eager", "compiled"):
+        monkeypatch.setattr(masked, "step_choice", lambda device, k, c=probed: Choice("mask_step", c, {c: 0.1}))
+        kern, why = row_kernels("auto", "cpu", 1, COMPILE_MIN_ENTRIES)
+        assert kern.compiled == (probed == "compiled") and why.chosen == probed
+
+
+def test_mask_step_probe_takes_eager_where_the_compiled_step_is_slow(monkeypatch, tmp_path):
+    """The step probe times both paths on this machine: a compiled step made slow on purpose loses."""
+    import time
+
+    from skymask_ray.skymask import masked
+
+    monkeypatch.setenv("SKYMASK_RAY_CACHE", str(tmp_path))
+    monkeypatch.setattr(masked, "PROBE_ENTRIES", 2**14)  # a small probe: the eager step takes well under 50 ms
+    real = masked.compiled_kernels("cpu")
+    assert real is not None
+
+    def slow_sgd(*a):
+        time.sleep(0.05)
+        return real.sgd(*a)
+
+    monkeypatch.setattr(masked, "compiled_kernels", lambda device: masked.RowKernels(real.sums, real.grad, slow_sgd,
+                                                                                      compiled=True))
+    masked.step_choice.cache_clear()
+    try:
+        choice = masked.step_choice("cpu", 33)
+    finally:
+        masked.step_choice.cache_clear()
+    assert choice.chosen == "eager" and set(choice.seconds) == {"eager", "compiled"}
+    assert choice.seconds["compiled"] >= 0.05 > choice.seconds["eager"]
 
 
 def test_kernel_choice_is_validated_and_not_part_of_the_config_hash():
