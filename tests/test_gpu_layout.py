@@ -272,6 +272,7 @@ def test_vmap_run_rows_match_the_sequential_run_and_layout_is_stored(ray_cluster
     doc = json.loads((tmp_path / "vmap" / "_state" / "layout.json").read_text())
     assert doc["from_round"] == 1 and doc["workers"] == 2 and doc["device"] == "auto"
     assert sum(n["workers"] for n in doc["nodes"]) == 2 and doc["trainer"]["bundle"]["GPU"] == 1.0
+    assert doc["kernels"] == {"client_training": "vmap"}  # fltrust: no mask step or Gram to choose
     assert sorted(p.name for p in (tmp_path / "vmap").iterdir() if not p.name.startswith("_")) == ["rounds.parquet"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from skymask_ray.config import save_config
 from skymask_ray.experiment import build_config
 from skymask_ray.results import COLUMNS, read_parquet
 from skymask_ray.simulation import Simulation, run_experiment
+from skymask_ray.skymask.masked import GRAM_KERNELS
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +67,10 @@ def test_skymask_run_rows_detection_and_placement(ray_cluster, tmp_path):
     masks = pq.read_table(tmp_path / "_masks.parquet").to_pylist()
     assert len(masks) == 3 * (cfg.clients + 1) and sum(m["is_server"] for m in masks) == 3
     assert (tmp_path / "_config.yaml").exists()
+    kernels = json.loads((tmp_path / "_state" / "layout.json").read_text())["kernels"]
+    assert kernels["client_training"] == "sequential"  # CPU workers (the fake GPU has no CUDA)
+    assert kernels["mask_step"].startswith("mask_step=eager") and "too few to compile" in kernels["mask_step"]
+    assert kernels["gram"].split(" ")[0] in {f"gram={k}" for k in GRAM_KERNELS}
 
 
 def test_min_max_breaks_fedavg_but_not_fltrust(ray_cluster, tmp_path):
