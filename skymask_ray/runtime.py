@@ -472,8 +472,8 @@ def setup_layout(requested_workers: int | None, clients: int, device: str, *, wo
 
 
 class LayoutRecorder:
-    """A round-loop callback that writes the run's layout and kernel choices to ``OUT/_state/layout.json``
-    after its first round.
+    """A round-loop callback that writes the run's layout, kernel choices and set-up times (seconds per
+    phase, from the interpreter's start) to ``OUT/_state/layout.json`` after its first round.
 
     Not at set-up: until the first round is done the folder may still hold an earlier run (whose
     ``_state`` is removed when the new run commits), and a folder a run died in during set-up must
@@ -490,7 +490,8 @@ class LayoutRecorder:
             return
         from .storage import atomic_write_text
 
-        doc = {"from_round": int(result.row.round), **sim.layout.describe(), "kernels": dict(sim.kernels)}
+        doc = {"from_round": int(result.row.round), **sim.layout.describe(), "kernels": dict(sim.kernels),
+               "setup_s": dict(sim.setup_s)}
         atomic_write_text(sim.folder.state_dir / "layout.json", json.dumps(doc, indent=1) + "\n")
         self.written = True
 
@@ -520,6 +521,21 @@ def pss_mb() -> float:
     once, unlike summed peak RSS. 0 where /proc/self/smaps_rollup is missing.
     """
     return _proc_kb("/proc/self/smaps_rollup", "Pss") or 0.0
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc), 0 where that cannot be read.
+
+    Taken when a run's set-up begins, it is what the interpreter and the imports cost before.
+    """
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return round(max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK")), 3)
 
 
 def reset_peak_rss() -> None:

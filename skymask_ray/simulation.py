@@ -40,7 +40,7 @@ from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import LayoutRecorder, init_ray, pss_mb, reset_peak_rss, rss_mb, setup_layout
+from .runtime import LayoutRecorder, init_ray, process_age_s, pss_mb, reset_peak_rss, rss_mb, setup_layout
 from .seeding import numpy_rng, torch_generator
 from .skymask.service import ServerService
 
@@ -93,15 +93,20 @@ class Simulation:
         self.recorder = FolderRecorder(self.folder, cfg, self.hash, resumed=ckpt is not None)
         self.callbacks: list[RoundCallback] = [self.recorder, *(callbacks or [])]
         reset_peak_rss()
+        self.setup_s: dict[str, float] = {"interpreter_and_imports": process_age_s()}  # where set-up time goes
+        t = time.perf_counter()
         self._setup_data()
+        t = self._lap("data", t)
         self._setup_model()
         self.start_round = 1
         if ckpt is not None:
             self._restore(ckpt)
         self.recorder.start(self.start_round)
+        t = self._lap("model", t)
         self.started_ray = init_ray(cfg.address, connect_timeout_s=cfg.connect_timeout_s)
+        t = self._lap("ray_start", t)
         try:
-            self._setup_actors(local_clients)
+            self._setup_actors(local_clients, t)
         except BaseException:
             self.close()  # what set-up started (trainer, placement group, workers) must not outlive it
             raise
@@ -109,6 +114,12 @@ class Simulation:
     @property
     def out(self) -> Path:
         return self.folder.path
+
+    def _lap(self, name: str, since: float) -> float:
+        """Record set-up phase ``name`` as the seconds since ``since``; returns now."""
+        now = time.perf_counter()
+        self.setup_s[name] = round(now - since, 3)
+        return now
 
     def _phase(self, phase: str) -> None:
         for cb in self.callbacks:
@@ -145,10 +156,11 @@ class Simulation:
                                       steps=steps if cfg.train.server_budget == "matched" else None, epochs=1)
         self.needs_server = self.defense.needs_server_update or self.attack.needs_server_update
 
-    def _setup_actors(self, local_clients: bool) -> None:
+    def _setup_actors(self, local_clients: bool, t: float) -> None:
         cfg = self.cfg
         self.layout, self.pg = setup_layout(cfg.workers, cfg.clients, cfg.device, workers_per_gpu=cfg.workers_per_gpu,
                                             model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
+        t = self._lap("layout", t)
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
                                     cfg.device, self.layout, self.pg, cfg.seed,
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
@@ -159,11 +171,14 @@ class Simulation:
         self.clients: ClientBackend = LocalClients(*args, poison) if local_clients else \
             ClientPool(*args, self.layout, poison=poison)
         self.callbacks.append(LayoutRecorder())  # OUT/_state/layout.json once round 1 is done (the folder committed)
+        t = self._lap("workers", t)  # the trainer starts meanwhile
         self._phase(f"started {self.layout.summary()}"
                     if not local_clients else "clients: in-process")
         self.trainer_device, server_kernels = self.server.wait_ready()
         modes = {client_mode(cfg.train.client_exec, p.device, bool(self.buffers)) for p in self.layout.nodes if p.workers}
         self.kernels = {"client_training": "/".join(sorted(modes)), **server_kernels}
+        self._lap("server", t)
+        self.setup_s["total"] = round(sum(self.setup_s.values()), 3)
         self._phase(f"server ready on {self.trainer_device}; kernels: "
                     + ", ".join(f"{k}={v}" if k == "client_training" else v for k, v in self.kernels.items()))
 
