@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import re
 import sys
 import types
@@ -473,5 +474,32 @@ def list_components() -> None:
         _echo_entry(name, "", _flat(PRESETS[name]))
 
 
+def entry() -> None:
+    """The ``skymask-ray`` command: :func:`main`, then an immediate exit once its output is flushed.
+
+    Every file a command writes is complete on disk when it returns (atomic,
+    fsync'ed writes) and Ray is shut down, so the interpreter's own teardown
+    (unloading torch, Ray and their threads, most of a second) is skipped with
+    ``os._exit``. An unexpected exception still ends with its traceback.
+    """
+    try:
+        main(standalone_mode=True)
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):
+        click.echo(code, err=True)
+        code = 1
+    if "ray" in sys.modules:  # a command that left Ray running must not leave its processes behind
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -236,13 +237,14 @@ class MaskTrainer:
 
         The simulation calls it while the client pool starts (set-up, as the
         workers' warm-up is): each choice is probed on this machine or read
-        from the probe cache (:mod:`skymask_ray.kernels`), and clustering's
-        imports are paid here rather than in round 1. Returns each choice's
-        one-line summary, for the set-up line and ``_state/layout.json``.
+        from the probe cache (:mod:`skymask_ray.kernels`). Clustering's imports
+        (about a second) go on in a background thread, while round 1's clients
+        train. Returns each choice's one-line summary, for the set-up line and
+        ``_state/layout.json``.
         """
         from . import select
 
-        select.load_sklearn()
+        threading.Thread(target=select.load_sklearn, name="import-sklearn", daemon=True).start()
         _, step = row_kernels(self.cfg.kernel, self.device.type, rows, self.spec.numel)
         gram = gram_choice(self.device.type, rows)
         return {"mask_step": step.summary(), "gram": gram.summary()}
