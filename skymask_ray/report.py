@@ -40,7 +40,6 @@ a ValueError naming the path.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -60,7 +59,7 @@ from matplotlib.patches import Polygon
 from matplotlib.ticker import MaxNLocator
 
 from .config import HOW_IT_RAN
-from .results import RUN_KEYS, read_parquet
+from .results import RUN_KEYS, flat_config, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +251,7 @@ def load_runs(path: Path) -> list[Run]:
         run_key = dict(zip(RUN_KEYS, key))
         cohorts = _floats(sub, "cohort")  # files from before populations have no cohort: every client trained
         run_key["cohort"] = int(cohorts[np.isfinite(cohorts)][0]) if np.isfinite(cohorts).any() else run_key["clients"]
-        settings = _flatten(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}
+        settings = flat_config(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}
         runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never, settings, withheld))
     return runs
 
@@ -287,23 +286,6 @@ def tell_apart(runs: list[Run]) -> list[str]:
 def _added(key: dict[str, Any]) -> list[str]:
     """The config fields :func:`tell_apart` added to a run's key (the same for every run of a report)."""
     return [k for k in key if k not in KEYS]
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config record as {dotted name: value}; attack/defense parameters (JSON text) expanded too."""
-    flat: dict[str, Any] = {}
-    for name, value in record.items():
-        dotted = f"{prefix}{name}"
-        if name in ("attack_params", "defense_params") and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        if isinstance(value, dict):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _hashable(value: Any) -> Any:
