@@ -300,20 +300,6 @@ def _bench_default(key: str) -> str:
     return f"[default: {','.join(_yaml_text(v) for v in BENCH_GRID[key])} without --grid]"
 
 
-def _only(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, list[Any]]:
-    """``--only KEY=V1,V2`` (repeatable) as {key: [values]}, each value read as YAML."""
-    out: dict[str, list[Any]] = {}
-    for item in value:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or not text.strip():
-            raise click.BadParameter(f"expected KEY=V1,V2, got {item!r}")
-        try:
-            out[key.strip()] = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
-        except yaml.YAMLError:
-            raise click.BadParameter(f"{item!r}: a value is not valid YAML") from None
-    return out
-
-
 @main.command(context_settings=CONTEXT)
 @click.option("--clients", callback=_csv(int),
               help=f"Comma-separated client counts, e.g. 100,500.  {_bench_default('clients')}")
@@ -326,14 +312,14 @@ def _only(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
 @click.option("--grid", "grid_file", type=click.Path(),
               help="Study file (benchmarks/studies/*.yaml: base, grid, cells, seeds, tables); the list options "
                    "above replace its axes.")
-@click.option("--only", callback=_only, multiple=True, metavar="KEY=V1,V2",
+@click.option("--only", multiple=True, metavar="KEY=V1,V2",
               help="Run only the study's cells whose KEY is one of these values (repeatable), e.g. "
-                   "--only seed=1,2 --only cohort=50.")
+                   "--only seed=1,2 --only cohort=50.  [default: every cell]")
 @click.option("--concurrency", type=int, help="Cells run at once as Ray tasks.  [default: the study's, else 1]")
 @click.option("--out", type=click.Path(), default="results/bench", help="Study folder (one subfolder per cell).")
 @click.option("--save-rows", type=click.Path(),
               help="Then write every row of the study's cells found in OUT to this one Parquet file (with a "
-                   "'cell' column): the form a study is committed in, benchmarks/results/<study>.parquet.")
+                   "'cell' column): the form a study is committed in, benchmarks/results/<study>.parquet.  [default: no file]")
 @click.option("--overwrite", is_flag=True, help="Replace cells whose folders hold another config's results.")
 @_version
 @_fail_cleanly
@@ -345,7 +331,7 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file,
     --set applies to every cell.
     """
     from .bench import STUDY_SUMMARY, run_grid, summary_table
-    from .study import Study, collect_rows, deep_merge, load_study
+    from .study import Study, collect_rows, deep_merge, load_study, parse_only
 
     seeds, alias = kw.pop("seed"), kw.pop("seeds_alias")
     if seeds is not None and alias is not None:
@@ -365,7 +351,7 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file,
             axes[key] = BENCH_GRID[key]
     study = dataclasses.replace(study, base=base, preset=preset or study.preset,
                                 config_file=config_file).with_axes(axes, seeds)
-    cells = study.narrow(only)
+    cells = study.narrow(parse_only(only))
     rows = run_grid(cells, Path(out), echo=click.echo, concurrency=concurrency or study.concurrency,
                     progress=progress, overwrite=overwrite)
     table = summary_table(rows)
@@ -391,7 +377,7 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file,
                    "[default: the committed benchmarks/results/<study>.parquet]")
 @click.option("--write", "write_to", type=click.Path(),
               help="With --table: write the results page of every study with committed rows to this file "
-                   "(e.g. benchmarks/RESULTS.md) instead of printing.")
+                   "(e.g. benchmarks/RESULTS.md).  [default: print each study's tables]")
 @_version
 def report(inputs, out, round_, table, rows, write_to) -> None:
     """Plots (PNG) and a Markdown summary from result folders or rounds.parquet files; with --table, a study's tables."""

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import yaml
 
 from .config import ExperimentConfig, config_hash, load_yaml_mapping
 from .errors import ConfigError
@@ -264,6 +265,21 @@ class Study:
         return cells
 
 
+def parse_only(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``KEY=V1,V2`` items (``bench --only``) as {key: [values]}, each value read as YAML; ConfigError if malformed."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        try:
+            values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+        except yaml.YAMLError:
+            raise ConfigError(f"--only {item!r}: a value is not valid YAML") from None
+        if not sep or not key.strip() or not values:
+            raise ConfigError(f"--only {item!r}: expected KEY=V1,V2, e.g. --only seed=1,2")
+        out.setdefault(key.strip(), []).extend(values)
+    return out
+
+
 def _distinct(values: Iterable[Any]) -> list[Any]:
     out: list[Any] = []
     for v in values:
@@ -338,7 +354,9 @@ def load_study(path: str | Path) -> Study:
                      concurrency=doc.get("concurrency", 1),
                      tables=tuple(_table(f"{where}, table {i}", t) for i, t in enumerate(tables)), path=p)
     except ConfigError as exc:
-        raise ConfigError(str(exc).replace(f"study {p.stem!r}", where, 1)) from None
+        own = f"study {p.stem!r}"
+        text = str(exc)
+        raise ConfigError(text.replace(own, where, 1) if text.startswith(own) else f"{where}: {text}") from None
 
 
 def study_files(paths: Iterable[str | Path]) -> list[Path]:

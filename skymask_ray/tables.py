@@ -359,12 +359,15 @@ def render_table(spec: TableSpec, runs: pd.DataFrame, expected: pd.DataFrame, re
     values = spec.parsed_values()
 
     def texts(k: tuple[Any, ...], in_cell: bool) -> list[str]:
+        """The group's values; in a pivot's cell, joined into one text. A group short of runs says so."""
         members = runs.loc[groups.get(k, [])]
         if members.empty:
             return ["not run"] + [""] * (0 if in_cell else len(values) - 1)
         out = [value_text(v, members, spec.aggregate, rejecting, in_cell) for v in values]
-        if len(members) < want.get(k, 0):
-            out[0] += f" ({len(members)} of {want[k]} runs)"
+        short = f" ({len(members)} of {want[k]} runs)" if len(members) < want.get(k, 0) else ""
+        if in_cell:
+            return [_cell_text(out) + short]
+        out[0] = (out[0] or "-") + short
         return out
 
     def label(path_keys: Sequence[str], k: tuple[Any, ...], offset: int) -> list[str]:
@@ -373,7 +376,7 @@ def render_table(spec: TableSpec, runs: pd.DataFrame, expected: pd.DataFrame, re
     row_heads = [KEY_LABELS.get(k, k) for k in spec.rows]
     if spec.columns:
         header = row_heads + [": ".join(label(spec.columns, c, n_rows)) for c in col_keys]
-        lines = [label(spec.rows, r, 0) + [_cell_text(texts(r + c, True)) if (r + c) in groups else "-"
+        lines = [label(spec.rows, r, 0) + [texts(r + c, True)[0] if (r + c) in groups else "-"
                                            for c in col_keys] for r in row_keys]
     else:
         header = row_heads + [v.header for v in values]

@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from skymask_ray.bench import cell_name, expand_named_grid
+from skymask_ray.study import Study, cell_name
 from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError, ResultsFolderError, ResultsWriteError
 from skymask_ray.run_folder import Checkpoint, RunFolder
@@ -117,8 +117,7 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(tmp_path):
 ])
 def test_every_gridded_key_gives_a_distinct_cell(key, values):
     base = {**TINY, "attack": "lie"} if key.startswith("attack_params") else TINY
-    cells = expand_named_grid(None, None, base, {key: values, "seed": [0, 1]})
-    names = [n for _, n in cells]
+    names = [c.name for c in Study("t", base=base, grid={key: values}, seeds=(0, 1)).expand()]
     assert len(set(names)) == 4
     leaf = key.split(".")[-1]
     assert all(f"-{leaf}=" in n for n in names)
@@ -127,16 +126,16 @@ def test_every_gridded_key_gives_a_distinct_cell(key, values):
 def test_standard_grids_keep_their_old_folder_names():
     cfg = build_config(overrides={**TINY, "attack": "min_max"})
     assert cell_name(cfg) == "synthetic-mlp-n10-m0.2-min_max-skymask-s0"
-    [(_, name)] = expand_named_grid(None, None, TINY, {"attack": ["min_max"]})
-    assert name == cell_name(cfg)
+    [cell] = Study("t", base=TINY, grid={"attack": ["min_max"]}).expand()
+    assert cell.name == cell_name(cfg)
 
 
 def test_grid_errors_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown grid key"):
-        expand_named_grid(None, None, TINY, {"nonsense": [1]})
+    with pytest.raises(ConfigError, match="unknown study key"):
+        Study("t", base=TINY, grid={"nonsense": [1]})
     with pytest.raises(ConfigError, match="section"):
-        expand_named_grid(None, None, TINY, {"train": [1]})
+        Study("t", base=TINY, grid={"train": [1]})
     with pytest.raises(ConfigError, match="same config field"):
-        expand_named_grid(None, None, TINY, {"malicious": [0.1], "malicious_fraction": [0.2]})
+        Study("t", base=TINY, grid={"malicious": [0.1], "malicious_fraction": [0.2]})
     with pytest.raises(ConfigError, match="share a folder"):
-        expand_named_grid(None, None, TINY, {"train.local_lr": [0.5, 0.50]})
+        Study("t", base=TINY, grid={"train.local_lr": [0.5, 0.50]}).expand()
