@@ -31,7 +31,10 @@ def _runs_and_cells(study: Study, rows: pa.Table) -> tuple[pd.DataFrame, pd.Data
     if stray:
         raise ConfigError(f"study {study.name!r}: {len(stray)} run(s) in its rows are not cells of the study file "
                           f"(e.g. {stray[0]}); the file and its rows have drifted apart")
-    return runs, expected
+    # a run's keys are its cell's, as the study declares them: rows recorded before a config field existed
+    # lack it, and the cell's config says the value they ran with
+    metrics = runs[[c for c in runs.columns if c not in expected.columns or c == CELL]]
+    return metrics.merge(expected, on=CELL, how="left"), expected
 
 
 def study_tables(study: Study, rows: pa.Table) -> list[str]:

@@ -223,7 +223,8 @@ def find_rounds_files(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def load_runs(path: Path) -> list[Run]:
-    """The runs in one ``rounds.parquet`` (normally one), rows sorted by round, last row per round kept.
+    """The runs in one ``rounds.parquet`` (normally one) or a study's rows file (one run per ``cell``), rows
+    sorted by round, last row per round kept.
 
     A run whose defense rejected no client in any round, and never decided to (no ``single_component``
     round), gets ``never_rejects`` and NaN TPR/FPR.
@@ -232,7 +233,8 @@ def load_runs(path: Path) -> list[Run]:
     missing = [c for c in (*RUN_KEYS, "round") if c not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not a rounds file: it lacks columns {missing}")
-    keys = list(zip(*(table.column(c).to_pylist() for c in RUN_KEYS)))
+    keys = table.column("cell").to_pylist() if "cell" in table.column_names else \
+        list(zip(*(table.column(c).to_pylist() for c in RUN_KEYS)))
     runs = []
     for key in dict.fromkeys(keys):
         rows = np.array([i for i, k in enumerate(keys) if k == key])
@@ -248,7 +250,7 @@ def load_runs(path: Path) -> list[Run]:
         if never:
             withheld = {m: metrics[m] for m in ("tpr", "fpr")}
             metrics["tpr"] = metrics["fpr"] = np.full(len(order), np.nan)
-        run_key = dict(zip(RUN_KEYS, key))
+        run_key = {c: sub.column(c)[0].as_py() for c in RUN_KEYS}
         cohorts = _floats(sub, "cohort")  # files from before populations have no cohort: every client trained
         run_key["cohort"] = int(cohorts[np.isfinite(cohorts)][0]) if np.isfinite(cohorts).any() else run_key["clients"]
         settings = flat_config(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}

@@ -188,7 +188,7 @@ def run_summaries(rows: pd.DataFrame) -> pd.DataFrame:
             "cell": cell, "seed": int(g["seed"].iloc[-1]), "defense": g["defense"].iloc[-1],
             "accuracy": _last(g["accuracy"]), "backdoor": _last(g["backdoor_success"]),
             "tpr": _mean(tpr), "fpr": _mean(fpr), "fpr_no_attacker": _mean(quiet["fpr"]) if len(quiet) else math.nan,
-            "rounds": len(g), "one_cluster": int(single.sum()),
+            "rounds_run": len(g), "one_cluster": int(single.sum()),
             "imperfect_rounds": int(((tpr.notna() & (tpr < 1)) | (fpr.notna() & (fpr > 0))).sum()),
             "attackers_min": float(attackers.min()) if attackers.size else math.nan,
             "attackers_max": float(attackers.max()) if attackers.size else math.nan,
@@ -279,7 +279,7 @@ def value_text(value: Value, runs: pd.DataFrame, table_agg: str, rejecting: set[
     if name == "seeds":
         return ",".join(str(s) for s in sorted(runs["seed"]))
     if name == "one_cluster":
-        return f"{int(runs['one_cluster'].sum())}/{int(runs['rounds'].sum())}"
+        return f"{int(runs['one_cluster'].sum())}/{int(runs['rounds_run'].sum())}"
     if name == "attackers":
         lo, hi = runs["attackers_min"].min(), runs["attackers_max"].max()
         return "-" if not (math.isfinite(lo) and math.isfinite(hi)) else f"{lo:.0f}-{hi:.0f}"
