@@ -46,7 +46,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -301,16 +301,26 @@ def run_flower(s: P1Settings, num_cpus: float = 1.0) -> dict[str, Any]:
     }
 
 
+def p1_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The P1 workload's options, shared by this script and ``benchmarks.p1_throughput``."""
+    options = [
+        click.option("--clients", type=int, default=1000),
+        click.option("--cohort", type=int, default=50, help="Clients per round (fraction_fit = cohort / clients)."),
+        click.option("--samples", type=int, default=50, help="Samples per client (a cap)."),
+        click.option("--rounds", type=int, default=50),
+        click.option("--eval-every", type=int, default=10),
+        click.option("--batch-size", type=int, default=10),
+        click.option("--lr", type=float, default=0.5),
+        click.option("--grad-clip", type=float, default=0.01),
+        click.option("--seed", type=int, default=0),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @script(__doc__)
-@click.option("--clients", type=int, default=1000)
-@click.option("--cohort", type=int, default=50, help="Clients per round (fraction_fit = cohort / clients).")
-@click.option("--samples", type=int, default=50, help="Samples per client (a cap).")
-@click.option("--rounds", type=int, default=50)
-@click.option("--eval-every", type=int, default=10)
-@click.option("--lr", type=float, default=0.5)
-@click.option("--grad-clip", type=float, default=0.01)
-@click.option("--batch-size", type=int, default=10)
-@click.option("--seed", type=int, default=0)
+@p1_options
 @click.option("--data-dir", default=None)
 @click.option("--num-cpus", type=float, default=1.0, help="Ray CPUs per client (= torch threads).")
 def main(clients: int, cohort: int, samples: int, rounds: int, eval_every: int, lr: float, grad_clip: float,

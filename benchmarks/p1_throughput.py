@@ -69,6 +69,7 @@ from typing import Any
 import click
 
 from benchmarks.common import ROOT, RESULTS, command_line, module_argv, script, write_result
+from benchmarks.flower_p1 import p1_options
 from benchmarks.w1_throughput import FLOWER_SPEC, _venv_python, ensure_flower_venv
 
 TARGET_WHOLE = 10.0  # Flower / skymask-ray, whole process
@@ -475,15 +476,7 @@ def combine(per_rep: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @script(__doc__)
-@click.option("--clients", type=int, default=1000)
-@click.option("--cohort", type=int, default=50)
-@click.option("--samples", type=int, default=50, help="Samples per client (a cap).")
-@click.option("--rounds", type=int, default=50)
-@click.option("--eval-every", type=int, default=10)
-@click.option("--batch-size", type=int, default=10)
-@click.option("--lr", type=float, default=0.5)
-@click.option("--grad-clip", type=float, default=0.01)
-@click.option("--seed", type=int, default=0)
+@p1_options
 @click.option("--repeats", type=int, default=1,
               help="Repetitions of the pair, alternating which side goes first (figures: medians).")
 @click.option("--skip-flower", is_flag=True, help="Leave Flower (and its venv) out.")
