@@ -418,6 +418,9 @@ def _report_tables(inputs: tuple[str, ...], rows: str | None, write_to: str | No
     for study in studies:
         source = Path(rows) if rows is not None else study.committed_rows
         if source is None or not source.exists():
+            if len(studies) > 1:
+                click.echo(f"## {study.title or study.name}\n\n(no committed rows)\n")
+                continue
             raise ConfigError(f"study {study.name!r} has no committed rows ({source}); pass --rows with its "
                               "Parquet file or study folder")
         click.echo(study_section(study, read_rows(source, study.expand()), f"Rows: `{source}`"))

@@ -41,7 +41,6 @@ COLUMN_HEADERS = {  # row columns shown as values: per-run means over rounds (la
     "mem_pss_mb": "mem in use MB", "peak_rss_mb": "sum of peaks MB", "host_peak_mb": "host peak MB",
     "wall_s": "command wall s",
 }
-RUN_COLUMNS = ("cell", "seed", "defense")  # columns of a run summary that are not metrics
 
 
 @dataclass(frozen=True)
