@@ -1,5 +1,7 @@
-"""Benchmark scripts; run each from the repository root as ``python -m benchmarks.NAME``.
+"""Measuring scripts; run each from the repository root as ``python -m benchmarks.NAME``.
 
-What they share (paths, study files, options, Markdown tables, memory) is in
-:mod:`benchmarks.common`; their grids are in ``benchmarks/studies/*.yaml``.
+Studies are data, not scripts: ``benchmarks/studies/*.yaml``, run with
+``skymask-ray bench --grid``; their rows are ``benchmarks/results/<study>.parquet``
+and their tables ``benchmarks/RESULTS.md``. What the scripts share is
+:mod:`benchmarks.common`.
 """

@@ -16,11 +16,13 @@ Writes ``benchmarks/results/defense_timing.md`` and ``.csv``.
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing as mp
 import os
 import platform
 import time
 
+import click
 import torch
 
 from skymask_ray.config import ExperimentConfig
@@ -28,15 +30,9 @@ from skymask_ray.context import DefenseContext
 from skymask_ray.defenses import DEFENSES
 from skymask_ray.models import ParamSpec
 
-from benchmarks.common import (
-    comma_list,
-    invocation,
-    markdown_table,
-    peak_rss_mb,
-    results_path,
-    script_parser,
-    write_result,
-)
+from skymask_ray.markdown import markdown_table
+
+from benchmarks.common import comma_list, invocation, peak_rss_mb, results_path, script, write_result
 
 P = 139_960
 FRACTION = 0.2
@@ -101,22 +97,19 @@ def run_one(name: str, n: int, repeats: int, queue: mp.Queue) -> None:
     })
 
 
-def main() -> None:
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--clients", type=comma_list(int), default=[100, 500, 1000])
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per cell (median kept)")
-    ap.add_argument("--defenses", type=comma_list(str), default=None,
-                    help="comma-separated subset (default: all but skymask)")
-    args = ap.parse_args()
-    names = args.defenses or [n for n in DEFENSES.names() if n != "skymask"]
-    sizes = args.clients
+@script(__doc__)
+@click.option("--clients", "sizes", callback=comma_list(int), default="100,500,1000", help="Comma-separated client counts.")
+@click.option("--repeats", type=int, default=3, help="Timed rounds per cell (median kept).")
+@click.option("--defenses", callback=comma_list(str), help="Comma-separated subset.  [default: all but skymask]")
+def main(sizes: list[int], repeats: int, defenses: list[str] | None) -> None:
+    names = defenses or [n for n in DEFENSES.names() if n != "skymask"]
     ctx = mp.get_context("spawn")
     load_before = os.getloadavg()[1]
     rows = []
     for n in sizes:
         for name in names:
             queue = ctx.Queue()
-            proc = ctx.Process(target=run_one, args=(name, n, args.repeats, queue))
+            proc = ctx.Process(target=run_one, args=(name, n, repeats, queue))
             proc.start()
             proc.join()
             res = queue.get() if proc.exitcode == 0 else {"seconds": float("nan"), "extra_peak_mb": float("nan"),
@@ -130,12 +123,11 @@ def main() -> None:
 
 
 def write(rows: list[dict], names: list[str], sizes: list[int], load: tuple[float, float]) -> None:
-    csv_path = results_path("defense_timing.csv")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_result(results_path("defense_timing.csv"), text.getvalue())
     cell = {(r["defense"], r["clients"]): r for r in rows}
     lines = [
         "# Defense aggregation time",

@@ -46,14 +46,15 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import script_parser
+from benchmarks.common import script
 
 
 @dataclass(frozen=True)
@@ -300,25 +301,35 @@ def run_flower(s: P1Settings, num_cpus: float = 1.0) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the P1 knobs, run Flower, print one JSON line on stdout."""
-    p = script_parser(__doc__, __file__)
-    p.add_argument("--clients", type=int, default=1000)
-    p.add_argument("--cohort", type=int, default=50, help="clients per round (fraction_fit = cohort / clients)")
-    p.add_argument("--samples", type=int, default=50, help="samples per client (a cap)")
-    p.add_argument("--rounds", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--grad-clip", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per client (= torch threads)")
-    a = p.parse_args(argv)
-    s = P1Settings(clients=a.clients, cohort=a.cohort, samples=a.samples, rounds=a.rounds, lr=a.lr,
-                   grad_clip=a.grad_clip, batch_size=a.batch_size, eval_every=a.eval_every, seed=a.seed,
-                   data_dir=a.data_dir, threads=max(1, int(a.num_cpus)))
-    result = run_flower(s, a.num_cpus)
+def p1_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The P1 workload's options, shared by this script and ``benchmarks.p1_throughput``."""
+    options = [
+        click.option("--clients", type=int, default=1000),
+        click.option("--cohort", type=int, default=50, help="Clients per round (fraction_fit = cohort / clients)."),
+        click.option("--samples", type=int, default=50, help="Samples per client (a cap)."),
+        click.option("--rounds", type=int, default=50),
+        click.option("--eval-every", type=int, default=10),
+        click.option("--batch-size", type=int, default=10),
+        click.option("--lr", type=float, default=0.5),
+        click.option("--grad-clip", type=float, default=0.01),
+        click.option("--seed", type=int, default=0),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@script(__doc__)
+@p1_options
+@click.option("--data-dir", default=None)
+@click.option("--num-cpus", type=float, default=1.0, help="Ray CPUs per client (= torch threads).")
+def main(clients: int, cohort: int, samples: int, rounds: int, eval_every: int, lr: float, grad_clip: float,
+         batch_size: int, seed: int, data_dir: str | None, num_cpus: float) -> None:
+    """Run Flower on the P1 workload; print one JSON line on stdout."""
+    s = P1Settings(clients=clients, cohort=cohort, samples=samples, rounds=rounds, lr=lr, grad_clip=grad_clip,
+                   batch_size=batch_size, eval_every=eval_every, seed=seed, data_dir=data_dir,
+                   threads=max(1, int(num_cpus)))
+    result = run_flower(s, num_cpus)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 

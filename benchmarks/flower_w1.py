@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ from torch import nn
 
 from skymask_ray.models import CNN
 
-from benchmarks.common import script_parser
+from benchmarks.common import script
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 INPUT_SHAPE = (1, 28, 28)
@@ -321,19 +322,18 @@ def run_flower(s: W1Settings, num_cpus: float = 1.0) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the W1 knobs, run Flower, print one JSON line on stdout."""
-    p = script_parser(__doc__, __file__)
-    p.add_argument("--clients", type=int, default=100)
-    p.add_argument("--samples", type=int, default=600, help="samples per client")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=DATA_DIR)
-    p.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per client (= torch threads)")
-    a = p.parse_args(argv)
-    s = W1Settings(clients=a.clients, samples=a.samples, rounds=a.rounds, seed=a.seed, data_dir=a.data_dir,
-                   threads=max(1, int(a.num_cpus)))
-    result = run_flower(s, a.num_cpus)
+@script(__doc__)
+@click.option("--clients", type=int, default=100)
+@click.option("--samples", type=int, default=600, help="Samples per client.")
+@click.option("--rounds", type=int, default=2)
+@click.option("--seed", type=int, default=0)
+@click.option("--data-dir", default=DATA_DIR)
+@click.option("--num-cpus", type=float, default=1.0, help="Ray CPUs per client (= torch threads).")
+def main(clients: int, samples: int, rounds: int, seed: int, data_dir: str, num_cpus: float) -> None:
+    """Run Flower on the W1 workload; print one JSON line on stdout."""
+    s = W1Settings(clients=clients, samples=samples, rounds=rounds, seed=seed, data_dir=data_dir,
+                   threads=max(1, int(num_cpus)))
+    result = run_flower(s, num_cpus)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 

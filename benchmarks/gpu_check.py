@@ -30,12 +30,16 @@ import json
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 import torch
 
-from benchmarks.common import command_line, markdown_table, results_path, script_parser, write_result
+from skymask_ray.markdown import markdown_table
+
+from benchmarks.common import command_line, results_path, script, write_result
 from benchmarks.flower_w1 import DATA_DIR, iid_shards, load_train
 
 ROOT_SIZE = 100
@@ -91,17 +95,17 @@ def _train_rounds(pool, w: torch.Tensor, ids: list[int], rounds: int) -> tuple[l
     return times, upd
 
 
-def main() -> None:
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--clients", type=int, default=100, help="W1 clients")
-    ap.add_argument("--samples", type=int, default=600, help="W1 samples per client")
-    ap.add_argument("--rounds", type=int, default=3, help="W1 rounds")
-    ap.add_argument("--cpu-clients", type=int, default=20, help="clients of the one-CPU-worker reference (0: skip)")
-    ap.add_argument("--skymask-clients", type=int, default=500)
-    ap.add_argument("--skymask-samples", type=int, default=100, help="samples per client of the SkyMask round")
-    ap.add_argument("--workers-per-gpu", type=int, default=None)
-    ap.add_argument("--data-dir", default=DATA_DIR)
-    a = ap.parse_args()
+@script(__doc__)
+@click.option("--clients", type=int, default=100, help="W1 clients.")
+@click.option("--samples", type=int, default=600, help="W1 samples per client.")
+@click.option("--rounds", type=int, default=3, help="W1 rounds.")
+@click.option("--cpu-clients", type=int, default=20, help="Clients of the one-CPU-worker reference (0: skip).")
+@click.option("--skymask-clients", type=int, default=500)
+@click.option("--skymask-samples", type=int, default=100, help="Samples per client of the SkyMask round.")
+@click.option("--workers-per-gpu", type=int, default=None)
+@click.option("--data-dir", default=DATA_DIR)
+def main(**options: Any) -> None:
+    a = SimpleNamespace(**options)
 
     line = _no_gpu_line()
     if line is not None:

@@ -21,23 +21,16 @@ Prints a table and writes benchmarks/results/mask_cost.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import time
 
-from benchmarks.common import (
-    ROOT,
-    comma_list,
-    invocation,
-    markdown_table,
-    module_argv,
-    peak_rss_mb,
-    results_path,
-    script_parser,
-    write_result,
-)
+import click
+
+from skymask_ray.markdown import markdown_table
+
+from benchmarks.common import ROOT, comma_list, invocation, module_argv, peak_rss_mb, results_path, script, write_result
 
 
 def run_variant(variant: str, n: int, steps: int) -> dict:
@@ -105,20 +98,19 @@ def _variant(variant: str, n: int, steps: int) -> dict:
             "extra_rss_mb": peak - base_rss}
 
 
-def main() -> None:
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--clients", type=comma_list(int), default=[100, 500, 1000])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.variant:
-        (n,) = args.clients
-        print(json.dumps(run_variant(args.variant, n, args.steps)))
+@script(__doc__)
+@click.option("--clients", callback=comma_list(int), default="100,500,1000", help="Comma-separated client counts.")
+@click.option("--steps", type=int, default=20, help="Mask-training steps.")
+@click.option("--variant", hidden=True)
+def main(clients: list[int], steps: int, variant: str | None) -> None:
+    if variant:
+        (n,) = clients
+        print(json.dumps(run_variant(variant, n, steps)))
         return
     rows = []
-    for n in args.clients:
+    for n in clients:
         for variant in ("stacked", "stacked_eager", "per_client"):
-            cmd = [*module_argv(__file__), "--variant", variant, "--clients", str(n), "--steps", str(args.steps)]
+            cmd = [*module_argv(__file__), "--variant", variant, "--clients", str(n), "--steps", str(steps)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
@@ -135,7 +127,7 @@ def main() -> None:
         results_path("mask_cost.md"),
         f"# SkyMask mask training: stacked tensors vs per-client parameter lists\n\n"
         f"`{invocation(__file__)}`, cnn (P = 139,960), {os.cpu_count()} CPU cores, root batch 100, "
-        f"{args.steps} SGD steps (lr 1e7, clamp 1e-7) + clustering. Speed-up and memory ratio are relative to "
+        f"{steps} SGD steps (lr 1e7, clamp 1e-7) + clustering. Speed-up and memory ratio are relative to "
         f"per_client.\n\n{table}\n")
 
 

@@ -52,7 +52,6 @@ the report from the JSON. Writes ``benchmarks/results/p1_throughput.md`` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -64,9 +63,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from benchmarks.common import ROOT, RESULTS, command_line, module_argv, script_parser, write_result
+import click
+
+from benchmarks.common import ROOT, RESULTS, command_line, module_argv, script, write_result
+from benchmarks.flower_p1 import p1_options
 from benchmarks.w1_throughput import FLOWER_SPEC, _venv_python, ensure_flower_venv
 
 TARGET_WHOLE = 10.0  # Flower / skymask-ray, whole process
@@ -472,28 +475,20 @@ def combine(per_rep: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+@script(__doc__)
+@p1_options
+@click.option("--repeats", type=int, default=1,
+              help="Repetitions of the pair, alternating which side goes first (figures: medians).")
+@click.option("--skip-flower", is_flag=True, help="Leave Flower (and its venv) out.")
+@click.option("--flower-attempts", type=int, default=2,
+              help="Tries of the Flower side (a loaded machine can make Ray's start time out).")
+@click.option("--flower-spec", default=FLOWER_SPEC, help="Pip requirement installed into the Flower venv.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS)
+@click.option("--report-only", is_flag=True,
+              help="Run nothing: recompute the figures and the report from RESULTS_DIR/p1_throughput.json.")
+def main(**options: Any) -> None:
     """Run both sides, one after the other, ``--repeats`` times, and write the report."""
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--clients", type=int, default=1000)
-    ap.add_argument("--cohort", type=int, default=50)
-    ap.add_argument("--samples", type=int, default=50, help="samples per client (a cap)")
-    ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=0.5)
-    ap.add_argument("--grad-clip", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="repetitions of the pair, alternating which side goes first (figures: medians)")
-    ap.add_argument("--skip-flower", action="store_true", help="leave Flower (and its venv) out")
-    ap.add_argument("--flower-attempts", type=int, default=2,
-                    help="tries of the Flower side (a loaded machine can make Ray's start time out)")
-    ap.add_argument("--flower-spec", default=FLOWER_SPEC, help="pip requirement installed into the Flower venv")
-    ap.add_argument("--results-dir", type=Path, default=RESULTS)
-    ap.add_argument("--report-only", action="store_true",
-                    help="run nothing: recompute the figures and the report from RESULTS_DIR/p1_throughput.json")
-    a = ap.parse_args()
+    a = SimpleNamespace(**options)
     if a.report_only:
         rerender(a.results_dir)
         return
@@ -534,7 +529,7 @@ def main() -> None:
 
 def figures(res: dict[str, Any]) -> None:
     """(Re)compute the per-repetition summaries, their medians and the ratios from the raw results, in place."""
-    a = argparse.Namespace(**res["args"])
+    a = SimpleNamespace(**res["args"])
     per_rep = {k: [summarize(r, a) for r in v] for k, v in res["results"].items()}
     summary = {k: combine(v) for k, v in per_rep.items()}
     sky, fl = summary["skymask-ray"], summary.get("flower")

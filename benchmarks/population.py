@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import shutil
 import sys
+from types import SimpleNamespace
 
+import click
+
+from skymask_ray.markdown import markdown_table
 from skymask_ray.results import read_parquet
 
-from benchmarks.common import command_line, markdown_table, results_path, run_sampled, script_parser, write_result
+from benchmarks.common import command_line, results_path, run_sampled, script, write_result
 
 
-def main() -> None:
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--population", type=int, default=100_000)
-    ap.add_argument("--cohort", type=int, default=500)
-    ap.add_argument("--samples", type=int, default=50, help="samples per client of the large population")
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+@script(__doc__)
+@click.option("--population", type=int, default=100_000)
+@click.option("--cohort", type=int, default=500)
+@click.option("--samples", type=int, default=50, help="Samples per client of the large population.")
+@click.option("--rounds", type=int, default=3)
+def main(population: int, cohort: int, samples: int, rounds: int) -> None:
+    args = SimpleNamespace(population=population, cohort=cohort, samples=samples, rounds=rounds)
     common = ["--preset", "paper-fmnist", "--attack", "min_max", "--defense", "skymask", "--malicious", "0.2",
               "--rounds", str(args.rounds), "--seed", "0", "--overwrite"]
     runs = {

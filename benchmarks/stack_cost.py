@@ -18,11 +18,13 @@ import os
 import platform
 import time
 
+import click
 import torch
 
+from skymask_ray.markdown import markdown_table
 from skymask_ray.skymask.trainer import STACK_BLOCK_ROWS, stack_updates
 
-from benchmarks.common import comma_list, invocation, markdown_table, results_path, script_parser, write_result
+from benchmarks.common import comma_list, invocation, results_path, script, write_result
 
 P = 139_960
 
@@ -35,17 +37,16 @@ def one_copy(updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor
     return out
 
 
-def main() -> None:
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--clients", type=comma_list(int), default=[500, 2000, 5000])
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+@script(__doc__)
+@click.option("--clients", callback=comma_list(int), default="500,2000,5000", help="Comma-separated client counts.")
+@click.option("--repeats", type=int, default=3, help="Interleaved runs; the best is kept.")
+def main(clients: list[int], repeats: int) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
-    for n in args.clients:
+    for n in clients:
         updates, server = torch.randn(n, P), torch.randn(P)
         best = {"one copy": float("inf"), "blocked": float("inf")}
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for name, fn in (("one copy", one_copy), ("blocked", stack_updates)):
                 t0 = time.perf_counter()
                 out = fn(updates, server)
@@ -61,7 +62,7 @@ def main() -> None:
     out = write_result(
         results_path("stack_cost.md"),
         f"# Stacking N x P updates coordinate-major (`{invocation(__file__)}`)\n\n"
-        f"P = {P:,}, float32, {torch.get_num_threads()} torch threads, best of {args.repeats} interleaved runs; "
+        f"P = {P:,}, float32, {torch.get_num_threads()} torch threads, best of {repeats} interleaved runs; "
         f"blocks of {STACK_BLOCK_ROWS} clients. Machine: {os.cpu_count()} CPUs, {platform.platform()}, "
         f"torch {torch.__version__}.\n\n" + table + "\n")
     print(f"wrote {out}")

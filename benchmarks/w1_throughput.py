@@ -60,11 +60,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import BENCH, ROOT, RESULTS, invocation, module_argv, script_parser, write_result
+from benchmarks.common import BENCH, ROOT, RESULTS, invocation, module_argv, script, write_result
 from benchmarks.flower_w1 import (  # shared with the Flower script
     INPUT_SHAPE,
     W1Settings,
@@ -327,21 +328,21 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+@script(__doc__)
+@click.option("--clients", type=int, default=100)
+@click.option("--samples", type=int, default=600, help="Samples per client.")
+@click.option("--rounds", type=int, default=2)
+@click.option("--seed", type=int, default=0)
+@click.option("--bare-threads", type=int, default=2, help="Torch threads of the bare loop and the GEMM timing.")
+@click.option("--skip-flower", is_flag=True, help="Leave Flower (and its venv) out.")
+@click.option("--flower-spec", default=FLOWER_SPEC, help="Pip requirement installed into the Flower venv.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS)
+def main(clients: int, samples: int, rounds: int, seed: int, bare_threads: int, skip_flower: bool, flower_spec: str,
+         results_dir: Path) -> None:
     """Run the three measurements and write the report."""
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--clients", type=int, default=100)
-    ap.add_argument("--samples", type=int, default=600, help="samples per client")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bare-threads", type=int, default=2, help="torch threads of the bare loop and the GEMM timing")
-    ap.add_argument("--skip-flower", action="store_true", help="leave Flower (and its venv) out")
-    ap.add_argument("--flower-spec", default=FLOWER_SPEC, help="pip requirement installed into the Flower venv")
-    ap.add_argument("--results-dir", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    s = W1Settings(clients=args.clients, samples=args.samples, rounds=args.rounds, seed=args.seed)
+    s = W1Settings(clients=clients, samples=samples, rounds=rounds, seed=seed)
     load_start = os.getloadavg()[0]
-    flower_version = None if args.skip_flower else ensure_flower_venv(args.flower_spec)
+    flower_version = None if skip_flower else ensure_flower_venv(flower_spec)
 
     results: dict[str, dict[str, Any]] = {}
     print("skymask-ray ...", file=sys.stderr, flush=True)
@@ -351,7 +352,7 @@ def main() -> None:
         results["flower"] = run_flower(s)
     print("bare loop ...", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        results["bare"] = pool.submit(run_bare, s, args.bare_threads).result()
+        results["bare"] = pool.submit(run_bare, s, bare_threads).result()
 
     model = build_cnn(s.seed)
     flops = train_flops_per_sample(model, INPUT_SHAPE)
@@ -362,7 +363,7 @@ def main() -> None:
     res = {
         "workload": {**asdict(s), "params": sum(p.numel() for p in model.parameters()), "root_size": ROOT_SIZE},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "gemm_threads": args.bare_threads, "loadavg_start": load_start,
+                    "torch": torch.__version__, "gemm_threads": bare_threads, "loadavg_start": load_start,
                     "loadavg_end": os.getloadavg()[0]},
         "flops": {"forward_flops_per_sample": flops["forward_flops"],
                   "backward_flops_per_sample": flops["backward_flops"],
@@ -378,8 +379,8 @@ def main() -> None:
         "reference_updates_per_s": REFERENCE,
     }
     md = report(res)
-    write_result(args.results_dir / "w1_throughput.md", md)
-    write_result(args.results_dir / "w1_throughput.json", json.dumps(res, indent=2) + "\n")
+    write_result(results_dir / "w1_throughput.md", md)
+    write_result(results_dir / "w1_throughput.json", json.dumps(res, indent=2) + "\n")
     print(md)
 
 

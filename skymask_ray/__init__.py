@@ -3,7 +3,7 @@
 Layers, bottom to top; a module imports only from its own layer or below
 (``tests/test_layers.py`` checks this and that there are no import cycles):
 
-0. errors, registry, seeding, params, storage, linalg, progress: no domain knowledge
+0. errors, registry, seeding, params, storage, linalg, progress, markdown: no domain knowledge
 1. config (typed dataclasses, no registries), runtime (Ray start, layout), models, results (the
    round row), population (cohorts, dropouts), run_folder (a run's files), context (what an
    attack / a defense may read)
@@ -12,7 +12,8 @@ Layers, bottom to top; a module imports only from its own layer or below
    service), attacks, defenses: each family in a registry
 4. experiment (a config checked against the registries), simulation (the round loop),
    recorders (rows, masks, checkpoints as round callbacks)
-5. bench (grids of runs), report (plots and tables)
+5. tables (a study's tables from its rows), study (a study file: cells, narrowing, its rows), bench
+   (running a study's cells), pages (a study's section, the results page), report (plots)
 6. cli
 """
 

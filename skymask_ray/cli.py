@@ -243,14 +243,6 @@ def apply_sets(overrides: dict[str, Any], items: Iterable[str]) -> dict[str, Any
     return overrides
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """``b`` over ``a``, nested mappings merged key by key."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 _version = click.version_option(__version__, "--version", prog_name="skymask-ray",
                                 message="%(prog)s %(version)s")
 
@@ -318,63 +310,121 @@ def _bench_default(key: str) -> str:
 @click.option("--defense", "defenses", callback=_csv(str),
               help=f"Comma-separated defenses.  {_bench_default('defense')}")
 @experiment_options(bench=True)
-@click.option("--grid", "grid_file", type=click.Path(), help="Study file (preset, base, grid); CLI lists override it.")
-@click.option("--concurrency", type=int, default=1, help="Cells run at once as Ray tasks.")
+@click.option("--grid", "grid_file", type=click.Path(),
+              help="Study file (benchmarks/studies/*.yaml: base, grid, cells, seeds, tables); the list options "
+                   "above replace its axes.")
+@click.option("--only", multiple=True, metavar="KEY=V1,V2",
+              help="Run only the study's cells whose KEY is one of these values (repeatable), e.g. "
+                   "--only seed=1,2 --only cohort=50.  [default: every cell]")
+@click.option("--concurrency", type=int, help="Cells run at once as Ray tasks.  [default: the study's, else 1]")
 @click.option("--out", type=click.Path(), default="results/bench", help="Study folder (one subfolder per cell).")
+@click.option("--save-rows", type=click.Path(),
+              help="Then write every row of the study's cells found in OUT to this one Parquet file (with a "
+                   "'cell' column): the form a study is committed in, benchmarks/results/<study>.parquet.  [default: no file]")
 @click.option("--overwrite", is_flag=True, help="Replace cells whose folders hold another config's results.")
 @_version
 @_fail_cleanly
-def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file, concurrency, out, overwrite,
-          **kw) -> None:
-    """Run a grid of experiments (clients x malicious x attack x defense x seed), resumable, with a summary.
+def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file, only, concurrency, out, save_rows,
+          overwrite, **kw) -> None:
+    """Run a study: a grid of experiments (clients x malicious x attack x defense x seed), resumable, with a summary.
 
     Without --grid: 500 clients, 20 % malicious, min_max against fedavg and skymask side by side, 4 rounds.
     --set applies to every cell.
     """
-    from .bench import STUDY_SUMMARY, load_grid_file, run_grid, summary_table
+    from .bench import STUDY_SUMMARY, run_grid, summary_table
+    from .study import Study, collect_rows, deep_merge, load_study, parse_only
 
     seeds, alias = kw.pop("seed"), kw.pop("seeds_alias")
     if seeds is not None and alias is not None:
         raise ConfigError("give --seed or --seeds, not both (they are one option)")
     seeds = seeds if seeds is not None else alias
-    base: dict = {}
-    grid: dict = {}
-    if grid_file is not None:
-        file_preset, base, grid = load_grid_file(grid_file)
-        preset = preset or file_preset
+    study = load_study(grid_file) if grid_file is not None else Study(name="bench")
     sets = kw.pop("sets", ())
-    base = apply_sets(_deep_merge(base, overrides_from(kw)), sets)
+    base = apply_sets(deep_merge(study.base, overrides_from(kw)), sets)
     if grid_file is None and kw.get("rounds") is None and config_file is None and "rounds" not in base:
         base["rounds"] = BENCH_ROUNDS
+    axes: dict[str, list[Any]] = {}
     for key, given in (("clients", clients), ("malicious_fraction", malicious), ("attack", attacks),
-                       ("defense", defenses), ("seed", seeds)):
+                       ("defense", defenses)):
         if given is not None:
-            grid[key] = given
-        elif key not in grid and key in BENCH_GRID and grid_file is None:
-            grid[key] = BENCH_GRID[key]
-    rows = run_grid(preset, config_file, base, grid, Path(out), echo=click.echo, concurrency=concurrency,
+            axes[key] = given
+        elif grid_file is None:
+            axes[key] = BENCH_GRID[key]
+    study = dataclasses.replace(study, base=base, preset=preset or study.preset,
+                                config_file=config_file).with_axes(axes, seeds)
+    cells = study.narrow(parse_only(only))
+    rows = run_grid(cells, Path(out), echo=click.echo, concurrency=concurrency or study.concurrency,
                     progress=progress, overwrite=overwrite)
     table = summary_table(rows)
     atomic_write_text(Path(out, STUDY_SUMMARY), table + "\n")
     click.echo(table)
+    if save_rows is not None:
+        from .results import write_rows
+
+        saved = collect_rows(study.expand(), Path(out))
+        write_rows(saved, save_rows)
+        click.echo(f"wrote {save_rows} ({len(set(saved.column('cell').to_pylist()))} cells, {saved.num_rows} rows)")
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", type=click.Path(), default="results/report", help="Folder for the plots and summary.md.")
 @click.option("--round", "round_", type=int, help="Round of the mask PCA scatter.  [default: the last]")
+@click.option("--table", is_flag=True,
+              help="INPUTS are study files (or folders of them): print the tables each study declares, from its "
+                   "rows, instead of plotting.")
+@click.option("--rows", type=click.Path(exists=True),
+              help="With --table and one study: its rows, a Parquet file or the study folder of its cells.  "
+                   "[default: the committed benchmarks/results/<study>.parquet]")
+@click.option("--write", "write_to", type=click.Path(),
+              help="With --table: write the results page of every study with committed rows to this file "
+                   "(e.g. benchmarks/RESULTS.md).  [default: print each study's tables]")
 @_version
-def report(inputs, out, round_) -> None:
-    """Plots (PNG) and a Markdown summary from result folders or rounds.parquet files."""
-    from .report import make_report
-
+def report(inputs, out, round_, table, rows, write_to) -> None:
+    """Plots (PNG) and a Markdown summary from result folders or rounds.parquet files; with --table, a study's tables."""
     try:
+        if table:
+            _report_tables(inputs, rows, write_to)
+            return
+        if rows is not None or write_to is not None:
+            raise ConfigError("--rows and --write go with --table")
+        from .report import make_report
+
         paths = make_report([Path(p) for p in inputs], Path(out), round=round_)
     except (ValueError, FileNotFoundError, UserError) as exc:
         click.echo(f"error: {' '.join(str(exc).split())}", err=True)
         sys.exit(2)
     for p in paths:
         click.echo(f"wrote {p}")
+
+
+RESULTS_COMMAND = "skymask-ray report benchmarks/studies --table --write benchmarks/RESULTS.md"
+
+
+def _report_tables(inputs: tuple[str, ...], rows: str | None, write_to: str | None) -> None:
+    """``report --table``: one study's section on stdout, or the results page of many written to a file."""
+    from .pages import results_page, study_section
+    from .study import load_study, read_rows, study_files
+
+    studies = [load_study(p) for p in study_files(inputs)]
+    if write_to is not None:
+        if rows is not None:
+            raise ConfigError("--write renders the committed rows of every study; leave out --rows")
+        page = Path(write_to)
+        atomic_write_text(page, results_page(studies, page, RESULTS_COMMAND))
+        click.echo(f"wrote {page}")
+        return
+    if rows is not None and len(studies) != 1:
+        raise ConfigError("--rows goes with one study file")
+    for study in studies:
+        source = Path(rows) if rows is not None else study.committed_rows
+        if source is None or not source.exists():
+            if len(studies) > 1:
+                click.echo(f"## {study.title or study.name}\n\n(no committed rows)\n")
+                continue
+            raise ConfigError(f"study {study.name!r} has no committed rows ({source}); pass --rows with its "
+                              "Parquet file or study folder")
+        click.echo(study_section(study, read_rows(source, study.expand()), f"Rows: `{source}`"))
 
 
 def describe(obj: Any) -> str:

@@ -40,7 +40,6 @@ a ValueError naming the path.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -60,7 +59,7 @@ from matplotlib.patches import Polygon
 from matplotlib.ticker import MaxNLocator
 
 from .config import HOW_IT_RAN
-from .results import RUN_KEYS, read_parquet
+from .results import RUN_KEYS, flat_config, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +223,8 @@ def find_rounds_files(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def load_runs(path: Path) -> list[Run]:
-    """The runs in one ``rounds.parquet`` (normally one), rows sorted by round, last row per round kept.
+    """The runs in one ``rounds.parquet`` (normally one) or a study's rows file (one run per ``cell``), rows
+    sorted by round, last row per round kept.
 
     A run whose defense rejected no client in any round, and never decided to (no ``single_component``
     round), gets ``never_rejects`` and NaN TPR/FPR.
@@ -233,7 +233,8 @@ def load_runs(path: Path) -> list[Run]:
     missing = [c for c in (*RUN_KEYS, "round") if c not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not a rounds file: it lacks columns {missing}")
-    keys = list(zip(*(table.column(c).to_pylist() for c in RUN_KEYS)))
+    keys = table.column("cell").to_pylist() if "cell" in table.column_names else \
+        list(zip(*(table.column(c).to_pylist() for c in RUN_KEYS)))
     runs = []
     for key in dict.fromkeys(keys):
         rows = np.array([i for i, k in enumerate(keys) if k == key])
@@ -249,10 +250,10 @@ def load_runs(path: Path) -> list[Run]:
         if never:
             withheld = {m: metrics[m] for m in ("tpr", "fpr")}
             metrics["tpr"] = metrics["fpr"] = np.full(len(order), np.nan)
-        run_key = dict(zip(RUN_KEYS, key))
+        run_key = {c: sub.column(c)[0].as_py() for c in RUN_KEYS}
         cohorts = _floats(sub, "cohort")  # files from before populations have no cohort: every client trained
         run_key["cohort"] = int(cohorts[np.isfinite(cohorts)][0]) if np.isfinite(cohorts).any() else run_key["clients"]
-        settings = _flatten(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}
+        settings = flat_config(sub.column("config")[0].as_py() or {}) if "config" in sub.column_names else {}
         runs.append(Run(path, run_key, rounds[order], metrics, fallbacks, never, settings, withheld))
     return runs
 
@@ -287,23 +288,6 @@ def tell_apart(runs: list[Run]) -> list[str]:
 def _added(key: dict[str, Any]) -> list[str]:
     """The config fields :func:`tell_apart` added to a run's key (the same for every run of a report)."""
     return [k for k in key if k not in KEYS]
-
-
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config record as {dotted name: value}; attack/defense parameters (JSON text) expanded too."""
-    flat: dict[str, Any] = {}
-    for name, value in record.items():
-        dotted = f"{prefix}{name}"
-        if name in ("attack_params", "defense_params") and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        if isinstance(value, dict):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _hashable(value: Any) -> Any:

@@ -54,6 +54,23 @@ def config_record(cfg: ExperimentConfig) -> dict[str, Any]:
     return d
 
 
+def flat_config(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A ``config`` column value as {dotted name: value}; attack/defense parameters (JSON text) expanded too."""
+    flat: dict[str, Any] = {}
+    for name, value in record.items():
+        dotted = f"{prefix}{name}"
+        if name in ("attack_params", "defense_params") and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, dict):
+            flat.update(flat_config(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def _col(arrow: pa.DataType, *, run_key: bool = False) -> Any:
     """A row field with its Parquet type; ``run_key`` marks the fields that name a run in reports."""
     return field(metadata={"arrow": arrow, "run_key": run_key})
@@ -216,6 +233,11 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
         if isinstance(exc, FileNotFoundError):
             raise
         raise ValueError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
+
+
+def write_rows(table: pa.Table, path: str | Path) -> Path:
+    """Write a table of rows (a study's, say) atomically as one zstd-compressed Parquet file."""
+    return atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
 
 
 def read_rounds(path: str | Path) -> pa.Table:

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import ResultsFolderError
+from .results import read_parquet
 from .storage import atomic_write, atomic_write_text, check_writable_folder
 
 ROUNDS = "rounds.parquet"
@@ -146,6 +147,12 @@ class RunFolder:
             raise ResultsFolderError(
                 f"the checkpoint in {self.path} belongs to another config ({meta['config_hash']} != {config_hash}); "
                 f"pass --overwrite to replace that run (or choose another --out)")
+        for rows in (self.rounds, self.masks):  # the rows a resumed run keeps must be readable
+            if rows.exists():
+                try:
+                    read_parquet(rows)
+                except ValueError as exc:
+                    raise ResultsFolderError(f"cannot resume: {exc}; pass --overwrite to start over") from None
         return self.load_checkpoint()
 
     def load_checkpoint(self) -> Checkpoint:

@@ -114,7 +114,7 @@ def test_bad_values_files_and_folders_give_one_line(finished_run, tmp_path):
         (["bench", "--grid", _yaml(tmp_path, "g4.yaml", "base: [1, 2]\ngrid: {seed: [0]}\n"), "--out", done],
          ["base"]),
         (["bench", "--grid", _yaml(tmp_path, "g5.yaml", "grid: {nonsense: [1]}\n"), "--out", done], ["nonsense"]),
-        (["bench", "--grid", _yaml(tmp_path, "g6.yaml", "grid: {seed: 3}\n"), "--out", done], ["lists"]),
+        (["bench", "--grid", _yaml(tmp_path, "g6.yaml", "grid: {seed: 3}\n"), "--out", done], ["list of values"]),
         (["report", done, "--out", a_file], ["a-file.txt"]),
         (["report", _yaml(tmp_path, "bad.parquet", b"PAR1 not really"), "--out", str(tmp_path / "rep")],
          ["bad.parquet"]),

@@ -25,8 +25,16 @@ def test_grid_study_resumes_and_reports(ray_cluster, tmp_path):
     assert {"package_version", "git_commit", "ray", "torch", "cpu_count", "wall_time_s"} <= set(meta)
     assert "| 20 | 0.200 | min_max | skymask |" in (out / "_summary.md").read_text()
 
-    again = runner.invoke(main, ["bench", "--grid", "benchmarks/studies/smoke.yaml", "--workers", "2", "--out", str(out)])
+    again = runner.invoke(main, ["bench", "--grid", "benchmarks/studies/smoke.yaml", "--workers", "2", "--out", str(out),
+                                 "--save-rows", str(tmp_path / "smoke.parquet")])
     assert again.exit_code == 0 and "4 cells, 4 already complete" in again.output
+    saved = pq.read_table(tmp_path / "smoke.parquet")
+    assert saved.num_rows == 8 and sorted(set(saved.column("cell").to_pylist())) == cells
+    for source in (out, tmp_path / "smoke.parquet"):  # a study's tables from its folder or its one file
+        tab = runner.invoke(main, ["report", "benchmarks/studies/smoke.yaml", "--table", "--rows", str(source)])
+        assert tab.exit_code == 0, tab.output
+        lines = [ln for ln in tab.output.splitlines() if ln.startswith("| 10 |") or ln.startswith("| 20 |")]
+        assert len(lines) == 2 and all(ln.count(" · ") == 1 for ln in lines), tab.output  # skymask's rates only
 
     rep = runner.invoke(main, ["report", str(out), "--out", str(tmp_path / "report")])
     assert rep.exit_code == 0, rep.output

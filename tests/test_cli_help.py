@@ -206,8 +206,8 @@ def test_set_mistakes_are_one_line(command, item, needle):
 def test_bench_takes_one_seed_option_with_many_seeds(tmp_path, monkeypatch):
     calls = []
 
-    def fake_grid(preset, config_file, base, grid, out, **kw):
-        calls.append((base, grid))
+    def fake_grid(cells, out, **kw):
+        calls.append(cells)
         return []
 
     monkeypatch.setattr(skymask_ray.bench, "run_grid", fake_grid)
@@ -217,9 +217,11 @@ def test_bench_takes_one_seed_option_with_many_seeds(tmp_path, monkeypatch):
         res = CliRunner().invoke(cli.main, ["bench", flag, "0,1", "--local-lr", "0.2", "--set",
                                             "skymask.mask_epochs=3", "--out", out])
         assert res.exit_code == 0, res.output
-    for base, grid in calls:
-        assert grid["seed"] == [0, 1] and grid["clients"] == [500]
-        assert base == {"train": {"local_lr": 0.2}, "skymask": {"mask_epochs": 3}, "rounds": cli.BENCH_ROUNDS}
+    for cells in calls:
+        assert [c.config.seed for c in cells] == [0, 0, 1, 1] and {c.config.clients for c in cells} == {500}
+        assert {(c.config.train.local_lr, c.config.skymask.mask_epochs, c.config.rounds) for c in cells} == \
+            {(0.2, 3, cli.BENCH_ROUNDS)}
+        assert [c.config.defense for c in cells] == ["fedavg", "skymask"] * 2
     bench_help = CliRunner().invoke(cli.main, ["bench", "-h"]).output
     assert "--seed" in bench_help and "--seeds" not in bench_help  # one option; --seeds a hidden alias
     res = CliRunner().invoke(cli.main, ["bench", "--seed", "1", "--seeds", "2", "--out", out])

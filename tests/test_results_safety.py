@@ -7,14 +7,19 @@ import json
 import os
 import pickle
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from click.testing import CliRunner
 
-from skymask_ray.bench import cell_name, expand_named_grid
+from skymask_ray import cli
+from skymask_ray.config import config_hash
 from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError, ResultsFolderError, ResultsWriteError
 from skymask_ray.run_folder import Checkpoint, RunFolder
 from skymask_ray.storage import atomic_write, atomic_write_text
+from skymask_ray.study import Study, cell_name
 
 TINY = {"data": {"dataset": "synthetic"}, "model": "mlp", "clients": 10, "rounds": 1}
 
@@ -54,7 +59,8 @@ def test_folder_rules_new_resume_overwrite(tmp_path):
     f = RunFolder(tmp_path / "run")
     assert f.prepare("h1", "new") is None  # empty: anything goes
     f.path.mkdir()
-    (f.path / "rounds.parquet").write_bytes(b"rows")
+    pq.write_table(pa.table({"round": [1, 2]}), f.path / "rounds.parquet")
+    rows = (f.path / "rounds.parquet").read_bytes()
     with pytest.raises(ResultsFolderError, match="--resume.*--overwrite"):
         f.prepare("h1", "new")
     with pytest.raises(ResultsFolderError, match="no checkpoint"):
@@ -67,7 +73,7 @@ def test_folder_rules_new_resume_overwrite(tmp_path):
     assert got.round == 2 and torch.equal(got.weights, torch.arange(5.0) * 2) and got.attack_state == {"step": 2}
     with pytest.raises(ResultsFolderError, match="another config"):
         f.prepare("h2", "resume")
-    assert (f.path / "rounds.parquet").read_bytes() == b"rows"  # prepare never writes
+    assert (f.path / "rounds.parquet").read_bytes() == rows  # prepare never writes
 
 
 def test_commit_removes_only_what_the_new_run_does_not_replace(tmp_path):
@@ -117,8 +123,7 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(tmp_path):
 ])
 def test_every_gridded_key_gives_a_distinct_cell(key, values):
     base = {**TINY, "attack": "lie"} if key.startswith("attack_params") else TINY
-    cells = expand_named_grid(None, None, base, {key: values, "seed": [0, 1]})
-    names = [n for _, n in cells]
+    names = [c.name for c in Study("t", base=base, grid={key: values}, seeds=(0, 1)).expand()]
     assert len(set(names)) == 4
     leaf = key.split(".")[-1]
     assert all(f"-{leaf}=" in n for n in names)
@@ -127,16 +132,31 @@ def test_every_gridded_key_gives_a_distinct_cell(key, values):
 def test_standard_grids_keep_their_old_folder_names():
     cfg = build_config(overrides={**TINY, "attack": "min_max"})
     assert cell_name(cfg) == "synthetic-mlp-n10-m0.2-min_max-skymask-s0"
-    [(_, name)] = expand_named_grid(None, None, TINY, {"attack": ["min_max"]})
-    assert name == cell_name(cfg)
+    [cell] = Study("t", base=TINY, grid={"attack": ["min_max"]}).expand()
+    assert cell.name == cell_name(cfg)
 
 
 def test_grid_errors_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown grid key"):
-        expand_named_grid(None, None, TINY, {"nonsense": [1]})
+    with pytest.raises(ConfigError, match="unknown study key"):
+        Study("t", base=TINY, grid={"nonsense": [1]})
     with pytest.raises(ConfigError, match="section"):
-        expand_named_grid(None, None, TINY, {"train": [1]})
+        Study("t", base=TINY, grid={"train": [1]})
     with pytest.raises(ConfigError, match="same config field"):
-        expand_named_grid(None, None, TINY, {"malicious": [0.1], "malicious_fraction": [0.2]})
+        Study("t", base=TINY, grid={"malicious": [0.1], "malicious_fraction": [0.2]})
     with pytest.raises(ConfigError, match="share a folder"):
-        expand_named_grid(None, None, TINY, {"train.local_lr": [0.5, 0.50]})
+        Study("t", base=TINY, grid={"train.local_lr": [0.5, 0.50]}).expand()
+
+
+@pytest.mark.parametrize("name", ["rounds.parquet", "_masks.parquet"])
+def test_resume_over_a_corrupt_rows_file_is_one_line(tmp_path, name):
+    """--resume keeps the rows already written: one that is not Parquet stops the run before it starts."""
+    overrides = {**TINY, "rounds": 2}
+    cfg = build_config(overrides=overrides)
+    RunFolder(tmp_path).save_checkpoint(Checkpoint(round=1, weights=torch.zeros(3)), config_hash(cfg), "0")
+    (tmp_path / name).write_bytes(b"PAR1 not parquet at all")
+    res = CliRunner().invoke(cli.main, ["run", "--dataset", "synthetic", "--model", "mlp", "--clients", "10",
+                                        "--rounds", "2", "--out", str(tmp_path), "--resume"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: cannot resume: {tmp_path / name} is not a readable Parquet file")
+    assert lines[0].endswith("pass --overwrite to start over")

@@ -7,6 +7,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from skymask_ray.bench import run_grid
+from skymask_ray.study import Study
 from skymask_ray.experiment import build_config
 from skymask_ray.simulation import run_experiment
 
@@ -26,7 +27,7 @@ def test_run_and_study_folders_read_as_one_table(ray_cluster, tmp_path):
     assert ds.dataset(run).to_table().num_rows == 2
 
     study = tmp_path / "study"
-    run_grid(None, None, BASE, {"defense": ["fedavg", "median"], "data.bias": [0.3, 0.6]}, study)
+    run_grid(Study("tidy", base=BASE, grid={"defense": ["fedavg", "median"], "data.bias": [0.3, 0.6]}).expand(), study)
     table = ds.dataset(study).to_table()
     assert table.num_rows == 4 * 2  # four cells of two rounds, and nothing else (no masks, no metadata)
     frame = table.to_pandas()

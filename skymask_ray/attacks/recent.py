@@ -434,9 +434,9 @@ class SkyMaskAdaptive(Attack):
     per round; this one uses one root-set gradient, moves only along insensitive coordinates and
     guarantees a stated bound (:math:`D(g_k) \le B` for every attacker), not acceptance. With the
     defaults (not tuned) SkyMask still rejects it in most rounds: TPR 0.95, FPR 0.01 at 20 %,
-    Fashion-MNIST cnn, 10 rounds, seeds 0-2 (``benchmarks/results/attack_table_recent.md``); with
+    Fashion-MNIST cnn, 10 rounds, seeds 0-2 (the recent_attacks study, ``benchmarks/RESULTS.md``); with
     ``oracle_checks`` 3 TPR 0.27 at FPR 0.18, but the halved poison leaves SkyMask's accuracy 0.2
-    points below its attack-free run (``benchmarks/results/oracle_adaptive/``). ``last_alpha``,
+    points below its attack-free run (``benchmarks/results/oracle_adaptive.parquet``). ``last_alpha``,
     ``last_bound``, ``last_distances``, ``last_sensitive`` and ``last_anchor`` record each round.
     Not composable (it needs the whole model's gradient).
     """

@@ -18,7 +18,7 @@ still split in about half of the seeds or more: the top two principal directions
 single out the few most distinct masks and two Gaussians fit that better. Covariance type and
 regularisation did not change this much (full, tied, spherical, diag were tried). On real masks
 (Fashion-MNIST cnn, 100 clients, bias 0.5, no attack) ``bic`` still split 8 of 10 rounds:
-non-IID clients' masks are not one Gaussian blob. ``benchmarks/results/select_rule.md``.
+non-IID clients' masks are not one Gaussian blob. The select_rule study in ``benchmarks/RESULTS.md``.
 
 ``silhouette`` (opt-in) keeps the 2-component split only if its mean silhouette (scikit-learn's
 ``silhouette_score`` on the same 2-D coordinates) is at least ``min_silhouette`` (default 0.5).
@@ -42,7 +42,7 @@ tail of benign clients in rounds where the attackers' masks sat in a tight, line
 group (benign spread ~20 in PCA units, attackers ~0.5), which the best of 10 fits found with a
 higher likelihood; every rule (gmm2, bic, silhouette) then works on the better split. Run with
 10 restarts (30 rounds, seeds 0-2): lie TPR 0.900 / FPR 0.054 against 0.822 / 0.090 with one fit,
-min_max 0.989 / 0.019 against 0.967 / 0.023 (``benchmarks/results/gmm_restarts/``).
+min_max 0.989 / 0.019 against 0.967 / 0.023 (``benchmarks/results/gmm_restarts.parquet``).
 
 ``spectral`` (opt-in) first cuts a graph instead of the 2-D coordinates: every mask is linked to its
 ``neighbors`` nearest masks (distance sqrt(Hamming), exact from the Gram matrix: |b_i - b_j|^2 =
@@ -67,7 +67,7 @@ attackers (spread 0) in round 2 (0.145: benign masks take the identical mask as 
 rounds that the mixture split with silhouette 0.65-0.84; the fallback takes those. ``neighbors``
 None is ceil(0.15 K) (at least 3): more than a class group of (1 - f) K / 10 clients at 10 classes,
 fewer than the attackers from f = 0.16 on; measured only at K = 101 (16 neighbours). Known misses
-(``benchmarks/results/spectral/``): min_max at 20 % in rounds 1-2, where the attackers are outliers
+(``benchmarks/results/spectral.parquet``): min_max at 20 % in rounds 1-2, where the attackers are outliers
 each in its own direction, not each other's neighbours (1 % of their 5 nearest masks are attackers
 in round 1). The server's side is the one holding most of the server's own nearest masks: under lie
 ~20 attackers count the server's mask among their neighbours (both sit near the mean update), and
