@@ -5,22 +5,21 @@ laptop or a GPU node elsewhere); a ratio to a floor measured on the same
 machine in the same run does not, so a kernel that is fast where it was
 tuned and 100x slower elsewhere shows up as a ratio far over its bound.
 
-=========================  ==========================================================  =====
-ratio                      measured / floor                                            bound
-=========================  ==========================================================  =====
-gram                       the bits' Gram as a run computes it (probed kernel) /        2.0
-                           the float32 GEMM of the same 0/1 matrix
-mask_step                  one mask-training step (probed kernel) / 2 passes over the   1.5
-                           masks and updates at the memory bandwidth measured here
-client_path                the default client-training path (sequential on a CPU) /    1.5
-                           the faster of sequential and vmap, same clients
-client_round               a steady FedAvg round of P1 (50 of 1000 clients x 50         1.25
-                           samples, batch 10) / the bare SGD loop of the same clients
-                           in one process
-setup                      a run's set-up before round 1 / ``ray.init`` alone           4.0
-server_share (full only)   SkyMask's server time (g_0, mask training, clustering) /     0.30
-                           the round, N = 500 Fashion-MNIST cnn, min_max 20 %
-=========================  ==========================================================  =====
+\b
+ratio (bound)        measured / floor
+gram (2.0)           the bits' Gram as a run computes it (the probed kernel)
+                     / the float32 GEMM of the same 0/1 matrix
+mask_step (1.5)      one mask-training step (the probed kernel) / 2 passes over
+                     the masks and updates at the bandwidth measured here
+client_path (1.5)    the default client-training path (sequential on a CPU)
+                     / the faster of sequential and vmap, same clients
+client_round (1.25)  a steady FedAvg round of P1 (50 of 1000 clients x 50
+                     samples, batch 10) / the bare SGD loop of the same
+                     clients in one process
+setup (4.0)          a run's set-up before round 1 / ray.init alone
+server_share (0.30)  SkyMask's server time (g_0, mask training, clustering) /
+                     the round, N = 500 Fashion-MNIST cnn, min_max 20 %
+                     (full version only)
 
 ``python -m benchmarks.speed_guard --short`` (what CI runs, under a minute on 2
 cores): smaller shapes, no N = 500 run; exits 1 when a ratio exceeds its bound.
@@ -48,7 +47,8 @@ from typing import Callable
 import click
 import torch
 
-from benchmarks.common import ROOT, markdown_table, results_path, write_result
+from benchmarks.common import ROOT, results_path, script, write_result
+from skymask_ray.markdown import markdown_table
 
 BOUNDS = {"gram": 2.0, "mask_step": 1.5, "client_path": 1.5, "client_round": 1.25, "setup": 4.0,
           "server_share": 0.30}
@@ -283,7 +283,7 @@ def table(ratios: list[Ratio]) -> str:
     return markdown_table(["ratio", "value", "bound", "within", "measured s", "floor s", "settings"], rows, "lrlllrl")
 
 
-@click.command(help=__doc__.split("\n\n")[0])
+@script(__doc__)
 @click.option("--short", is_flag=True, help="CI's version: smaller shapes, no N = 500 run (under a minute).")
 @click.option("--write/--no-write", default=None, help="Write benchmarks/results/speed_guard.md (default: full only).")
 def main(short: bool, write: bool | None) -> None:
