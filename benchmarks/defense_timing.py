@@ -25,7 +25,7 @@ import torch
 
 from skymask_ray.config import ExperimentConfig
 from skymask_ray.context import DefenseContext
-from skymask_ray.defenses import DEFENSES
+from skymask_ray.defenses import DEFENSES, defense_settings
 from skymask_ray.models import ParamSpec
 
 from benchmarks.common import (
@@ -75,7 +75,7 @@ def run_one(name: str, n: int, repeats: int, queue: mp.Queue) -> None:
     cfg = ExperimentConfig(clients=n, malicious_fraction=FRACTION, defense=name)
     cls = DEFENSES.get(name)
     cls.check(cfg)
-    d = cls({}, cfg)
+    d = cls(defense_settings(cfg))
     f = cfg.num_malicious
     w = torch.zeros(x.shape[1])
     gen = torch.Generator().manual_seed(1)

@@ -32,7 +32,7 @@ from .clients.training import SGDSettings, num_steps
 from .config import ExperimentConfig, config_hash
 from .context import AttackContext, DefenseContext
 from .data import load_dataset, split_clients, split_root
-from .defenses import DEFENSES
+from .defenses import build_defense
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
 from .linalg import finite_rows
@@ -41,7 +41,7 @@ from .population import Population, malicious_population
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
 from .runtime import LayoutRecorder, init_ray, pss_mb, reset_peak_rss, rss_mb, setup_layout
-from .seeding import numpy_rng, torch_generator
+from .seeding import child_seed, numpy_rng, torch_generator
 from .skymask.service import ServerService
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Simulation:
         self.weights = self.spec.flatten(self.model)
         self.buffers = buffers_of(self.model)
         self.attack = ATTACKS.get(cfg.attack)(cfg.attack_params, cfg, self.data.num_classes)
-        self.defense = DEFENSES.get(cfg.defense)(cfg.defense_params, cfg)
+        self.defense = build_defense(cfg, self.spec)  # its settings only: never cfg, the run seed or the truth
         s = sgd_settings(cfg)
         sizes = [len(p) for p in self.parts]
         steps = statistics.median_low([num_steps(n, s) for n in sizes]) or 1
@@ -149,8 +149,10 @@ class Simulation:
         cfg = self.cfg
         self.layout, self.pg = setup_layout(cfg.workers, cfg.clients, cfg.device, workers_per_gpu=cfg.workers_per_gpu,
                                             model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
+        # the server's streams (g_0, mask training, clustering) hang off a seed derived from the run seed: the mask
+        # selector a defense is handed must not lead back to the seed that recomputes the attackers
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
-                                    cfg.device, self.layout, self.pg, cfg.seed,
+                                    cfg.device, self.layout, self.pg, child_seed(cfg.seed, "server"),
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
         poisoned = [bool(m) and self.attack.trains for m in self.population.malicious.tolist()]
         poison = self.attack.poison_data if any(poisoned) else None
@@ -236,7 +238,7 @@ class Simulation:
         else:
             dctx = DefenseContext(
                 round=r, global_weights=w, spec=self.spec, num_clients=n_valid, declared_f=cfg.num_declared_f,
-                generator=torch_generator(cfg.seed, "defense", r), seed=cfg.seed, server_update=server_update,
+                generator=torch_generator(cfg.seed, "defense", r), server_update=server_update,
                 mask_selector=self.server.selector(w, self.buffers, r),
                 client_ids=torch.from_numpy(ids)[valid])
             agg = self.defense.aggregate(updates if bool(valid.all()) else updates[valid], dctx)

@@ -198,7 +198,7 @@ def test_dba_through_the_client_worker_call_site():
     """ClientWorker passes each client's id: client k's poisoned samples carry part k."""
     from skymask_ray.clients.pool import ClientWorker
 
-    cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, fraction=0.75, model="mlp")
+    cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, fraction=0.75, model="mlp", malicious_selection="first")
     x = np.zeros((16, 1, 12, 12), dtype=np.float32)
     y = (np.arange(16) % 10).astype(np.int64)
     idx = [np.arange(4 * k, 4 * k + 4) for k in range(3)]
