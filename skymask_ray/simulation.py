@@ -156,10 +156,11 @@ class Simulation:
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
         poisoned = [bool(m) and self.attack.trains for m in self.population.malicious.tolist()]
         poison = self.attack.poison_data if any(poisoned) else None
+        poison_sgd = sgd_settings(cfg, **self.attack.poison_sgd()) if poison and self.attack.poison_sgd() else None
         args = (cfg, self.data.x_train, self.data.y_train, self.parts, poisoned, self.data.num_classes,
                 self.spec.numel)
-        self.clients: ClientBackend = LocalClients(*args, poison) if local_clients else \
-            ClientPool(*args, self.layout, poison=poison)
+        self.clients: ClientBackend = LocalClients(*args, poison, poison_sgd) if local_clients else \
+            ClientPool(*args, self.layout, poison=poison, poison_sgd=poison_sgd)
         self.callbacks.append(LayoutRecorder())  # OUT/_state/layout.json once round 1 is done (the folder committed)
         self._phase(f"started {self.layout.summary()}"
                     if not local_clients else "clients: in-process")
@@ -208,8 +209,9 @@ class Simulation:
         server_update = self.server.server_update(w, self.buffers, self.server_sgd, r) if self.needs_server else None
         t_server = time.perf_counter() - t0
 
-        # 3. the attack replaces the malicious rows
+        # 3. the attack replaces the malicious rows (its round state advances every round, attackers or not)
         t0 = time.perf_counter()
+        self.attack.begin_round(r, w)
         if bool(mal.any()):
             actx = AttackContext(
                 round=r, global_weights=w, spec=self.spec, num_clients=k, num_malicious=int(mal.sum()),
