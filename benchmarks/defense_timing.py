@@ -56,7 +56,7 @@ def planted_updates(n: int, p: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 def _ctx(x: torch.Tensor, f: int, r: int, w: torch.Tensor, g0: torch.Tensor) -> DefenseContext:
     spec = ParamSpec(("w",), (torch.Size([x.shape[1]]),), (0,), x.shape[1])
     return DefenseContext(round=r, global_weights=w, spec=spec, num_clients=len(x), declared_f=f,
-                        generator=torch.Generator().manual_seed(r), seed=0, server_update=g0)
+                        generator=torch.Generator().manual_seed(r), server_update=g0)
 
 
 def _warmup_rounds(name: str, cls: type, params: dict) -> int:

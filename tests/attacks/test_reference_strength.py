@@ -17,9 +17,11 @@ from skymask_ray.clients.training import SGDSettings, client_generator
 from .helpers import make_cfg, make_ctx, make_updates
 
 
+@pytest.mark.parametrize("mode", ["sequential", "vmap"])
 @pytest.mark.parametrize("name,lr,epochs", [("dba", 0.05, 10), ("neurotoxin", 0.02, 10)])
-def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epochs, monkeypatch):
+def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epochs, mode, monkeypatch):
     cfg = make_cfg(name, None, clients=4, fraction=0.5, model="mlp", malicious_selection="first")
+    cfg.train.client_exec = mode
     attack = ATTACKS.get(name)(None, cfg, 10)
     assert attack.poison_sgd() == {"lr": lr, "epochs": epochs, "steps": None}
     attackers = pool.sgd_settings(cfg, **attack.poison_sgd())
@@ -32,13 +34,13 @@ def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epo
     y = (np.arange(40) % 10).astype(np.int64)
     idx = [np.arange(10 * k, 10 * k + 10) for k in range(4)]
     seen: list[tuple[int, SGDSettings]] = []
-    real = pool.train_sequential
+    real = getattr(pool, f"train_{mode}")
 
-    def spy(model, spec, w0, data, generators, s, buffers=None):
+    def spy(model, spec, w0, data, generators, s, *rest):
         seen.append((len(data), s))
-        return real(model, spec, w0, data, generators, s, buffers)
+        return real(model, spec, w0, data, generators, s, *rest)
 
-    monkeypatch.setattr(pool, "train_sequential", spy)
+    monkeypatch.setattr(pool, f"train_{mode}", spy)
     worker = pool.ClientWorker(x, y, [0, 1, 2, 3], idx, [True, True, False, False], cfg, 10, attack.poison_data,
                                poison_sgd=attackers)
     seen.clear()  # the warm-up step
@@ -48,7 +50,8 @@ def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epo
     # the rows, in the order asked for, are what each client's settings give
     for row, k in enumerate([3, 0, 2, 1]):
         s = attackers if k in (0, 1) else honest
-        want, _ = real(worker.model, worker.spec, w, [worker.client_data(k)], [client_generator(cfg.seed, 3, k)], s)
+        want = real(worker.model, worker.spec, w, [worker.client_data(k)], [client_generator(cfg.seed, 3, k)], s)
+        want = want[0] if mode == "sequential" else want  # (updates, buffers) | updates
         torch.testing.assert_close(torch.from_numpy(out["updates"][row]), want[0])
 
 
