@@ -27,7 +27,7 @@ import torch
 
 from skymask_ray.config import ExperimentConfig
 from skymask_ray.context import DefenseContext
-from skymask_ray.defenses import DEFENSES
+from skymask_ray.defenses import DEFENSES, defense_settings
 from skymask_ray.models import ParamSpec
 
 from skymask_ray.markdown import markdown_table
@@ -52,7 +52,7 @@ def planted_updates(n: int, p: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 def _ctx(x: torch.Tensor, f: int, r: int, w: torch.Tensor, g0: torch.Tensor) -> DefenseContext:
     spec = ParamSpec(("w",), (torch.Size([x.shape[1]]),), (0,), x.shape[1])
     return DefenseContext(round=r, global_weights=w, spec=spec, num_clients=len(x), declared_f=f,
-                        generator=torch.Generator().manual_seed(r), seed=0, server_update=g0)
+                        generator=torch.Generator().manual_seed(r), server_update=g0)
 
 
 def _warmup_rounds(name: str, cls: type, params: dict) -> int:
@@ -71,7 +71,7 @@ def run_one(name: str, n: int, repeats: int, queue: mp.Queue) -> None:
     cfg = ExperimentConfig(clients=n, malicious_fraction=FRACTION, defense=name)
     cls = DEFENSES.get(name)
     cls.check(cfg)
-    d = cls({}, cfg)
+    d = cls(defense_settings(cfg))
     f = cfg.num_malicious
     w = torch.zeros(x.shape[1])
     gen = torch.Generator().manual_seed(1)

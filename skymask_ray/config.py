@@ -89,7 +89,9 @@ class ExperimentConfig:
     model: str = "cnn"
     clients: int = 100
     malicious_fraction: float = 0.2
-    malicious_selection: str = "first"  # first (after the seeded permutation) | random
+    # random: a seeded random set, so client ids say nothing about who is malicious | first: clients 0..f-1
+    # (after the split's seeded permutation; the paper presets keep it so their rows stay)
+    malicious_selection: str = "random"
     cohort: int | None = None  # clients sampled per round (None: all N, full participation)
     malicious_sampling: str | None = None  # pool | fixed (None: pool when cohort < clients)
     dropout: float = 0.0  # probability that a sampled client fails to report
@@ -141,6 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "cnn",
         "clients": 100,
         "malicious_fraction": 0.2,
+        "malicious_selection": "first",
         "train": _PAPER_TRAIN,
     },
     "paper-cifar10": {
@@ -148,6 +151,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "resnet20",
         "clients": 100,
         "malicious_fraction": 0.2,
+        "malicious_selection": "first",
         "train": {**_PAPER_TRAIN, "batch_size": 64},
     },
     "paper-har": {
@@ -155,6 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "lr",
         "clients": 30,
         "malicious_fraction": 0.2,
+        "malicious_selection": "first",
         "train": _PAPER_TRAIN,
     },
 }

@@ -4,8 +4,11 @@ The attack (omniscient, as in the paper's threat model) knows which rows are
 malicious and may read the root set and the model. The defense sees only
 what a server sees: the updates' client ids, the server's own update, the
 *declared* f (never the realised number of attackers, which is ground truth
-its TPR is scored against) and SkyMask's mask selector. Neither can change
-the context it is given (frozen dataclasses); a defense that asks for
+its TPR is scored against), a generator on a stream derived for the defense
+(never the run seed, from which the attackers can be recomputed) and SkyMask's
+mask selector. Client ids carry no information about who is malicious under
+the default ``malicious_selection: random``. Neither side can change the
+context it is given (frozen dataclasses); a defense that asks for
 ``malicious`` gets an AttributeError.
 """
 
@@ -58,7 +61,6 @@ class DefenseContext:
     declared_f: int
     generator: torch.Generator
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
     server_update: torch.Tensor | None = None
     mask_selector: Callable[..., Any] | None = None
     client_ids: torch.Tensor | None = None

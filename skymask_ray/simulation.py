@@ -32,7 +32,7 @@ from .clients.training import SGDSettings, client_mode, num_steps
 from .config import ExperimentConfig, config_hash
 from .context import AttackContext, DefenseContext
 from .data import load_dataset, split_clients, split_root
-from .defenses import DEFENSES
+from .defenses import build_defense
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
 from .linalg import finite_rows
@@ -41,7 +41,7 @@ from .population import Population, malicious_population
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
 from .runtime import LayoutRecorder, init_ray, process_age_s, pss_mb, reset_peak_rss, rss_mb, setup_layout
-from .seeding import numpy_rng, torch_generator
+from .seeding import child_seed, numpy_rng, torch_generator
 from .skymask.service import ServerService
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Simulation:
         self.weights = self.spec.flatten(self.model)
         self.buffers = buffers_of(self.model)
         self.attack = ATTACKS.get(cfg.attack)(cfg.attack_params, cfg, self.data.num_classes)
-        self.defense = DEFENSES.get(cfg.defense)(cfg.defense_params, cfg)
+        self.defense = build_defense(cfg, self.spec)  # its settings only: never cfg, the run seed or the truth
         s = sgd_settings(cfg)
         sizes = [len(p) for p in self.parts]
         steps = statistics.median_low([num_steps(n, s) for n in sizes]) or 1
@@ -161,15 +161,18 @@ class Simulation:
         self.layout, self.pg = setup_layout(cfg.workers, cfg.clients, cfg.device, workers_per_gpu=cfg.workers_per_gpu,
                                             model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
         t = self._lap("layout", t)
+        # the server's streams (g_0, mask training, clustering) hang off a seed derived from the run seed: the mask
+        # selector a defense is handed must not lead back to the seed that recomputes the attackers
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
-                                    cfg.device, self.layout, self.pg, cfg.seed,
+                                    cfg.device, self.layout, self.pg, child_seed(cfg.seed, "server"),
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
         poisoned = [bool(m) and self.attack.trains for m in self.population.malicious.tolist()]
         poison = self.attack.poison_data if any(poisoned) else None
+        poison_sgd = sgd_settings(cfg, **self.attack.poison_sgd()) if poison and self.attack.poison_sgd() else None
         args = (cfg, self.data.x_train, self.data.y_train, self.parts, poisoned, self.data.num_classes,
                 self.spec.numel)
-        self.clients: ClientBackend = LocalClients(*args, poison) if local_clients else \
-            ClientPool(*args, self.layout, poison=poison)
+        self.clients: ClientBackend = LocalClients(*args, poison, poison_sgd) if local_clients else \
+            ClientPool(*args, self.layout, poison=poison, poison_sgd=poison_sgd)
         self.callbacks.append(LayoutRecorder())  # OUT/_state/layout.json once round 1 is done (the folder committed)
         t = self._lap("workers", t)  # the trainer starts meanwhile
         self._phase(f"started {self.layout.summary()}"
@@ -223,8 +226,9 @@ class Simulation:
         server_update = self.server.server_update(w, self.buffers, self.server_sgd, r) if self.needs_server else None
         t_server = time.perf_counter() - t0
 
-        # 3. the attack replaces the malicious rows
+        # 3. the attack replaces the malicious rows (its round state advances every round, attackers or not)
         t0 = time.perf_counter()
+        self.attack.begin_round(r, w)
         if bool(mal.any()):
             actx = AttackContext(
                 round=r, global_weights=w, spec=self.spec, num_clients=k, num_malicious=int(mal.sum()),
@@ -253,7 +257,7 @@ class Simulation:
         else:
             dctx = DefenseContext(
                 round=r, global_weights=w, spec=self.spec, num_clients=n_valid, declared_f=cfg.num_declared_f,
-                generator=torch_generator(cfg.seed, "defense", r), seed=cfg.seed, server_update=server_update,
+                generator=torch_generator(cfg.seed, "defense", r), server_update=server_update,
                 mask_selector=self.server.selector(w, self.buffers, r),
                 client_ids=torch.from_numpy(ids)[valid])
             agg = self.defense.aggregate(updates if bool(valid.all()) else updates[valid], dctx)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skymask_ray.context import AttackContext, DefenseContext
-from skymask_ray.defenses import DEFENSES
+from skymask_ray.defenses import build_defense
 from skymask_ray.experiment import build_config
 
 
@@ -31,5 +31,5 @@ def test_defenses_aggregate_from_the_defense_context_alone(name):
     cfg = build_config(overrides={"data": {"dataset": "synthetic"}, "model": "mlp", "clients": 12,
                                   "malicious_fraction": 0.1, "defense": name})
     updates = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
-    agg = DEFENSES.get(name)(cfg.defense_params, cfg).aggregate(updates, _dctx(12))
+    agg = build_defense(cfg).aggregate(updates, _dctx(12))
     assert agg.update.shape == (4,) and agg.accepted.shape == (12,)

@@ -16,7 +16,7 @@ import pytest
 
 from skymask_ray.attacks import ATTACKS
 from skymask_ray.config import ExperimentConfig
-from skymask_ray.defenses import DEFENSES
+from skymask_ray.defenses import DEFENSES, build_defense
 from skymask_ray.defenses.pre import PreParams
 from skymask_ray.errors import ConfigError
 from skymask_ray.params import Bounds, bounded, bounds_of, parse_params
@@ -128,7 +128,7 @@ def test_every_attack_builds_with_its_defaults(name):
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defense_builds_with_its_defaults(name):
-    DEFENSES.get(name)(None, ExperimentConfig(defense=name))
+    build_defense(ExperimentConfig(defense=name))
 
 
 @pytest.mark.parametrize("owner,cls,name,kind,bound", BOUNDED,

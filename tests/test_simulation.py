@@ -158,6 +158,9 @@ class _NaNAttack:
     has_trigger = False
     needs_server_update = False
 
+    def begin_round(self, round_idx, global_weights):
+        pass
+
     def apply(self, updates, malicious, ctx):
         out = updates.clone()
         out[0, 5] = float("nan")

@@ -17,7 +17,14 @@ subset of the coordinates; ``layer`` (it reads the model's ParamSpec) and the
 adaptive attack (it needs whole model vectors) are not composable.
 
 Attacks with state across rounds (PoisonedFL) implement :meth:`Attack.state_dict`
-and :meth:`Attack.load_state_dict` (tensors and plain types only).
+and :meth:`Attack.load_state_dict` (tensors and plain types only). State that follows
+the global model advances in :meth:`Attack.begin_round`, which the round loop calls
+every round, whether or not the cohort holds an attacker (``apply`` runs only when it
+does).
+
+Attackers that train with their own learning rate or epochs (DBA, Neurotoxin: their
+reference code's poison lr and epochs) say so in :meth:`Attack.poison_sgd`; the client
+workers train those clients with the honest settings overridden by it.
 
 Attacks with a trigger (backdoors) implement :meth:`Attack.stamp` and set
 ``target``, so the simulation measures backdoor success on triggered test
@@ -86,6 +93,14 @@ class Attack:
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the backdoor trigger to a batch (attacks with a trigger only)."""
         raise NotImplementedError(f"attack {self.name!r} has no trigger")
+
+    def begin_round(self, round_idx: int, global_weights: torch.Tensor) -> None:
+        """Every round, before the clients train, with the global weights they start from (default: nothing)."""
+
+    def poison_sgd(self) -> dict[str, Any]:
+        """Overrides of the local SGD settings (``lr``, ``epochs``, ``steps``) for the malicious clients that
+        train (default none: they train like the honest clients)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """State carried across rounds, for checkpoints: tensors and plain types only (loadable with

@@ -115,6 +115,12 @@ class FineGrained(Attack):
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.stamp(x)
 
+    def begin_round(self, round_idx: int, global_weights: torch.Tensor) -> None:
+        self.base.begin_round(round_idx, global_weights)
+
+    def poison_sgd(self) -> dict[str, Any]:
+        return self.base.poison_sgd()
+
     def coordinates(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         """Sorted indices J of the coordinates the base attack may change this round."""
         raise NotImplementedError

@@ -45,6 +45,14 @@ def previous_aggregate(prev_weights: torch.Tensor | None, weights: torch.Tensor,
     return (prev_weights.to(like.device, like.dtype) - w) / global_lr
 
 
+def round_start(prev_weights: torch.Tensor | None, weights: torch.Tensor, global_lr: float
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """What :meth:`~.base.Attack.begin_round` records: (last round's aggregate or None, this round's weights),
+    both on the CPU."""
+    w = weights.detach().cpu()
+    return previous_aggregate(prev_weights, w, global_lr, w), w.clone()
+
+
 # ----- PoisonedFL -------------------------------------------------------------------------------
 
 
@@ -85,15 +93,24 @@ class PoisonedFL(Attack):
         g_m = -\lambda_t\,\frac{v_t}{\|v_t\|} \odot s, \qquad \lambda_t = c_t \|h_t\|
 
     (the reference code's magnitude vector: last round's global change with the attack's own
-    share removed; :math:`m_0 = 0`). Every attacker sends the same :math:`g_m`. The minus sign
+    share removed; :math:`m_{t-1}` is the update the attackers sent the last time any of them was
+    sampled, :math:`m_0 = 0`). Every attacker sends the same :math:`g_m`. The minus sign
     is this simulator's convention: the server's step :math:`-\eta g_m` moves the model along
     :math:`+s`. Every ``window`` rounds the attack checks its progress: it counts the coordinates
-    where :math:`\mathrm{sign}(w_t - w_{t-\text{window}})` equals :math:`s` (a coordinate that did
+    where :math:`\mathrm{sign}(w_t - w_{\text{start}})` equals :math:`s` (a coordinate that did
     not move counts with the sign of :math:`w_t`, as in the reference code); below the
     ``confidence`` quantile of Binomial(P, 1/2) the model has not gone the attack's way
     significantly, and :math:`c \leftarrow` ``decay`` :math:`\cdot c` unless that would fall
     below ``min_scaling``. The first round has no history: the malicious rows are zero (the
     reference code sends zero updates then).
+
+    Rounds are the run's rounds, not the attackers' (the reference's loop): :meth:`begin_round`,
+    called every round whether or not the cohort holds an attacker, records :math:`h_t`, counts
+    the round, runs the progress check in rounds :math:`e = \text{window}, 2\,\text{window},
+    \ldots` (0-based) and restarts the window; as in the reference the window's start is the
+    model after the window's first round (the reference stores it once round :math:`e` with
+    :math:`e \bmod \text{window} = 0` is aggregated), so a check sees window - 1 rounds of
+    change. Only :math:`m` waits for a round with attackers.
 
     Defaults are the reference code's: c = 8 (its scripts' ``--sf 8``), window 50, decay 0.7,
     floor 0.5, confidence 0.99. State (:meth:`state_dict`): s, c, the round count, the previous
@@ -109,9 +126,10 @@ class PoisonedFL(Attack):
         super().__init__(params, cfg, num_classes)
         self.sign: torch.Tensor | None = None  # (P,) int8, +1/-1: the direction the model is pushed
         self.scaling = float(self.p.scaling_factor)
-        self.rounds = 0  # apply() calls so far
-        self.prev_weights: torch.Tensor | None = None
-        self.prev_update: torch.Tensor | None = None  # the malicious row sent last round
+        self.rounds = 0  # rounds begun so far (every round of the run, attackers sampled or not)
+        self.prev_weights: torch.Tensor | None = None  # the global weights the latest round began from
+        self.history: torch.Tensor | None = None  # h_t: the aggregate applied in the round before this one
+        self.prev_update: torch.Tensor | None = None  # the malicious row sent the last time attackers were sampled
         self.window_start: torch.Tensor | None = None
         self.last_aligned: int | None = None  # diagnostics of the latest progress check
 
@@ -123,27 +141,34 @@ class PoisonedFL(Attack):
         return self.sign
 
     def check_progress(self, w: torch.Tensor) -> None:
-        """Every ``window`` rounds: shrink c when the model did not move along s significantly."""
-        if self.window_start is not None and self.rounds % self.p.window == 0:
+        """The window starts at the weights of round e (0-based) = 1, window + 1, ...; in round e = window,
+        2 window, ... c shrinks when the model did not move along s significantly since then (the
+        reference's order, see the class docstring)."""
+        e = self.rounds
+        if e > 0 and (e - 1) % self.p.window == 0:
+            self.window_start = w.detach().cpu().clone()
+        if e > 0 and e % self.p.window == 0 and self.window_start is not None:
             total = w - self.window_start.to(w.device, w.dtype)
             total = torch.where(total == 0, w, total)
-            s = self.sign.to(w.device)
+            s = self.sign_vector(w.numel()).to(w.device)
             aligned = int((torch.sign(total).to(torch.int8) == s).sum())
             self.last_aligned = aligned
             if aligned < binomial_threshold(w.numel(), self.p.confidence) and \
                     self.scaling * self.p.decay >= self.p.min_scaling:
                 self.scaling *= self.p.decay
-        if self.rounds % self.p.window == 0:
-            self.window_start = w.detach().cpu().clone()
+
+    def begin_round(self, round_idx: int, global_weights: torch.Tensor) -> None:
+        """Every round: h from the previous round's weights, the progress check, the round count."""
+        self.history, self.prev_weights = round_start(self.prev_weights, global_weights, self.cfg.train.global_lr)
+        self.check_progress(self.prev_weights)
+        self.rounds += 1
 
     def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         if not malicious.any():
             return updates
         p = updates.shape[1]
         s = self.sign_vector(p).to(updates.device, updates.dtype)
-        w = ctx.global_weights.to(updates.device, updates.dtype)
-        self.check_progress(w)
-        h = previous_aggregate(self.prev_weights, w, self.cfg.train.global_lr, updates)
+        h = None if self.history is None else self.history.to(updates.device, updates.dtype)
         out = updates.clone()
         if h is None:
             row = torch.zeros(p, dtype=updates.dtype, device=updates.device)
@@ -156,9 +181,7 @@ class PoisonedFL(Attack):
             v = v.abs()
             row = -self.scaling * h_norm * v / (v.norm() + 1e-9) * s
         out[malicious] = row
-        self.prev_weights = w.detach().cpu().clone()
         self.prev_update = row.detach().cpu().clone()
-        self.rounds += 1
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -175,6 +198,7 @@ class PoisonedFL(Attack):
         self.prev_weights = state.get("prev_weights")
         self.prev_update = state.get("prev_update")
         self.window_start = state.get("window_start")
+        self.history = None  # the next begin_round derives it from prev_weights
 
 
 # ----- DBA --------------------------------------------------------------------------------------
@@ -197,6 +221,8 @@ class DBAParams(BackdoorParams):
     bar_length: int = bounded(4, ge=1)  # bars: pixels per bar (MNIST 1x4; CIFAR-10 uses 6)
     bar_gap: int = bounded(2, ge=0)  # bars: gap between bars (MNIST 2; CIFAR-10 uses 3)
     scale: float | None = bounded(None, gt=0)  # None: no scaling (multi-shot DBA); the paper's single-shot uses 100
+    poison_lr: float | None = bounded(0.05, gt=0)  # utils/mnist_params.yaml: poison_lr 0.05 (None: train.local_lr)
+    poison_epochs: int | None = bounded(10, ge=1)  # ... internal_poison_epochs 10 (None: like the honest clients)
 
     def validate(self) -> None:
         """Cross-field: pattern square splits the trigger_size square into parts, so parts <= trigger_size."""
@@ -227,6 +253,15 @@ class DBA(Backdoor):
     Defaults follow the paper's MNIST configuration: 4 parts, target 2, 20 poisoned samples per
     batch of 64 (``poison_fraction`` 0.3125). Updates are sent as trained (the multi-shot attack);
     ``scale`` multiplies them like ``scaling`` does (the paper's single-shot attack used 100).
+
+    Attackers train at the reference's strength (``utils/mnist_params.yaml``): ``poison_lr``
+    0.05 for ``poison_epochs`` 10 local epochs, where honest clients run ``train.local_lr`` for
+    ``train.local_epochs``. Differences: the reference's optimizer adds momentum 0.9, weight
+    decay 5e-4 and a step decay (x0.1 at 20 % and 80 % of the epochs), which local SGD here does
+    not have; the element-wise ``train.grad_clip`` applies to attackers as to everyone; and the
+    trigger is stamped once on ``poison_fraction`` of the attacker's samples rather than on 20 of
+    every batch of 64. ``poison_lr: null, poison_epochs: null`` trains attackers like the honest
+    clients (this simulator's behaviour before issue 32).
 
     The client's rank comes from ``cfg`` (:func:`malicious_ids`, the simulation's own rule); a
     client id outside that set (a caller that poisons other clients) uses ``client % parts``.
@@ -309,6 +344,8 @@ class NeurotoxinParams(BackdoorParams):
     retain_ratio: float = bounded(0.99, gt=0, le=1)
     # benign (mean of this round's benign updates) | previous_global
     reference: Literal["benign", "previous_global"] = "benign"
+    poison_lr: float | None = bounded(0.02, gt=0)  # the authors' CIFAR-10 script at gradmask_ratio 0.99 (--poison_lr)
+    poison_epochs: int | None = bounded(10, ge=1)  # retrain_poison 10 (utils/*_params.yaml)
 
 
 @register_attack("neurotoxin")
@@ -331,11 +368,20 @@ class Neurotoxin(Backdoor):
     :math:`(w_{t-1} - w_t)/\eta`, the paper's no-knowledge estimate (round 1 falls back to the
     benign mean). :math:`|S| = \lfloor rP \rfloor` exactly (ties broken by ``torch.topk``).
 
-    Difference from the paper: it projects the gradient of every local SGD step (PGD); clients
+    Attackers train at the reference's strength: ``poison_epochs`` 10 local epochs (the
+    reference's ``retrain_poison``) at ``poison_lr`` 0.02 (its CIFAR-10 runs at gradmask_ratio
+    0.99; its EMNIST run at 0.95 uses 0.04), where honest clients run ``train.local_lr`` for
+    ``train.local_epochs``; ``null`` for either trains like the honest clients.
+
+    Differences from the paper: it projects the gradient of every local SGD step (PGD); clients
     train outside the attack here, so the trained update is projected once at the end. Steps
     taken from the same start with a fixed mask give an update that is zero outside S as well,
-    but the path inside S differs. The paper's attacker norm clipping is the server's defense in
-    its code, not part of the attack.
+    but the path inside S differs. The reference's optimizer adds momentum 0.9, weight decay and
+    a step decay, which local SGD here does not have. The paper's attacker norm clipping is the
+    server's defense in its code, not part of the attack. ``previous_global`` is the aggregate
+    of the round just before (:meth:`begin_round` records it every round, attackers sampled or
+    not); inside a fine-grained wrapper, whose base sees a coordinate subset, it falls back to
+    the benign mean.
     """
 
     Params = NeurotoxinParams
@@ -344,15 +390,16 @@ class Neurotoxin(Backdoor):
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
         super().__init__(params, cfg, num_classes)
         self.prev_weights: torch.Tensor | None = None
+        self.history: torch.Tensor | None = None  # the aggregate applied in the round before this one
+
+    def begin_round(self, round_idx: int, global_weights: torch.Tensor) -> None:
+        self.history, self.prev_weights = round_start(self.prev_weights, global_weights, self.cfg.train.global_lr)
 
     def reference_update(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
-        ref = None
-        if self.p.reference == "previous_global":
-            ref = previous_aggregate(self.prev_weights, ctx.global_weights, self.cfg.train.global_lr, updates)
-            self.prev_weights = ctx.global_weights.detach().cpu().clone()
-        if ref is None:
-            ref = benign_stats(updates, malicious)[1]
-        return ref
+        h = self.history
+        if self.p.reference == "previous_global" and h is not None and h.numel() == updates.shape[1]:
+            return h.to(updates.device, updates.dtype)
+        return benign_stats(updates, malicious)[1]
 
     def kept_coordinates(self, ref: torch.Tensor) -> torch.Tensor:
         """(P,) bool: the floor(r P) coordinates with the smallest |ref|."""

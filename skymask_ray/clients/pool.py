@@ -23,10 +23,11 @@ the Ray implementation and :class:`LocalClients` the in-process one.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import ray
@@ -44,11 +45,12 @@ from .training import SGDSettings, client_generator, client_mode, train_sequenti
 Poison = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, y, generator, client=k) -> (x, y)
 
 
-def sgd_settings(cfg: ExperimentConfig) -> SGDSettings:
-    """The clients' local SGD settings from the config."""
+def sgd_settings(cfg: ExperimentConfig, **overrides: Any) -> SGDSettings:
+    """The clients' local SGD settings from the config; ``overrides`` (an attack's ``poison_sgd()``) replace
+    some of them for the attackers."""
     t = cfg.train
-    return SGDSettings(lr=t.local_lr, batch_size=t.batch_size, epochs=t.local_epochs, steps=t.local_steps,
-                       grad_clip=t.grad_clip)
+    return dataclasses.replace(SGDSettings(lr=t.local_lr, batch_size=t.batch_size, epochs=t.local_epochs,
+                                           steps=t.local_steps, grad_clip=t.grad_clip), **overrides)
 
 
 class ClientWorker:
@@ -65,7 +67,9 @@ class ClientWorker:
         num_classes: int,
         poison: Poison | None = None,
         threads: int = 1,
+        poison_sgd: SGDSettings | None = None,
     ) -> None:
+        """``poison_sgd``: how the data-poisoned clients train (None: like the others)."""
         torch.set_num_threads(threads)
         # CUDA exactly when Ray gave this actor a GPU (the layout asked for one): then it must work, no CPU fallback
         in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
@@ -81,7 +85,7 @@ class ClientWorker:
         self.mode = client_mode(cfg.train.client_exec, self.device.type, self.has_buffers)
         if poison is None and any(poisoned):
             raise ValueError("poisoned clients need the attack's poison function")
-        self.poison = poison
+        self.poison, self.poison_sgd = poison, poison_sgd
         self.indices = dict(zip(clients, indices))
         self.poisoned = {k for k, bad in zip(clients, poisoned) if bad}
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = \
@@ -122,18 +126,35 @@ class ClientWorker:
         """Local SGD for ``client_ids`` from ``w``; returns their stacked updates (and buffers), in that order."""
         w_t = from_readonly(w).to(self.device)
         bufs = {n: from_readonly(b).to(self.device) for n, b in buffers.items()}
-        data = [self.client_data(k) for k in client_ids]
-        gens = [client_generator(self.cfg.seed, round_idx, k) for k in client_ids]
-        s = sgd_settings(self.cfg)
-        out_bufs: dict[str, np.ndarray] = {}
-        if self.mode == "vmap" and not self.has_buffers:
-            updates = train_vmap(self.model, self.spec, w_t, data, gens, s, self.cfg.train.vmap_chunk)
+        honest = sgd_settings(self.cfg)
+        groups: dict[SGDSettings, list[int]] = {}  # rows trained alike: the honest, and the attackers' own settings
+        for i, k in enumerate(client_ids):
+            groups.setdefault(self.poison_sgd if self.poison_sgd and k in self.poisoned else honest, []).append(i)
+        done = [(rows, *self._train(w_t, bufs, round_idx, [client_ids[i] for i in rows], s))
+                for s, rows in groups.items()]
+        if len(done) == 1:
+            _, updates, client_bufs = done[0]
         else:
-            updates, client_bufs = train_sequential(self.model, self.spec, w_t, data, gens, s, bufs)
-            if bufs and client_bufs:
-                out_bufs = {n: torch.stack([cb[n] for cb in client_bufs]).cpu().numpy() for n in bufs}
+            updates = torch.empty(len(client_ids), self.spec.numel, dtype=w_t.dtype, device=w_t.device)
+            client_bufs = [{} for _ in client_ids]
+            for rows, u, b in done:
+                updates[rows] = u
+                for i, cb in zip(rows, b):
+                    client_bufs[i] = cb
+        out_bufs: dict[str, np.ndarray] = {}
+        if bufs and client_bufs and client_bufs[0]:
+            out_bufs = {n: torch.stack([cb[n] for cb in client_bufs]).cpu().numpy() for n in bufs}
         return {"ids": list(client_ids), "updates": updates.cpu().numpy(), "buffers": out_bufs, "rss_mb": rss_mb(),
                 "pss_mb": pss_mb()}
+
+    def _train(self, w_t: torch.Tensor, bufs: dict[str, torch.Tensor], round_idx: int, ids: list[int],
+               s: SGDSettings) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Clients ``ids`` trained with ``s``: their (len(ids) x P) updates and buffers (none on the vmap path)."""
+        data = [self.client_data(k) for k in ids]
+        gens = [client_generator(self.cfg.seed, round_idx, k) for k in ids]
+        if self.mode == "vmap" and not self.has_buffers:
+            return train_vmap(self.model, self.spec, w_t, data, gens, s, self.cfg.train.vmap_chunk), []
+        return train_sequential(self.model, self.spec, w_t, data, gens, s, bufs)
 
     def sizes(self) -> dict[int, int]:
         return {k: len(idx) for k, idx in self.indices.items()}
@@ -149,6 +170,7 @@ class WorkerInit:
     cfg: ExperimentConfig
     num_classes: int
     poison: Poison | None
+    poison_sgd: SGDSettings | None = None
 
 
 class WorkerHost:
@@ -167,7 +189,7 @@ class WorkerHost:
         if self.worker is None:
             clients, indices, poisoned = init.shards.get()
             self.worker = ClientWorker(init.x.get(), init.y.get(), clients, indices, poisoned, init.cfg,
-                                       init.num_classes, init.poison)
+                                       init.num_classes, init.poison, poison_sgd=init.poison_sgd)
         return os.getpid()
 
     def train(self, init: WorkerInit, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int,
@@ -246,6 +268,7 @@ class ClientPool:
         worker_cpus: float = 1.0,
         poison: Poison | None = None,
         timeout_s: float = 3600.0,
+        poison_sgd: SGDSettings | None = None,
     ) -> None:
         """``workers``: a :class:`Layout` (workers pinned to its nodes, GPU workers with their GPU share, clients
         shared by the workers' weights) or a count of CPU workers of ``worker_cpus`` each, spread."""
@@ -269,8 +292,8 @@ class ClientPool:
                   for p in self.plans]
         self.shard_refs = [ray.put((ks, [parts[k] for k in ks], [poisoned[k] for k in ks]))
                            for ks in self.assignment]  # kept alive for restarts
-        self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ByRef(ref), cfg, num_classes, poison)
-                      for ref in self.shard_refs]
+        self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ByRef(ref), cfg, num_classes, poison,
+                                 poison_sgd) for ref in self.shard_refs]
         self.workers = [actor.remote() for actor in actors]
         self.owner = np.empty(self.n, dtype=np.int64)
         for i, ks in enumerate(self.assignment):
@@ -325,10 +348,11 @@ class LocalClients:
     """All clients in one in-process :class:`ClientWorker` (no Ray): the test backend."""
 
     def __init__(self, cfg: ExperimentConfig, x_train: np.ndarray, y_train: np.ndarray, parts: list[np.ndarray],
-                 poisoned: list[bool], num_classes: int, numel: int, poison: Poison | None = None) -> None:
+                 poisoned: list[bool], num_classes: int, numel: int, poison: Poison | None = None,
+                 poison_sgd: SGDSettings | None = None) -> None:
         self.numel = numel
         self.worker = ClientWorker(x_train, y_train, list(range(len(parts))), parts, poisoned, cfg, num_classes, poison,
-                                   threads=torch.get_num_threads())
+                                   threads=torch.get_num_threads(), poison_sgd=poison_sgd)
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
         out = self.worker.train(w.cpu().numpy(), {n: b.cpu().numpy() for n, b in buffers.items()}, round_idx, list(ids))

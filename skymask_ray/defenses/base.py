@@ -24,6 +24,7 @@ from .pre import check_pre, inner_context, map_back, pre_aggregate, split_pre
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
     from ..context import DefenseContext
+    from ..models import ParamSpec
 
 
 @dataclass
@@ -42,6 +43,34 @@ class NoParams:
     """A defense without parameters."""
 
 
+@dataclass(frozen=True)
+class DefenseSettings:
+    """All a defense object holds from the experiment: what a server knows before round 1.
+
+    Built once per run by :func:`defense_settings`. Never the ``ExperimentConfig``: that holds the
+    malicious fraction, the attacker selection and the run seed, from which
+    :func:`~skymask_ray.population.malicious_population` recomputes who the attackers are (the
+    ground truth a defense's TPR is scored against). ``seed`` is the defense's own stream, a
+    one-way hash of the run seed: a defense cannot read the run seed back, though one that
+    searched candidate seeds through :func:`~skymask_ray.seeding.child_seed` could still find a
+    small one; the seal is against reading the truth, not against a deliberate search.
+    """
+
+    params: dict[str, Any]  # defense_params as given (pre-aggregation keys included)
+    declared_f: int  # the f that f-based rules assume (declared, never the realised count)
+    cohort_size: int  # K: clients sampled per round (fewer rows reach the rule when some drop out or are invalid)
+    spec: "ParamSpec | None" = None  # the model's parameter layout
+    seed: int = 0  # root of the defense's own random streams (child_seed(run seed, "defense", "settings"))
+    fallback: str = "server"  # skymask: what to apply when no client shares the server's cluster (skymask.fallback)
+
+
+def defense_settings(cfg: "ExperimentConfig", spec: "ParamSpec | None" = None) -> DefenseSettings:
+    """The narrow, frozen settings of ``cfg``'s defense (see :class:`DefenseSettings`)."""
+    return DefenseSettings(params=dict(cfg.defense_params or {}), declared_f=cfg.num_declared_f,
+                           cohort_size=cfg.cohort_size, spec=spec, seed=child_seed(cfg.seed, "defense", "settings"),
+                           fallback=cfg.skymask.fallback)
+
+
 class Defense:
     """Base class. Subclasses set ``Params`` and implement :meth:`aggregate`.
 
@@ -49,7 +78,8 @@ class Defense:
     (``nnm`` | ``bucketing``) and ``bucket_size`` are split off before the defense's own ``Params``
     are parsed (in ``__init__`` and in every ``check``), and the instance's ``aggregate`` then runs
     the pre-aggregator first, aggregates its M rows, and maps ``accepted``/``weights`` back to the
-    N clients (``info["pre"]``, ``info["pre_rows"]``). The wrapped defense sees M rows and the same
+    N clients (``info["pre"]``, ``info["pre_rows"]``): a client is accepted iff its update is mixed
+    into an accepted row, under either pre-aggregator (:mod:`.pre`). The wrapped defense sees M rows and the same
     f: with ``bucketing`` (M = ceil(N/s) < N), defenses bounded in f clamp it to what M allows and
     record it, as they do for dropped rows; per-client ids reach it only under ``nnm``.
     """
@@ -59,10 +89,10 @@ class Defense:
     needs_server_update: ClassVar[bool] = False  # root-data defenses need g_0
     rejects: ClassVar[bool] = True  # False: accepts every client by construction, so TPR/FPR say nothing (shown "-")
 
-    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig") -> None:
-        params, self.pre = split_pre(params, f"defense {self.name!r}")
+    def __init__(self, settings: DefenseSettings) -> None:
+        params, self.pre = split_pre(settings.params, f"defense {self.name!r}")
         self.p = parse_params(self.Params, params, f"defense {self.name!r}")
-        self.cfg = cfg
+        self.settings = settings
         if self.pre is not None:
             self.aggregate = self._pre_then_aggregate  # type: ignore[method-assign]  (this instance only)
 
@@ -86,14 +116,18 @@ class Defense:
 
     def _pre_then_aggregate(self, updates: torch.Tensor, ctx: "DefenseContext") -> "Aggregate":
         """Pre-aggregate, run this defense's own ``aggregate`` on the mixed rows, map the answer back."""
-        mixed, origin = pre_aggregate(self.pre, updates, ctx)
+        mixed, mix = pre_aggregate(self.pre, updates, ctx, self.settings.seed)
         agg = type(self).aggregate(self, mixed, inner_context(ctx, self.pre, len(mixed)))
-        accepted, weights = map_back(origin, agg.accepted, agg.weights)
+        accepted, weights = map_back(mix, agg.accepted, agg.weights)
         info = {**agg.info, "pre": self.pre.pre, "pre_rows": len(mixed)}
         return Aggregate(agg.update, accepted, weights, info, agg.fallback)
 
     def aggregate(self, updates: torch.Tensor, ctx: "DefenseContext") -> Aggregate:
         raise NotImplementedError
+
+    def random_state(self, ctx: "DefenseContext", *path: object) -> int:
+        """A ``random_state`` for scikit-learn from the defense's own stream, the round and ``path``."""
+        return child_seed(self.settings.seed, ctx.round, *path) % 2**32
 
     def min_rows(self) -> int:
         """The fewest updates this rule can aggregate; a round with fewer applies no update."""
@@ -131,9 +165,9 @@ def all_accepted(updates: torch.Tensor) -> torch.Tensor:
     return torch.ones(len(updates), dtype=torch.bool, device=updates.device)
 
 
-def sklearn_seed(ctx: "DefenseContext", *path: object) -> int:
-    """A ``random_state`` for scikit-learn, derived from the run seed and the round."""
-    return child_seed(ctx.seed, "defense", ctx.round, *path) % 2**32
+def build_defense(cfg: "ExperimentConfig", spec: "ParamSpec | None" = None) -> Defense:
+    """``cfg``'s defense, holding only its :class:`DefenseSettings`."""
+    return DEFENSES.get(cfg.defense)(defense_settings(cfg, spec))
 
 
 def distances_to(updates: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
@@ -207,7 +241,7 @@ class BoundedDefense(Defense):
     def effective_f(self, n: int, f: int, info: dict[str, Any]) -> int:
         """Resolve f for this round's N = n rows and record a clamp in ``info``."""
         f = self.f_of(self.p, f)
-        dropped = self.cfg is not None and n < self.cfg.cohort_size
+        dropped = n < self.settings.cohort_size
         used = self.resolve_f(n, f, self.p.degrade or dropped, self.f_label(self.p))
         if used != f:
             info.update(f_assumed=f, f_used=used)

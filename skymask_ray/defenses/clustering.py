@@ -25,7 +25,7 @@ import torch
 from ..errors import ConfigError
 from ..linalg import centred_gram, pairwise_sq_distances
 from ..params import bounded, parse_params
-from .base import Aggregate, Defense, mean_of, register_defense, sklearn_seed
+from .base import Aggregate, Defense, mean_of, register_defense
 from .statistics import coordinate_median
 
 
@@ -143,7 +143,7 @@ class PcaKmeans(Defense):
         if len(updates) < 2:
             return Aggregate(updates.mean(dim=0), torch.ones(1, dtype=torch.bool, device=updates.device), None,
                              {"skipped": "one client: nothing to cluster"})
-        seed = sklearn_seed(ctx, "pca_kmeans")
+        seed = self.random_state(ctx, "pca_kmeans")
         gram = centred_gram(self._columns(updates, ctx)).cpu().numpy()
         coords = KernelPCA(n_components=2, kernel="precomputed", random_state=seed).fit_transform(gram)
         labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(coords)
@@ -277,7 +277,7 @@ class SignGuard(Defense):
         b = max(1, int(round(self.p.coord_fraction * p)))
         coords = torch.randperm(p, generator=ctx.generator, device=ctx.generator.device)[:b].to(updates.device)
         feats = sign_features(updates[:, coords]).cpu().numpy()
-        s2 = torch.as_tensor(_largest_cluster(feats, self.p.cluster, sklearn_seed(ctx, "signguard")), device=updates.device)
+        s2 = torch.as_tensor(_largest_cluster(feats, self.p.cluster, self.random_state(ctx, "signguard")), device=updates.device)
         accepted = s1 & s2
         info = {"norm_rejected": int((~s1).sum()), "sign_rejected": int((~s2).sum()), "clip_norm": med}
         if not accepted.any():

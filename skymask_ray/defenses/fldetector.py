@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..params import bounded
-from .base import Aggregate, Defense, all_accepted, mean_of, register_defense, sklearn_seed
+from .base import Aggregate, Defense, all_accepted, mean_of, register_defense
 
 
 def lbfgs_hvp(s: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -109,8 +109,8 @@ class FLDetector(Defense):
 
     Params = FLDetectorParams
 
-    def __init__(self, params, cfg) -> None:
-        super().__init__(params, cfg)
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
         self.prev_weights: torch.Tensor | None = None
         self.prev_aggregate: torch.Tensor | None = None
         self.prev_updates: torch.Tensor | None = None  # (population x P), row = client id
@@ -188,7 +188,7 @@ class FLDetector(Defense):
         """Boolean mask of flagged clients: none if the gap statistic sees one cluster."""
         from sklearn.cluster import KMeans
 
-        seed = sklearn_seed(ctx, "fldetector")
+        seed = self.random_state(ctx, "fldetector")
         if gap_statistic(scores, self.p.k_max, self.p.gap_samples, seed) <= 1:
             return np.zeros(len(scores), dtype=bool)
         labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(scores.reshape(-1, 1))

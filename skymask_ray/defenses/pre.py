@@ -1,25 +1,29 @@
 r"""Pre-aggregators: transforms of the N x P update matrix that run before any defense.
 
-Each is a pure function ``(updates, f, generator, **params) -> (mixed, origin)`` registered in
-:data:`PRE_AGGREGATORS`. ``mixed`` (M x P) is what the defense aggregates; ``origin`` (M x N, bool)
-says which clients each output row stands for, so the defense's accepted set (and weights) can be
-mapped back to the N clients: client i is accepted iff some row it stands for is accepted, and its
-weight is the sum of those rows' weights.
+Each is a pure function ``(updates, f, generator, **params) -> (mixed, mix)`` registered in
+:data:`PRE_AGGREGATORS`: ``mixed = mix @ updates`` (M x P) is what the defense aggregates, and
+``mix`` (M x N, rows summing to 1) says how much of each client's update is in each row.
 
 * ``nnm`` (Allouah et al., "Fixing by Mixing: A Recipe for Optimal Byzantine ML under
   Heterogeneity", AISTATS 2023): row i becomes the mean of its N - f nearest neighbours
-  (Euclidean, itself included), :math:`y_i = \frac{1}{N-f}\sum_{j \in \mathcal N_i} x_j`. M = N
-  and row i stands for client i (``origin`` is the identity), although it mixes its neighbours:
-  accepting row i accepts client i only.
+  (Euclidean, itself included), :math:`y_i = \frac{1}{N-f}\sum_{j \in \mathcal N_i} x_j`;
+  M = N and :math:`\text{mix}_{ij} = 1/(N-f)` for :math:`j \in \mathcal N_i`.
 * ``bucketing`` (Karimireddy, He and Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets
   via Bucketing", ICLR 2022): shuffle the rows with a seeded permutation :math:`\pi` and average
   consecutive buckets of ``bucket_size`` s, :math:`y_j = \frac1s \sum_{i=js+1}^{(j+1)s}
   x_{\pi(i)}`; a last incomplete bucket is averaged over its own members (as ByzFL does).
-  M = :math:`\lceil N/s\rceil`; a bucket stands for all its members, so accepting a bucket
-  accepts every member (a malicious client that shares an accepted bucket counts as accepted:
-  its update did reach the aggregate, diluted).
+  M = :math:`\lceil N/s\rceil`.
 
 Both follow ByzFL's definitions (github.com/LPD-EPFL/byzfl, ``aggregators/preaggregators.py``).
+
+Verdicts (what TPR/FPR count), the same for both: the defense judges rows, and a *client* is
+accepted iff its own update reaches the aggregate, i.e. it is mixed into at least one accepted
+row (:math:`\sum_j \text{mix}_{ji} [\text{row } j \text{ accepted}] > 0`); its weight is its
+share of the aggregate, :math:`\sum_j \text{mix}_{ji} w_j`. Under ``nnm`` a client whose own
+row is rejected is still accepted when it is among the nearest neighbours of an accepted row
+(its update was averaged in), and an attacker is rejected only if no accepted row mixes it in;
+under ``bucketing`` every member of an accepted bucket is accepted (a malicious client that
+shares an accepted bucket did reach the aggregate, diluted).
 
 In a config: ``defense_params: {pre: nnm}`` or ``{pre: bucketing, bucket_size: 2}`` with any
 defense; :class:`~skymask_ray.defenses.base.Defense` strips these keys before its own parameters
@@ -51,7 +55,8 @@ PRE_KEYS = ("pre", "bucket_size")  # the defense_params keys that belong to the 
 
 @PRE_AGGREGATORS.register("nnm")
 def nnm(updates: torch.Tensor, f: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest-neighbour mixing: each row replaced by the mean of its N - f nearest rows (itself included)."""
+    """Nearest-neighbour mixing: each row replaced by the mean of its N - f nearest rows (itself included);
+    returns (mixed rows, the N x N mixing matrix)."""
     n = len(updates)
     k = max(1, n - max(int(f), 0))
     d = pairwise_sq_distances(updates).double()
@@ -59,22 +64,22 @@ def nnm(updates: torch.Tensor, f: int, generator: torch.Generator | None = None)
     neighbours = torch.topk(d, k, dim=1, largest=False).indices
     mix = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)
     mix.scatter_(1, neighbours, 1.0 / k)
-    origin = torch.eye(n, dtype=torch.bool, device=updates.device)
-    return mix @ updates, origin
+    return mix @ updates, mix
 
 
 @PRE_AGGREGATORS.register("bucketing")
 def bucketing(updates: torch.Tensor, f: int, generator: torch.Generator | None = None,
               bucket_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shuffle (``generator``), then average consecutive buckets of ``bucket_size`` rows."""
+    """Shuffle (``generator``), then average consecutive buckets of ``bucket_size`` rows; returns (mixed rows,
+    the M x N mixing matrix)."""
     n = len(updates)
     perm = torch.randperm(n, generator=generator).to(updates.device)
     buckets = perm.split(bucket_size)
-    origin = torch.zeros(len(buckets), n, dtype=torch.bool, device=updates.device)
+    member = torch.zeros(len(buckets), n, dtype=torch.bool, device=updates.device)
     for j, members in enumerate(buckets):
-        origin[j, members] = True
-    mix = origin.to(updates.dtype) / origin.sum(1, keepdim=True).to(updates.dtype)
-    return mix @ updates, origin
+        member[j, members] = True
+    mix = member.to(updates.dtype) / member.sum(1, keepdim=True).to(updates.dtype)
+    return mix @ updates, mix
 
 
 @dataclass
@@ -106,17 +111,19 @@ def split_pre(params: dict[str, Any] | None, owner: str) -> tuple[dict[str, Any]
     return params, pre
 
 
-def pre_aggregate(pre: PreParams, updates: torch.Tensor, ctx: "DefenseContext") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the configured pre-aggregator; the shuffle uses its own stream (seed, "pre", round), so the
-    defense's ``ctx.generator`` draws are the same with or without it."""
-    gen = torch_generator(ctx.seed, "pre", ctx.round)
+def pre_aggregate(pre: PreParams, updates: torch.Tensor, ctx: "DefenseContext", seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the configured pre-aggregator; the shuffle uses its own stream (the defense's ``seed``, "pre",
+    round), so the defense's ``ctx.generator`` draws are the same with or without it."""
+    gen = torch_generator(seed, "pre", ctx.round)
     return PRE_AGGREGATORS.get(pre.pre)(updates, ctx.declared_f, gen, **pre.kwargs())
 
 
-def map_back(origin: torch.Tensor, accepted: torch.Tensor, weights: torch.Tensor | None
+def map_back(mix: torch.Tensor, accepted: torch.Tensor, weights: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The rows' accepted set (M,) and weights (M,) as the N clients' (see the module docstring)."""
-    o = origin.to(torch.float64)
+    """The rows' verdicts as the N clients': accepted (N,) iff mixed into an accepted row, weight (N,) the
+    client's share of the aggregate (see the module docstring)."""
+    o = mix.to(torch.float64)
     acc = (o.T @ accepted.to(device=o.device, dtype=torch.float64)) > 0
     w = None if weights is None else (o.T @ weights.to(device=o.device, dtype=torch.float64)).to(weights.dtype)
     return acc.to(accepted.device), w

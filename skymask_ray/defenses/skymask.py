@@ -47,6 +47,6 @@ class SkyMask(Defense):
         }
         if accepted.any():
             return Aggregate(mean_of(updates, accepted), accepted, None, info)
-        if self.cfg.skymask.fallback == "fedavg":
+        if self.settings.fallback == "fedavg":
             return Aggregate(updates.mean(0), accepted, None, info, fallback=True)
         return Aggregate(ctx.server_update.to(updates.device).clone(), accepted, None, info, fallback=True)

@@ -201,8 +201,8 @@ class CenteredClipping(Defense):
 
     Params = CenteredClippingParams
 
-    def __init__(self, params, cfg) -> None:
-        super().__init__(params, cfg)
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
         self.center: torch.Tensor | None = None
 
     def aggregate(self, updates, ctx):

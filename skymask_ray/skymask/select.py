@@ -85,6 +85,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import SELECT_RULES, SkyMaskConfig
+from ..seeding import child_seed
 
 if TYPE_CHECKING:
     from sklearn.mixture import GaussianMixture
@@ -218,8 +219,18 @@ def cluster_from_gram(gram: np.ndarray, seed: int, rule: str = "gmm2", min_silho
     return Clustering(labels == labels[0], coords, labels, False)
 
 
-def select_masks(gram: np.ndarray, seed: int, cfg: SkyMaskConfig) -> Clustering:
+def cluster_state(seed: int, round_idx: int) -> int:
+    """The clustering's scikit-learn ``random_state`` in round ``round_idx`` of seed ``seed``: its own child
+    stream, so every (seed, round) pair gets a different state (``seed + round`` gave seed s, round r + 1
+    the state of seed s + 1, round r)."""
+    return child_seed(seed, "cluster", round_idx) % 2**32
+
+
+def select_masks(gram: np.ndarray, seed: int, cfg: SkyMaskConfig, round_idx: int | None = None) -> Clustering:
     """:func:`cluster_from_gram` under the config's rule, threshold, restarts and neighbours: the server's
-    selection, which the white-box attacks replay exactly."""
-    return cluster_from_gram(gram, seed, rule=cfg.select, min_silhouette=cfg.min_silhouette, restarts=cfg.gmm_restarts,
+    selection, which the white-box attacks replay exactly. With ``round_idx`` the random state is
+    :func:`cluster_state` (seed, round) (the server); without it ``seed`` is the state itself (callers that
+    draw their own states, such as the adaptive attack)."""
+    state = seed if round_idx is None else cluster_state(seed, round_idx)
+    return cluster_from_gram(gram, state, rule=cfg.select, min_silhouette=cfg.min_silhouette, restarts=cfg.gmm_restarts,
                              neighbors=cfg.neighbors, max_conductance=cfg.max_conductance)

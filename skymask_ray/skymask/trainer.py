@@ -178,7 +178,7 @@ def train_and_select(
     t1 = time.perf_counter()
     gram = shards.gram().cpu().numpy()
     on = np.diag(gram) / numel  # a mask's bits on = its own inner product
-    result = select_masks(gram, int(seed + round_idx), cfg)
+    result = select_masks(gram, seed, cfg, round_idx)
     t2 = time.perf_counter()
     return MaskSelection(
         accepted=result.benign[1:].copy(), coords=result.coords, labels=result.labels, losses=losses,

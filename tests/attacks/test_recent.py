@@ -29,11 +29,13 @@ def build(name: str, params: dict | None = None, num_classes: int = 10, **cfg_kw
 
 
 def run_rounds(attack, updates, mal, rounds, global_lr=0.5, start=None, drift=None):
-    """Apply the attack for ``rounds`` rounds with a FedAvg server; returns the outputs and weights seen."""
+    """Run the attack for ``rounds`` rounds as the round loop does (begin_round, then apply) with a FedAvg
+    server; returns the outputs and weights seen."""
     w = torch.zeros(updates.shape[1], dtype=updates.dtype) if start is None else start.clone()
     outs, ws = [], []
     for r in range(1, rounds + 1):
         ctx = dataclasses.replace(make_ctx(updates, mal), round=r, global_weights=w.clone())
+        attack.begin_round(r, w.clone())
         out = attack.apply(updates, mal, ctx)
         outs.append(out)
         ws.append(w.clone())
@@ -94,14 +96,18 @@ def test_poisonedfl_state_round_trips_through_a_weights_only_checkpoint():
     for r in (4, 5):  # the next rounds agree, including a progress check (round 5, window 2)
         ctx_a = dataclasses.replace(make_ctx(updates, mal), global_weights=w.clone())
         ctx_b = dataclasses.replace(make_ctx(updates, mal), global_weights=w.clone())
+        a.begin_round(r, w.clone())
+        b.begin_round(r, w.clone())
         out_a, out_b = a.apply(updates, mal, ctx_a), b.apply(updates, mal, ctx_b)
         assert torch.equal(out_a, out_b)
         w = w - 0.5 * out_a.mean(0)
     assert a.scaling == b.scaling and a.rounds == b.rounds == 5
     # a fresh attack differs: the state matters
     c = build("poisonedfl", {"window": 2})
+    c.begin_round(6, w.clone())
+    a.begin_round(6, w.clone())
     ctx = dataclasses.replace(make_ctx(updates, mal), global_weights=w.clone())
-    assert not torch.equal(c.apply(updates, mal, ctx), a.apply(updates, mal, make_ctx(updates, mal)))
+    assert not torch.equal(c.apply(updates, mal, ctx), a.apply(updates, mal, ctx))
 
 
 def test_poisonedfl_shrinks_c_only_without_progress():
@@ -146,7 +152,7 @@ def bar_mask(part: int, h: int = 12, w: int = 12) -> torch.Tensor:
 
 @pytest.mark.parametrize("client", [0, 1, 2, 3, 4, 5, 6])
 def test_dba_attacker_stamps_only_its_part(client):
-    attack = build("dba", clients=10, fraction=0.7)  # malicious 0..6 ("first")
+    attack = build("dba", clients=10, fraction=0.7, malicious_selection="first")  # malicious 0..6
     assert attack.trains and attack.target == 2
     x, y = torch.zeros(64, 1, 12, 12), torch.arange(64) % 10
     x2, y2 = attack.poison_data(x, y, torch.Generator().manual_seed(0), client=client)
@@ -198,7 +204,7 @@ def test_dba_through_the_client_worker_call_site():
     """ClientWorker passes each client's id: client k's poisoned samples carry part k."""
     from skymask_ray.clients.pool import ClientWorker
 
-    cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, fraction=0.75, model="mlp")
+    cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, fraction=0.75, model="mlp", malicious_selection="first")
     x = np.zeros((16, 1, 12, 12), dtype=np.float32)
     y = (np.arange(16) % 10).astype(np.int64)
     idx = [np.arange(4 * k, 4 * k + 4) for k in range(3)]
@@ -261,18 +267,26 @@ def test_neurotoxin_previous_global_reference():
     updates[mal] = 1.0
     attack = build("neurotoxin", {"reference": "previous_global", "retain_ratio": 0.9}, clients=n)
     ctx = make_ctx(updates, mal)
+    attack.begin_round(1, ctx.global_weights)
     attack.apply(updates, mal, ctx)  # round 1: benign mean
     mu = updates[~mal].mean(0)
     assert torch.equal(attack.last_kept, attack.kept_coordinates(mu))
-    step = torch.randn(p, dtype=updates.dtype)
-    ctx2 = dataclasses.replace(make_ctx(updates, mal), global_weights=ctx.global_weights - 0.5 * step)
     state = attack.state_dict()
-    attack.apply(updates, mal, ctx2)
-    torch.testing.assert_close(attack.last_kept.float(), attack.kept_coordinates(step).float())
-    assert not torch.equal(attack.last_kept, attack.kept_coordinates(mu))
+    steps = [torch.randn(p, dtype=updates.dtype) for _ in range(2)]
+    w2 = ctx.global_weights - 0.5 * steps[0]
+    w3 = w2 - 0.5 * steps[1]
+    attack.begin_round(2, w2)  # a round without attackers: no apply, but the history moves on
+    attack.begin_round(3, w3)
+    ctx3 = dataclasses.replace(make_ctx(updates, mal), global_weights=w3)
+    attack.apply(updates, mal, ctx3)
+    # the reference is the aggregate of the round just before (round 2's), not the change since round 1
+    torch.testing.assert_close(attack.last_kept.float(), attack.kept_coordinates(steps[1]).float())
+    assert not torch.equal(attack.last_kept, attack.kept_coordinates(steps[0] + steps[1]))
     other = build("neurotoxin", {"reference": "previous_global", "retain_ratio": 0.9}, clients=n)
-    other.load_state_dict(state)
-    other.apply(updates, mal, ctx2)
+    other.load_state_dict(state)  # resumed after round 1
+    other.begin_round(2, w2)
+    other.begin_round(3, w3)
+    other.apply(updates, mal, ctx3)
     assert torch.equal(other.last_kept, attack.last_kept)
 
 

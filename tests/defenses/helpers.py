@@ -8,7 +8,7 @@ import torch
 
 from skymask_ray.config import ExperimentConfig
 from skymask_ray.context import DefenseContext
-from skymask_ray.defenses import DEFENSES, Defense
+from skymask_ray.defenses import DEFENSES, Defense, defense_settings
 from skymask_ray.models import ParamSpec
 
 
@@ -26,7 +26,7 @@ def make_ctx(updates: torch.Tensor, f: int, round: int = 1, seed: int = 0, **kw:
     weights = kw.pop("global_weights", None)
     return DefenseContext(
         round=round, global_weights=torch.zeros(p) if weights is None else weights, spec=spec, num_clients=n,
-        declared_f=f, generator=torch.Generator().manual_seed(1000 * seed + round), seed=seed, **kw,
+        declared_f=f, generator=torch.Generator().manual_seed(1000 * seed + round), **kw,
     )
 
 
@@ -35,4 +35,4 @@ def make_defense(name: str, n: int, f: int, params: dict[str, Any] | None = None
     cfg = make_cfg(n, f, name, params)
     cls = DEFENSES.get(name)
     cls.check(cfg)
-    return cls(cfg.defense_params, cfg)
+    return cls(defense_settings(cfg))

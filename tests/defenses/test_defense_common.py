@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skymask_ray.defenses import DEFENSES
+from skymask_ray.defenses import DEFENSES, defense_settings
 from skymask_ray.defenses.base import BoundedDefense
 from skymask_ray.errors import ConfigError
 
@@ -68,7 +68,7 @@ def test_fltrust_weights_are_relu_cosines(defense, ctx):
 def test_one_remaining_row_gives_a_step_or_a_clear_error(name, ctx):
     """The loop drops NaN/Inf rows; a defense left with one row either aggregates it or names its assumption."""
     cls = DEFENSES.get(name)
-    d = cls({}, make_cfg(5, 0, name))
+    d = cls(defense_settings(make_cfg(5, 0, name)))
     x = torch.randn(1, 8)
     if issubclass(cls, BoundedDefense) and cls.max_f(1) < 0:
         with pytest.raises(ConfigError, match="assumes"):

@@ -1,5 +1,6 @@
 """krum, multi_krum and bulyan: planted answers, brute-force references, assumption errors."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -137,7 +138,7 @@ def test_degrade_clamps_f_and_records_it(defense, ctx):
 def test_runtime_violation_without_degrade_is_a_clear_error(defense, ctx):
     x = torch.randn(10, 3)
     bulyan = defense("bulyan", 11, 2)
-    bulyan.cfg.clients = 10  # the run has 10 clients but the context claims f = 3
+    bulyan.settings = dataclasses.replace(bulyan.settings, cohort_size=10)  # 10 clients, but the context claims f = 3
     with pytest.raises(ConfigError, match="N >= 4f \\+ 3"):
         bulyan.aggregate(x, ctx(x, 3))
 

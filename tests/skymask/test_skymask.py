@@ -464,7 +464,7 @@ def test_single_component_reaches_the_round_info():
     from skymask_ray.config import ExperimentConfig
     from skymask_ray.experiment import build_config
     from skymask_ray.context import DefenseContext
-    from skymask_ray.defenses import DEFENSES
+    from skymask_ray.defenses import build_defense
     from skymask_ray.errors import ConfigError
     from skymask_ray.skymask.trainer import train_and_select
 
@@ -481,7 +481,7 @@ def test_single_component_reaches_the_round_info():
     assert not picks["gmm2"].single_component and not picks["gmm2"].accepted.all()
 
     cfg = ExperimentConfig(clients=30, defense="skymask")
-    defense = DEFENSES.get("skymask")(None, cfg)
+    defense = build_defense(cfg)
     updates = torch.randn(30, 3)
     ctx = DefenseContext(round=1, global_weights=torch.zeros(3), spec=None, num_clients=30, declared_f=0,
                        generator=torch.Generator(), server_update=torch.zeros(3),
