@@ -102,7 +102,7 @@ class Simulation:
         self._setup_model()
         joining = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
         if not joining:  # before the split and before Ray: nothing big exists yet
-            check_fits(self._memory_estimate(), available_memory(), "this machine")
+            check_fits(self.memory_estimate(), available_memory(), "this machine")
         self._setup_data()
         self.start_round = 1
         if ckpt is not None:
@@ -112,7 +112,7 @@ class Simulation:
         try:
             if joining:
                 res = ray.cluster_resources()
-                check_fits(self._memory_estimate(int(res.get("CPU", 1))),
+                check_fits(self.memory_estimate(int(res.get("CPU", 1))),
                            int(res.get("memory", 0) + res.get("object_store_memory", 0)), "the cluster")
             self._setup_actors(local_clients)
         except BaseException:
@@ -128,7 +128,7 @@ class Simulation:
             cb.on_setup(self, phase)
 
     # ----- setup -------------------------------------------------------------------------------
-    def _memory_estimate(self, cpus: int | None = None) -> MemoryEstimate:
+    def memory_estimate(self, cpus: int | None = None) -> MemoryEstimate:
         """The run's peak memory (:mod:`skymask_ray.preflight`) with the workers it will start (one per CPU of
         this machine, or of the cluster's ``cpus``, unless ``workers`` is set)."""
         d, cfg = self.data, self.cfg
