@@ -7,11 +7,12 @@ Layers, bottom to top; a module imports only from its own layer or below
 1. config (typed dataclasses, no registries), runtime (Ray start, layout), models, results (the
    round row), population (cohorts, dropouts), run_folder (a run's files), context (what an
    attack / a defense may read)
-2. data (datasets, partitions), evaluation
+2. data (datasets, partitions, seeded clients), evaluation
 3. clients (local training, the client pool), skymask (masks, the trainer actor, the server
    service), attacks, defenses: each family in a registry
 4. experiment (a config checked against the registries), simulation (the round loop),
-   recorders (rows, masks, checkpoints as round callbacks)
+   recorders (rows, masks, checkpoints as round callbacks), preflight (a run's memory, estimated
+   before Ray starts)
 5. tables (a study's tables from its rows), study (a study file: cells, narrowing, its rows), bench
    (running a study's cells), pages (a study's section, the results page), report (plots)
 6. cli

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +30,26 @@ from .clients.pool import ClientBackend, ClientPool, LocalClients, sgd_settings
 from .clients.training import SGDSettings, client_mode, num_steps
 from .config import ExperimentConfig, config_hash
 from .context import AttackContext, DefenseContext
-from .data import load_dataset, split_clients, split_root
+from .data import ShardTable, client_shards, load_dataset, split_root
+from .data.shards import seeded
 from .defenses import build_defense
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
 from .linalg import finite_rows
 from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
+from .preflight import MemoryEstimate, available_memory, check_fits, estimate_memory, planned_workers
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import LayoutRecorder, init_ray, process_age_s, pss_mb, reset_peak_rss, rss_mb, setup_layout
+from .runtime import LayoutRecorder, init_ray, process_age_s, pss_mb, ray_failure, reset_peak_rss, rss_mb, setup_layout
 from .seeding import child_seed, numpy_rng, torch_generator
 from .skymask.service import ServerService
 
 log = logging.getLogger(__name__)
+
+# the run's actor classes as a one-line error names them (Ray's report names the class)
+ACTORS = (("MaskTrainer", "the server's mask trainer"), ("ShardWorker", "a mask shard worker"),
+          ("WorkerHost", "a client worker"))
 
 
 @dataclass
@@ -95,17 +100,25 @@ class Simulation:
         reset_peak_rss()
         self.setup_s: dict[str, float] = {"interpreter_and_imports": process_age_s()}  # where set-up time goes
         t = time.perf_counter()
-        self._setup_data()
+        self.data = load_dataset(cfg.data, cfg.seed)
         t = self._lap("data", t)
         self._setup_model()
+        joining = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+        if not joining:  # before the split and before Ray: nothing big exists yet
+            check_fits(self.memory_estimate(), available_memory(), "this machine")
+        self._setup_data()
         self.start_round = 1
         if ckpt is not None:
             self._restore(ckpt)
         self.recorder.start(self.start_round)
-        t = self._lap("model", t)
+        t = self._lap("model_and_split", t)
         self.started_ray = init_ray(cfg.address, connect_timeout_s=cfg.connect_timeout_s)
         t = self._lap("ray_start", t)
         try:
+            if joining:
+                res = ray.cluster_resources()
+                check_fits(self.memory_estimate(int(res.get("CPU", 1))),
+                           int(res.get("memory", 0) + res.get("object_store_memory", 0)), "the cluster")
             self._setup_actors(local_clients, t)
         except BaseException:
             self.close()  # what set-up started (trainer, placement group, workers) must not outlive it
@@ -126,20 +139,40 @@ class Simulation:
             cb.on_setup(self, phase)
 
     # ----- setup -------------------------------------------------------------------------------
-    def _setup_data(self) -> None:
+    def memory_estimate(self, cpus: int | None = None) -> MemoryEstimate:
+        """The run's peak memory (:mod:`skymask_ray.preflight`) with the workers it will start (one per CPU of
+        this machine, or of the cluster's ``cpus``, unless ``workers`` is set)."""
+        d, cfg = self.data, self.cfg
+        workers = planned_workers(cfg, self._trained_at_once(), cpus)
+        return estimate_memory(cfg, d.x_train.nbytes + d.y_train.nbytes, d.x_test.nbytes + d.y_test.nbytes,
+                               len(d.y_train), self.spec.numel, workers)
+
+    def _trained_at_once(self) -> int:
+        """Clients the pool may train at once: every client of a table, a seeded population's cohort."""
         cfg = self.cfg
-        self.data = load_dataset(cfg.data, cfg.seed)
+        return cfg.cohort_size if seeded(cfg.clients, cfg.data, len(self.data.y_train) - cfg.data.root_size) \
+            else cfg.clients
+
+    def _setup_data(self) -> None:
+        """The root set, the clients' shards (a split table, or seeded clients: O(data) whatever N) and the
+        population's attackers (O(attackers))."""
+        cfg = self.cfg
         rng = numpy_rng(cfg.seed, "partition")
         root, rest = split_root(self.data.y_train, cfg.data.root_size, cfg.data.root_p, self.data.num_classes, rng)
         self.root = (torch.from_numpy(self.data.x_train[root]), torch.from_numpy(self.data.y_train[root]))
-        self.parts = split_clients(self.data.y_train, rest, cfg.clients, cfg.data, self.data.num_classes, rng,
-                                   self.data.groups)
+        self.shards = client_shards(self.data.y_train, rest, cfg.clients, cfg.data, self.data.num_classes, rng,
+                                    cfg.seed, self.data.groups)
         mal = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
         self.population = Population(mal, cfg.cohort_size, cfg.sampling, cfg.malicious_fraction, cfg.dropout, cfg.seed)
-        self.malicious = torch.from_numpy(mal)
         self.x_test = torch.from_numpy(self.data.x_test)
         self.y_test = torch.from_numpy(self.data.y_test)
-        self._phase(f"data: {cfg.data.dataset}, {len(self.data.y_train)} training samples over {cfg.clients} clients")
+        s = sgd_settings(cfg)
+        steps = num_steps(self.shards.median_size(), s) or 1
+        self.server_sgd = SGDSettings(lr=s.lr, batch_size=s.batch_size, grad_clip=s.grad_clip,
+                                      steps=steps if cfg.train.server_budget == "matched" else None, epochs=1)
+        how = "" if isinstance(self.shards, ShardTable) else f", {cfg.data.samples_per_client} each, seeded per client"
+        self._phase(f"data: {cfg.data.dataset}, {len(self.data.y_train)} training samples over {cfg.clients} "
+                    f"clients{how}")
 
     def _setup_model(self) -> None:
         cfg = self.cfg
@@ -149,16 +182,12 @@ class Simulation:
         self.buffers = buffers_of(self.model)
         self.attack = ATTACKS.get(cfg.attack)(cfg.attack_params, cfg, self.data.num_classes)
         self.defense = build_defense(cfg, self.spec)  # its settings only: never cfg, the run seed or the truth
-        s = sgd_settings(cfg)
-        sizes = [len(p) for p in self.parts]
-        steps = statistics.median_low([num_steps(n, s) for n in sizes]) or 1
-        self.server_sgd = SGDSettings(lr=s.lr, batch_size=s.batch_size, grad_clip=s.grad_clip,
-                                      steps=steps if cfg.train.server_budget == "matched" else None, epochs=1)
         self.needs_server = self.defense.needs_server_update or self.attack.needs_server_update
 
     def _setup_actors(self, local_clients: bool, t: float) -> None:
         cfg = self.cfg
-        self.layout, self.pg = setup_layout(cfg.workers, cfg.clients, cfg.device, workers_per_gpu=cfg.workers_per_gpu,
+        self.layout, self.pg = setup_layout(cfg.workers, self._trained_at_once(), cfg.device,
+                                            workers_per_gpu=cfg.workers_per_gpu,
                                             model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
         t = self._lap("layout", t)
         # the server's streams (g_0, mask training, clustering) hang off a seed derived from the run seed: the mask
@@ -166,10 +195,11 @@ class Simulation:
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
                                     cfg.device, self.layout, self.pg, child_seed(cfg.seed, "server"),
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
-        poisoned = [bool(m) and self.attack.trains for m in self.population.malicious.tolist()]
-        poison = self.attack.poison_data if any(poisoned) else None
+        poisons = self.attack.trains and self.population.malicious.count > 0
+        poisoned = self.population.malicious if poisons else frozenset()
+        poison = self.attack.poison_data if poisons else None
         poison_sgd = sgd_settings(cfg, **self.attack.poison_sgd()) if poison and self.attack.poison_sgd() else None
-        args = (cfg, self.data.x_train, self.data.y_train, self.parts, poisoned, self.data.num_classes,
+        args = (cfg, self.data.x_train, self.data.y_train, self.shards, poisoned, self.data.num_classes,
                 self.spec.numel)
         self.clients: ClientBackend = LocalClients(*args, poison, poison_sgd) if local_clients else \
             ClientPool(*args, self.layout, poison=poison, poison_sgd=poison_sgd)
@@ -209,7 +239,7 @@ class Simulation:
         cohort = self.population.cohort(r)
         dropped = self.population.dropped(cohort, r)
         ids = cohort[~dropped]
-        mal = self.malicious[torch.from_numpy(ids)]
+        mal = torch.from_numpy(self.population.is_malicious(ids))
         k = len(ids)
 
         # 1-2. broadcast and local training (model-poisoning attackers skip the work)
@@ -301,7 +331,7 @@ class Simulation:
             mask_on_mean=info.get("mask_on_mean"), mask_steps=len(info.get("mask_losses", [])) or None,
             t_mask_train=info.get("t_mask_train"), t_mask_cluster=info.get("t_mask_cluster"),
             single_component=info.get("single_component"),
-            cohort=len(cohort), malicious_in_cohort=int(self.malicious[torch.from_numpy(cohort)].sum()),
+            cohort=len(cohort), malicious_in_cohort=int(self.population.is_malicious(cohort).sum()),
             dropped=int(dropped.sum()), declared_f=cfg.num_declared_f, skipped=skipped,
             config=self.config_record, config_hash=self.hash, version=__version__,
         )
@@ -311,7 +341,12 @@ class Simulation:
     def run(self) -> Path:
         """Run the remaining rounds; returns the path of rounds.parquet."""
         for r in range(self.start_round, self.cfg.rounds + 1):
-            result = self.run_round(r)
+            try:
+                result = self.run_round(r)
+            except ray.exceptions.RayError as exc:  # e.g. the mask trainer killed for lack of memory
+                who = next((name for cls, name in ACTORS if cls in str(exc)), "a Ray actor")
+                err = ray_failure(exc, f"round {r}", who)
+                raise RunError(f"{err} (rounds before {r} are kept in {self.folder.rounds})") from None
             for cb in self.callbacks:
                 cb.on_round_end(self, result)
         return self.folder.rounds

@@ -19,7 +19,7 @@ LAYERS = {
     "config": 1, "runtime": 1, "models": 1, "results": 1, "population": 1, "run_folder": 1, "context": 1,
     "data": 2, "evaluation": 2,
     "clients": 3, "skymask": 3, "attacks": 3, "defenses": 3,
-    "experiment": 4, "simulation": 4, "recorders": 4,
+    "experiment": 4, "simulation": 4, "recorders": 4, "preflight": 4,
     "tables": 5, "study": 5, "bench": 5, "pages": 5, "report": 5,
     "cli": 6,
 }

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skymask_ray.config import DataConfig
-from skymask_ray.data.partition import split_clients
 from skymask_ray.errors import ConfigError
 from skymask_ray.experiment import build_config
 from skymask_ray.population import Population, malicious_population
@@ -31,8 +29,8 @@ def test_cohorts_are_seeded_per_round_and_full_participation_draws_nothing():
 
 def test_fixed_holds_exactly_k_fraction_and_pool_has_the_right_expectation():
     fixed, pool = _pop(sampling="fixed"), _pop(sampling="pool")
-    assert {int(fixed.malicious[fixed.cohort(r)].sum()) for r in range(1, 60)} == {10}
-    counts = np.array([pool.malicious[pool.cohort(r)].sum() for r in range(1, 801)])
+    assert {int(fixed.is_malicious(fixed.cohort(r)).sum()) for r in range(1, 60)} == {10}
+    counts = np.array([pool.is_malicious(pool.cohort(r)).sum() for r in range(1, 801)])
     assert abs(counts.mean() - 10) < 0.35 and counts.std() > 1.5  # hypergeometric: mean K f/N, it varies
 
 
@@ -62,18 +60,44 @@ def test_declared_f_defaults_to_the_cohort_share():
     assert build_config(overrides={**BASE, "declared_f": 3}).num_declared_f == 3
 
 
-@pytest.mark.parametrize("partition", ["bias", "dirichlet", "iid"])
-def test_sampled_shards_when_the_population_outgrows_the_data(partition):
-    y = np.random.default_rng(0).integers(10, size=600)
-    cfg = DataConfig(partition=partition, samples_per_client=20, bias=0.8)
-    parts = split_clients(y, np.arange(600), 500, cfg, 10, np.random.default_rng(1))
-    assert len(parts) == 500 and all(len(p) == 20 for p in parts)
-    assert all(p.min() >= 0 and p.max() < 600 for p in parts)
-    if partition == "bias":  # each client's dominant label holds about b of its samples
-        share = np.mean([np.bincount(y[p], minlength=10).max() / 20 for p in parts])
-        assert share > 0.7
-    again = split_clients(y, np.arange(600), 500, cfg, 10, np.random.default_rng(1))
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+@pytest.mark.parametrize("selection", ["first", "random"])
+@pytest.mark.parametrize("n, fraction", [(1000, 0.2), (50_000, 0.01), (40, 0.5)])
+def test_malicious_set_answers_as_the_population_wide_mask_did(selection, n, fraction):
+    """O(attackers) membership, ranks and fixed cohorts equal those of the (N,) bool mask they replace."""
+    from skymask_ray.seeding import numpy_rng
+
+    f = round(n * fraction)
+    mal = malicious_population(n, f, selection, 3)
+    mask = np.zeros(n, dtype=bool)  # the former representation, built the former way
+    mask[:f] = selection == "first"
+    if selection == "random":
+        mask[numpy_rng(3, "malicious").choice(n, size=f, replace=False)] = True
+    assert np.array_equal(mal.mask(np.arange(n)), mask)
+    assert np.array_equal(mal.sorted_ids(), np.flatnonzero(mask))
+    assert np.array_equal(mal.nth_benign(np.arange(n - f)), np.flatnonzero(~mask))
+    assert [mal.rank(int(k)) for k in np.flatnonzero(mask)[:5]] == list(range(min(5, f)))
+    assert mal.rank(int(np.flatnonzero(~mask)[0])) is None
+    k = min(30, n - 1)
+    fixed = Population(mal, k, "fixed", fraction, 0.0, 3)
+    for r in range(1, 6):  # the former draw: choice over the flatnonzero arrays
+        rng = numpy_rng(3, "cohort", r)
+        bad, good = np.flatnonzero(mask), np.flatnonzero(~mask)
+        m = min(int(round(k * fraction)), len(bad))
+        old = np.sort(np.concatenate([rng.choice(bad, size=m, replace=False),
+                                      rng.choice(good, size=k - m, replace=False)]))
+        assert np.array_equal(fixed.cohort(r), old)
+
+
+def test_a_cohort_of_a_huge_population_holds_nothing_per_client():
+    import tracemalloc
+
+    tracemalloc.start()
+    pop = Population(malicious_population(10**9, 2 * 10**8, "first", 0), 100, "fixed", 0.2, 0.1, 0)
+    cohorts = [pop.cohort(r) for r in range(1, 4)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1024**2  # O(K): 10^9 clients would need 1 GB for a mask alone
+    assert all(len(c) == 100 and pop.is_malicious(c).sum() == 20 and c.max() < 10**9 for c in cohorts)
 
 
 @pytest.mark.slow

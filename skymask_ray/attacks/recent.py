@@ -208,7 +208,7 @@ def malicious_ids(cfg: "ExperimentConfig") -> list[int]:
     """The malicious client ids in increasing order, chosen as :class:`~skymask_ray.simulation.Simulation`
     chooses them (``malicious_selection``: the first f, or a seeded random set; a test pins the two)."""
     mal = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
-    return [int(k) for k in mal.nonzero()[0]]
+    return mal.sorted_ids().tolist()
 
 
 @dataclass
@@ -263,7 +263,7 @@ class DBA(Backdoor):
     every batch of 64. ``poison_lr: null, poison_epochs: null`` trains attackers like the honest
     clients (this simulator's behaviour before issue 32).
 
-    The client's rank comes from ``cfg`` (:func:`malicious_ids`, the simulation's own rule); a
+    The client's rank comes from ``cfg`` (the simulation's own malicious set, :func:`malicious_ids`); a
     client id outside that set (a caller that poisons other clients) uses ``client % parts``.
     """
 
@@ -271,11 +271,12 @@ class DBA(Backdoor):
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
         super().__init__(params, cfg, num_classes)
-        self._ranks = {k: r for r, k in enumerate(malicious_ids(cfg))}
+        self._malicious = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
 
     def part_of(self, client: int) -> int:
         """Which local trigger client ``client`` stamps: its rank among the malicious, mod parts."""
-        return self._ranks.get(int(client), int(client)) % self.p.parts
+        rank = self._malicious.rank(int(client))  # O(1) or O(log f): no table of the population's attackers
+        return (int(client) if rank is None else rank) % self.p.parts
 
     def part_indices(self, part: int, shape: torch.Size) -> tuple[torch.Tensor, ...]:
         """Index tensors of local trigger ``part`` for data of ``shape``: (features,) or (rows, cols)."""

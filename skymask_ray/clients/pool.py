@@ -1,9 +1,15 @@
 """Client execution: virtual clients on a fixed pool of Ray actors, or in this process for tests.
 
 The training set goes into the object store once; every worker reads it
-zero-copy and keeps, per client, only its sample *indices* (a cross-device
-population of 10^5 clients costs N * S integers, not N * S samples). A
-worker materialises a client's samples (and, for a data-poisoning
+zero-copy and asks a :class:`~skymask_ray.data.shards.ClientShards` for a
+client's sample *indices*. A materialised split (:class:`ShardTable`) is
+divided among the workers once, each holding its own clients' indices (at
+most the training set's size in all), and a client always trains on its
+worker. Seeded clients (:class:`SeededShards`, a cross-device population)
+are one shared object of O(training set) size: any worker derives any
+client's indices from its seed, so each round's cohort is dealt out to the
+workers afresh and nothing per client of the population is held anywhere.
+A worker materialises a client's samples (and, for a data-poisoning
 attacker, poisons them with the client's own seeded stream, so the result
 is the same every time) when it trains the client; while all of a
 worker's shards together are no larger than the training set they stay
@@ -27,7 +33,7 @@ import dataclasses
 import heapq
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Container, Protocol, Sequence
 
 import numpy as np
 import ray
@@ -35,14 +41,30 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config import ExperimentConfig
+from ..data.shards import ClientShards, ShardTable
 from ..errors import RunError
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
-from ..runtime import MAX_RESTARTS, ByRef, Layout, pss_mb, require_cuda, rss_mb
+from ..runtime import MAX_RESTARTS, ByRef, Layout, out_of_memory, pss_mb, ray_failure, require_cuda, rss_mb
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, client_mode, train_sequential, train_vmap
 
 Poison = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, y, generator, client=k) -> (x, y)
+Poisoned = Container[int]  # the ids of data-poisoning clients (a MaliciousSet, a frozenset)
+
+
+def as_shards(parts: ClientShards | Sequence[np.ndarray]) -> ClientShards:
+    """``parts`` as shards: a list of index arrays is clients 0 .. len-1 holding them."""
+    return ShardTable.of(parts) if isinstance(parts, (list, tuple)) else parts
+
+
+def as_poisoned(poisoned: Poisoned | Sequence[bool] | None) -> Poisoned:
+    """``poisoned`` as a container of client ids: a list of flags names the clients whose flag is set."""
+    if poisoned is None:
+        return frozenset()
+    if isinstance(poisoned, (list, tuple)):
+        return frozenset(k for k, bad in enumerate(poisoned) if bad)
+    return poisoned
 
 
 def sgd_settings(cfg: ExperimentConfig, **overrides: Any) -> SGDSettings:
@@ -54,15 +76,14 @@ def sgd_settings(cfg: ExperimentConfig, **overrides: Any) -> SGDSettings:
 
 
 class ClientWorker:
-    """Holds the sample indices of a set of clients and trains any of them from given global weights."""
+    """Trains any client its shards answer for, from given global weights."""
 
     def __init__(
         self,
         x_train: np.ndarray,
         y_train: np.ndarray,
-        clients: list[int],
-        indices: list[np.ndarray],
-        poisoned: list[bool],
+        shards: ClientShards,
+        poisoned: Poisoned,
         cfg: ExperimentConfig,
         num_classes: int,
         poison: Poison | None = None,
@@ -83,23 +104,23 @@ class ClientWorker:
         self.spec = ParamSpec.of(self.model)
         self.has_buffers = any(True for _ in self.model.buffers())
         self.mode = client_mode(cfg.train.client_exec, self.device.type, self.has_buffers)
-        if poison is None and any(poisoned):
-            raise ValueError("poisoned clients need the attack's poison function")
         self.poison, self.poison_sgd = poison, poison_sgd
-        self.indices = dict(zip(clients, indices))
-        self.poisoned = {k for k, bad in zip(clients, poisoned) if bad}
+        self.shards = shards
+        self.poisoned = poisoned
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = \
-            {} if sum(len(i) for i in indices) <= len(y_train) else None
+            {} if shards.total <= len(y_train) else None
         self._warm_up()
 
     def client_data(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client k's samples (poisoned with its own stream if it is a data-poisoning attacker)."""
         if self.cache is not None and k in self.cache:
             return self.cache[k]
-        idx = self.indices[k]
+        idx = self.shards.indices(k)
         x = torch.from_numpy(np.ascontiguousarray(self.x_train[idx]))
         y = torch.from_numpy(np.ascontiguousarray(self.y_train[idx]))
         if k in self.poisoned:
+            if self.poison is None:
+                raise ValueError(f"client {k} is data-poisoned, but the worker has no poison function")
             x, y = self.poison(x, y, torch_generator(self.cfg.seed, "poison", k), client=k)
         data = (x.to(self.device), y.to(self.device))
         if self.cache is not None:
@@ -109,7 +130,7 @@ class ClientWorker:
     def _warm_up(self) -> None:
         """One throw-away step of a full batch, so torch's lazy imports and the kernel set-up for the
         batch shape are paid at setup, not in round 1's timing."""
-        k = next((k for k, idx in self.indices.items() if len(idx)), None)
+        k = self.shards.first()
         if k is None:
             return
         x, y = self.client_data(k)
@@ -156,9 +177,6 @@ class ClientWorker:
             return train_vmap(self.model, self.spec, w_t, data, gens, s, self.cfg.train.vmap_chunk), []
         return train_sequential(self.model, self.spec, w_t, data, gens, s, bufs)
 
-    def sizes(self) -> dict[int, int]:
-        return {k: len(idx) for k, idx in self.indices.items()}
-
 
 @dataclass(frozen=True)
 class WorkerInit:
@@ -166,7 +184,7 @@ class WorkerInit:
 
     x: ByRef
     y: ByRef
-    shards: ByRef  # (client ids, their index arrays, which are data-poisoned): one object-store value
+    shards: ByRef  # (ClientShards, Poisoned): this worker's clients' indices, or the seeded population's
     cfg: ExperimentConfig
     num_classes: int
     poison: Poison | None
@@ -187,9 +205,9 @@ class WorkerHost:
 
     def load(self, init: WorkerInit) -> int:
         if self.worker is None:
-            clients, indices, poisoned = init.shards.get()
-            self.worker = ClientWorker(init.x.get(), init.y.get(), clients, indices, poisoned, init.cfg,
-                                       init.num_classes, init.poison, poison_sgd=init.poison_sgd)
+            shards, poisoned = init.shards.get()
+            self.worker = ClientWorker(init.x.get(), init.y.get(), shards, poisoned, init.cfg, init.num_classes,
+                                       init.poison, poison_sgd=init.poison_sgd)
         return os.getpid()
 
     def train(self, init: WorkerInit, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int,
@@ -260,8 +278,8 @@ class ClientPool:
         cfg: ExperimentConfig,
         x_train: np.ndarray,
         y_train: np.ndarray,
-        parts: list[np.ndarray],
-        poisoned: list[bool],
+        shards: ClientShards | Sequence[np.ndarray],
+        poisoned: Poisoned | Sequence[bool] | None,
         num_classes: int,
         numel: int,
         workers: int | Layout,
@@ -271,37 +289,46 @@ class ClientPool:
         poison_sgd: SGDSettings | None = None,
     ) -> None:
         """``workers``: a :class:`Layout` (workers pinned to its nodes, GPU workers with their GPU share, clients
-        shared by the workers' weights) or a count of CPU workers of ``worker_cpus`` each, spread."""
-        self.n, self.numel, self.timeout_s = len(parts), numel, timeout_s
+        shared by the workers' weights) or a count of CPU workers of ``worker_cpus`` each, spread.
+
+        ``shards``: a :class:`ShardTable` (or a list of index arrays) is divided among the workers once; any
+        other shards (seeded clients) go whole to every worker, and each round's clients are dealt out."""
+        shards, poisoned = as_shards(shards), as_poisoned(poisoned)
+        self.numel, self.timeout_s = numel, timeout_s
         self.x_ref, self.y_ref = ray.put(x_train), ray.put(y_train)  # kept alive for actor restarts
         plans = workers.worker_plans() if isinstance(workers, Layout) else [None] * workers
-        # a worker of weight w takes w virtual slots of the LPT assignment (GPU workers train more clients)
+        # a worker of weight w takes w virtual slots (GPU workers train more clients)
         low = min((p.weight for p in plans if p is not None), default=1.0)
         slots = [i for i, p in enumerate(plans)
                  for _ in range(1 if p is None else min(64, max(1, round(p.weight / low))))]
-        mine: list[list[int]] = [[] for _ in plans]
-        for i, ks in zip(slots, assign_clients([len(p) for p in parts], len(slots))):
-            mine[i] += ks
-        keep = [i for i, ks in enumerate(mine) if ks]
-        self.assignment = [sorted(mine[i]) for i in keep]
+        if isinstance(shards, ShardTable):  # each worker holds its own clients' indices (LPT by sample count)
+            ids = sorted(shards.parts)
+            mine: list[list[int]] = [[] for _ in plans]
+            for i, ks in zip(slots, assign_clients(shards.sizes(), len(slots))):
+                mine[i] += [ids[j] for j in ks]
+            keep = [i for i, ks in enumerate(mine) if ks]
+            self.assignment: list[list[int]] | None = [sorted(mine[i]) for i in keep]
+            self.owner: dict[int, int] | None = {k: w for w, ks in enumerate(self.assignment) for k in ks}
+            self.shard_refs = [ray.put((shards.subset(ks), poisoned)) for ks in self.assignment]
+        else:  # one shared value: any worker derives any client
+            keep = list(range(len(plans)))
+            self.assignment, self.owner = None, None
+            self.shard_refs = [ray.put((shards, poisoned))] * len(plans)
+            self.slots = slots
         self.plans = [plans[i] for i in keep]
         host, again = ray.remote(WorkerHost), {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
         actors = [host.options(num_cpus=worker_cpus, scheduling_strategy="SPREAD", **again) if p is None else
                   host.options(num_cpus=p.worker_cpus, num_gpus=p.worker_gpus, **again,  # soft: a restart may move
                                scheduling_strategy=NodeAffinitySchedulingStrategy(p.node_id, soft=True))
                   for p in self.plans]
-        self.shard_refs = [ray.put((ks, [parts[k] for k in ks], [poisoned[k] for k in ks]))
-                           for ks in self.assignment]  # kept alive for restarts
         self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ByRef(ref), cfg, num_classes, poison,
                                  poison_sgd) for ref in self.shard_refs]
         self.workers = [actor.remote() for actor in actors]
-        self.owner = np.empty(self.n, dtype=np.int64)
-        for i, ks in enumerate(self.assignment):
-            self.owner[ks] = i
         start_timeout = min(timeout_s, 300.0)
         what = workers.summary() if isinstance(workers, Layout) else f"{workers} x {worker_cpus} CPU, spread"
+        loads = [w.load.remote(init) for w, init in zip(self.workers, self.inits)]
         try:
-            ray.get([w.load.remote(init) for w, init in zip(self.workers, self.inits)], timeout=start_timeout)
+            ray.get(loads, timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
             self.shutdown()
             raise RunError(
@@ -315,25 +342,47 @@ class ClientPool:
             cause = exc.cause if exc.cause is not None else exc
             raise RunError(f"client workers could not set up their clients: {type(cause).__name__}: "
                            f"{str(cause).strip().splitlines()[-1][:200]}") from None
+        except ray.exceptions.RayError as exc:  # killed (out of memory) or lost more often than it restarts
+            dead = next((i for i, r in enumerate(loads) if _failed(r)), None)
+            self.shutdown()
+            raise ray_failure(exc, "set-up (client workers loading their clients)", self._who(dead)) from None
+
+    def _who(self, i: int | None) -> str:
+        """Client worker ``i`` and its node, for a one-line error."""
+        if i is None:
+            return "a client worker"
+        plan = self.plans[i]
+        return f"client worker {i}" + (f" on node {plan.ip}" if plan is not None else "")
+
+    def _route(self, ids: list[int]) -> list[list[int]]:
+        """Which worker trains which of ``ids``: a table's clients their owner, seeded clients dealt by weight."""
+        per_worker: list[list[int]] = [[] for _ in self.workers]
+        if self.owner is not None:
+            for k in ids:
+                per_worker[self.owner[k]].append(k)
+        else:
+            for j, k in enumerate(ids):
+                per_worker[self.slots[j % len(self.slots)]].append(k)
+        return per_worker
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
         """Train ``ids`` on their workers; one stacked matrix, rows in the order of ``ids``."""
         w_ref = ray.put(w.cpu().numpy())
         b_ref = ray.put({n: b.cpu().numpy() for n, b in buffers.items()})
-        per_worker: list[list[int]] = [[] for _ in self.workers]
-        for k in ids:
-            per_worker[self.owner[k]].append(k)
+        per_worker = self._route(ids)
         busy = [i for i, mine in enumerate(per_worker) if mine]
         refs = [self.workers[i].train.remote(self.inits[i], w_ref, b_ref, round_idx, per_worker[i]) for i in busy]
         try:
             results = ray.get(refs, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RunError(f"client training did not finish within {self.timeout_s:.0f}s") from None
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:
             dead = next((i for i, r in zip(busy, refs) if _failed(r)), None)
-            who = f"client worker {dead}" if dead is not None else "a client worker"
-            raise RunError(f"round {round_idx}: {who} died {MAX_RESTARTS + 1} times and is not restarted again "
-                           f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]})") from None
+            if isinstance(exc, ray.exceptions.RayActorError) and not out_of_memory(exc):
+                raise RunError(f"round {round_idx}: {self._who(dead)} died {MAX_RESTARTS + 1} times and is not "
+                               f"restarted again ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]})"
+                               ) from None
+            raise ray_failure(exc, f"round {round_idx}, client training", self._who(dead)) from None
         return _stack(results, ids, self.numel, buffers)
 
     def pids(self) -> list[int]:
@@ -347,12 +396,13 @@ class ClientPool:
 class LocalClients:
     """All clients in one in-process :class:`ClientWorker` (no Ray): the test backend."""
 
-    def __init__(self, cfg: ExperimentConfig, x_train: np.ndarray, y_train: np.ndarray, parts: list[np.ndarray],
-                 poisoned: list[bool], num_classes: int, numel: int, poison: Poison | None = None,
+    def __init__(self, cfg: ExperimentConfig, x_train: np.ndarray, y_train: np.ndarray,
+                 shards: ClientShards | Sequence[np.ndarray], poisoned: Poisoned | Sequence[bool] | None,
+                 num_classes: int, numel: int, poison: Poison | None = None,
                  poison_sgd: SGDSettings | None = None) -> None:
         self.numel = numel
-        self.worker = ClientWorker(x_train, y_train, list(range(len(parts))), parts, poisoned, cfg, num_classes, poison,
-                                   threads=torch.get_num_threads(), poison_sgd=poison_sgd)
+        self.worker = ClientWorker(x_train, y_train, as_shards(shards), as_poisoned(poisoned), cfg, num_classes,
+                                   poison, threads=torch.get_num_threads(), poison_sgd=poison_sgd)
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
         out = self.worker.train(w.cpu().numpy(), {n: b.cpu().numpy() for n, b in buffers.items()}, round_idx, list(ids))

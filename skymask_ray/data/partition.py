@@ -6,12 +6,10 @@
   goes to group y with probability b, to each other group with (1-b)/(C-1),
   then to a uniform client of the group; client order is then permuted.
 * dirichlet(alpha) label skew, iid, and subject (natural ids, e.g. HAR).
-* sampled shards: when N * samples_per_client exceeds the training set (a
-  cross-device population), each client draws its S samples *with
-  replacement across clients* following the same partition's label law
-  (bias: its group's label with probability b; dirichlet: its own
-  Dirichlet(alpha) label mix; iid: uniform), so 10^5 clients can share 60,000
-  samples. Workers keep only indices, so this costs N * S integers.
+
+Each sample goes to one client. A population whose N * samples_per_client
+exceeds the training set is not split but seeded: each client draws its
+samples from its own seed when it is trained (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -104,40 +102,6 @@ def subject_split(groups: np.ndarray, idx: np.ndarray, n_clients: int) -> list[n
     return [idx[groups[idx] == s] for s in ids]
 
 
-def sampled_split(
-    labels: np.ndarray, idx: np.ndarray, n_clients: int, per_client: int, cfg: DataConfig, num_classes: int,
-    rng: np.random.Generator,
-) -> list[np.ndarray]:
-    """Each client draws ``per_client`` indices from ``idx`` by the partition's label law (vectorised over N)."""
-    y = labels[idx]
-    c = num_classes
-    if cfg.partition == "iid":
-        draws = idx[rng.integers(len(idx), size=(n_clients, per_client))]
-        return [np.sort(d) for d in draws]
-    if cfg.partition == "bias":
-        group = np.repeat(np.arange(c), [len(g) for g in np.array_split(np.arange(n_clients), c)])
-        own = rng.random((n_clients, per_client)) < (cfg.bias if c > 1 else 1.0)
-        other = (group[:, None] + 1 + rng.integers(max(c - 1, 1), size=(n_clients, per_client))) % c
-        want = np.where(own, group[:, None], other)
-    elif cfg.partition == "dirichlet":
-        mix = np.cumsum(rng.dirichlet(np.full(c, cfg.alpha), size=n_clients), axis=1)
-        u = rng.random((n_clients, per_client))
-        want = np.minimum((u[:, :, None] > mix[:, None, :]).sum(axis=2), c - 1)
-    else:
-        raise ConfigError(f"partition {cfg.partition!r} cannot draw samples_per_client with replacement; "
-                          "use bias, dirichlet or iid")
-    out = np.empty((n_clients, per_client), dtype=np.int64)
-    for label in range(c):
-        pool = idx[y == label]
-        hit = want == label
-        if hit.any():
-            if len(pool) == 0:
-                pool = idx  # a label the data lacks: any sample
-            out[hit] = pool[rng.integers(len(pool), size=int(hit.sum()))]
-    perm = rng.permutation(n_clients)
-    return [np.sort(out[p]) for p in perm]
-
-
 def split_clients(
     labels: np.ndarray,
     idx: np.ndarray,
@@ -147,9 +111,10 @@ def split_clients(
     rng: np.random.Generator,
     groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Dispatch to the configured partition and apply the per-client cap (or draw, see :func:`sampled_split`)."""
-    if cfg.samples_per_client is not None and n_clients * cfg.samples_per_client > len(idx):
-        return sampled_split(labels, idx, n_clients, cfg.samples_per_client, cfg, num_classes, rng)
+    """Split ``idx`` by the configured partition, then cap each client at ``samples_per_client``.
+
+    Every sample goes to one client (N x S beyond the data leaves clients short of S: such a
+    population is seeded instead, :func:`~skymask_ray.data.shards.client_shards`)."""
     if cfg.partition == "bias":
         parts = bias_split(labels, idx, n_clients, cfg.bias, num_classes, rng)
     elif cfg.partition == "dirichlet":

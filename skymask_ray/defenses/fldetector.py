@@ -104,7 +104,9 @@ class FLDetector(Defense):
     client id (``ctx.client_ids``): a client missing from a round (its update was dropped as
     invalid) gets no score for that round or the next, and is scored over the rounds it has; a
     client with no score in the window is not flagged. Without ids, a change in the number of rows
-    restarts the history (``info["history_reset"]``).
+    restarts the history (``info["history_reset"]``). Only the ids a round saw are stored (last
+    round's updates, each window round's scores), so a sampled cohort's state is O(window x K),
+    whatever the population.
     """
 
     Params = FLDetectorParams
@@ -113,35 +115,31 @@ class FLDetector(Defense):
         super().__init__(settings)
         self.prev_weights: torch.Tensor | None = None
         self.prev_aggregate: torch.Tensor | None = None
-        self.prev_updates: torch.Tensor | None = None  # (population x P), row = client id
-        self.prev_seen: torch.Tensor | None = None  # (population,) bool: row holds last round's update
+        self.prev_ids: torch.Tensor | None = None  # (K',) the ids of last round's clients
+        self.prev_updates: torch.Tensor | None = None  # (K' x P) their updates, row i = prev_ids[i]
         self.s_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)
         self.y_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)
-        self.dist_hist: deque[torch.Tensor] = deque(maxlen=self.p.window)  # (population,), NaN = no score
+        self.dist_hist: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=self.p.window)  # (ids, scores)
 
-    def _distances(self, updates: torch.Tensor, ids: torch.Tensor, hv: torch.Tensor) -> torch.Tensor:
-        """(population,) prediction errors ||g_k^{t-1} + H v - g_k^t|| normalised to sum 1 over the
-        clients that have a previous update (NaN for the others); rows in blocks of 128."""
-        have = self.prev_seen[ids]
-        rows, cur = ids[have], updates[have]
+    def _distances(self, updates: torch.Tensor, ids: torch.Tensor, hv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, prediction errors ||g_k^{t-1} + H v - g_k^t||) of the clients that have a previous update,
+        normalised to sum 1; rows in blocks of 128."""
+        pos = _positions(self.prev_ids, ids)
+        have = pos >= 0
+        rows, cur = pos[have], updates[have]
         err = torch.cat([
             (self.prev_updates[rows[i : i + 128]] + hv - cur[i : i + 128]).norm(dim=1)
             for i in range(0, len(rows), 128)
         ]) if len(rows) else cur.new_zeros(0)
-        out = torch.full((len(self.prev_seen),), float("nan"), dtype=updates.dtype, device=updates.device)
-        out[rows] = err / err.sum().clamp_min(1e-30)
-        return out
+        return ids[have], err / err.sum().clamp_min(1e-30)
 
-    def _grow(self, updates: torch.Tensor, ids: torch.Tensor) -> None:
-        """Make room for every client id in the per-client histories."""
-        n = int(ids.max()) + 1
-        if self.prev_updates is not None and len(self.prev_updates) < n:
-            grow = n - len(self.prev_updates)
-            self.prev_updates = torch.cat([self.prev_updates, self.prev_updates.new_zeros(grow, updates.shape[1])])
-            self.prev_seen = torch.cat([self.prev_seen, self.prev_seen.new_zeros(grow)])
-            nan = torch.full((grow,), float("nan"), dtype=updates.dtype, device=updates.device)
-            for i, d in enumerate(self.dist_hist):
-                self.dist_hist[i] = torch.cat([d, nan])
+    def _scores(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(window, len(ids)) scores of ``ids`` in each window round, NaN where a client had none."""
+        out = torch.full((len(self.dist_hist), len(ids)), float("nan"), dtype=dtype, device=ids.device)
+        for r, (seen, dist) in enumerate(self.dist_hist):
+            pos = _positions(seen.to(ids.device), ids)
+            out[r, pos >= 0] = dist.to(ids.device, dtype)[pos[pos >= 0]]
+        return out
 
     def aggregate(self, updates, ctx):
         w = ctx.global_weights.to(updates.device, updates.dtype)
@@ -149,18 +147,17 @@ class FLDetector(Defense):
         ids = ctx.client_ids
         if ids is None:
             ids = torch.arange(len(updates))
-            if self.prev_seen is not None and int(self.prev_seen.sum()) != len(updates):
-                self.prev_updates = self.prev_seen = None
+            if self.prev_ids is not None and len(self.prev_ids) != len(updates):
+                self.prev_updates = self.prev_ids = None
                 self.dist_hist.clear()
                 info["history_reset"] = True
         ids = ids.to(updates.device)
-        self._grow(updates, ids)
         if self.prev_updates is not None and self.s_hist:
             hv = lbfgs_hvp(torch.stack(list(self.s_hist)), torch.stack(list(self.y_hist)), w - self.prev_weights)
             self.dist_hist.append(self._distances(updates, ids, hv))
         accepted = all_accepted(updates)
         if len(self.dist_hist) == self.p.window:
-            scores = torch.stack(list(self.dist_hist))[:, ids].nanmean(dim=0)
+            scores = self._scores(ids, updates.dtype).nanmean(dim=0)
             known = ~scores.isnan()
             flagged = np.zeros(len(ids), dtype=bool)
             if int(known.sum()) > 1:
@@ -173,13 +170,7 @@ class FLDetector(Defense):
         if self.prev_weights is not None:
             self.s_hist.append(w - self.prev_weights)
             self.y_hist.append(agg - self.prev_aggregate)
-        if self.prev_updates is None:
-            n = int(ids.max()) + 1
-            self.prev_updates = updates.new_zeros(n, updates.shape[1])
-            self.prev_seen = torch.zeros(n, dtype=torch.bool, device=updates.device)
-        self.prev_updates[ids] = updates
-        self.prev_seen.zero_()
-        self.prev_seen[ids] = True
+        self.prev_ids, self.prev_updates = ids.clone(), updates.clone()
         self.prev_weights, self.prev_aggregate = w.clone(), agg.clone()
         info["flagged"] = int((~accepted).sum())
         return Aggregate(agg, accepted, None, info)
@@ -203,19 +194,37 @@ class FLDetector(Defense):
             "prev_weights": cpu(self.prev_weights),
             "prev_aggregate": cpu(self.prev_aggregate),
             "prev_updates": cpu(self.prev_updates),
-            "prev_seen": cpu(self.prev_seen),
+            "prev_ids": cpu(self.prev_ids),
             "s_hist": [t.cpu() for t in self.s_hist],
             "y_hist": [t.cpu() for t in self.y_hist],
-            "dist_hist": [t.cpu() for t in self.dist_hist],
+            "dist_ids": [i.cpu() for i, _ in self.dist_hist],
+            "dist_hist": [d.cpu() for _, d in self.dist_hist],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prev_weights = state.get("prev_weights")
         self.prev_aggregate = state.get("prev_aggregate")
         self.prev_updates = state.get("prev_updates")
-        self.prev_seen = state.get("prev_seen")
-        if self.prev_seen is None and self.prev_updates is not None:
-            self.prev_seen = torch.ones(len(self.prev_updates), dtype=torch.bool)
-        for name in ("s_hist", "y_hist", "dist_hist"):
+        self.prev_ids = state.get("prev_ids")
+        dist = state.get("dist_hist", [])
+        if "dist_ids" in state:
+            dist = list(zip(state["dist_ids"], dist))
+        else:  # a checkpoint of the population-wide format: rows by client id, NaN where none
+            seen = state.get("prev_seen")
+            if self.prev_updates is not None:
+                self.prev_ids = torch.arange(len(self.prev_updates)) if seen is None else seen.nonzero().flatten()
+                self.prev_updates = self.prev_updates[self.prev_ids]
+            dist = [((~d.isnan()).nonzero().flatten(), d[~d.isnan()]) for d in dist]
+        for name, values in (("s_hist", state.get("s_hist", [])), ("y_hist", state.get("y_hist", [])),
+                             ("dist_hist", dist)):
             getattr(self, name).clear()
-            getattr(self, name).extend(state.get(name, []))
+            getattr(self, name).extend(values)
+
+
+def _positions(keys: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor:
+    """Index of each ``query`` id in ``keys`` (distinct ids), -1 where it is not there."""
+    if keys is None or not len(keys):
+        return torch.full_like(query, -1)
+    order = torch.argsort(keys)
+    where = torch.searchsorted(keys[order], query).clamp(max=len(keys) - 1)
+    return torch.where(keys[order][where] == query, order[where], torch.full_like(query, -1))

@@ -179,7 +179,8 @@ def test_dba_rank_comes_from_the_simulation_malicious_set():
     cfg = build_config(overrides={"data": {"dataset": "synthetic", "synthetic_train": 600, "synthetic_test": 50},
                                   "clients": 12, "malicious_fraction": 0.34, "malicious_selection": "random",
                                   "attack": "dba", "seed": 3})
-    ids = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed).nonzero()[0].tolist()
+    mal = malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
+    ids = np.flatnonzero(mal.mask(np.arange(cfg.clients))).tolist()
     assert ids == malicious_ids(cfg) and ids != list(range(len(ids)))
     attack = ATTACKS.get("dba")(cfg.attack_params, cfg, 10)
     assert [attack.part_of(k) for k in ids] == [r % 4 for r in range(len(ids))]
@@ -203,13 +204,14 @@ def test_dba_square_parts_partition_the_square_and_vectors_use_features():
 def test_dba_through_the_client_worker_call_site():
     """ClientWorker passes each client's id: client k's poisoned samples carry part k."""
     from skymask_ray.clients.pool import ClientWorker
+    from skymask_ray.data import ShardTable
 
     cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, fraction=0.75, model="mlp", malicious_selection="first")
     x = np.zeros((16, 1, 12, 12), dtype=np.float32)
     y = (np.arange(16) % 10).astype(np.int64)
     idx = [np.arange(4 * k, 4 * k + 4) for k in range(3)]
     attack = ATTACKS.get("dba")(cfg.attack_params, cfg, 10)
-    worker = ClientWorker(x, y, [0, 1, 2], idx, [True, True, True], cfg, 10, attack.poison_data)
+    worker = ClientWorker(x, y, ShardTable.of(idx), frozenset({0, 1, 2}), cfg, 10, attack.poison_data)
     for k in range(3):
         stamped = worker.client_data(k)[0].cpu()
         assert all(torch.equal(img[0] == 1.0, bar_mask(k)) for img in stamped)
