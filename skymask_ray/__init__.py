@@ -3,7 +3,8 @@
 Layers, bottom to top; a module imports only from its own layer or below
 (``tests/test_layers.py`` checks this and that there are no import cycles):
 
-0. errors, registry, seeding, params, storage, linalg, progress, markdown: no domain knowledge
+0. errors, registry, seeding, params, storage, linalg, kernels (implementations chosen by timing them),
+   progress, markdown: no domain knowledge
 1. config (typed dataclasses, no registries), runtime (Ray start, layout), models, results (the
    round row), population (cohorts, dropouts), run_folder (a run's files), context (what an
    attack / a defense may read)

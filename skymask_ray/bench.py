@@ -22,6 +22,7 @@ from . import __version__
 from .config import ExperimentConfig
 from .errors import ConfigError
 from .markdown import markdown_table
+from .defenses.base import can_reject
 from .progress import round_line, setup_lines
 from .results import RUN_KEYS, RoundRow, read_parquet
 from .run_folder import RunFolder
@@ -115,8 +116,9 @@ def run_grid(
             if concurrency <= 1:
                 for i, cell in enumerate(todo, 1):
                     say(f"[{i}/{len(todo)}] {cell.name}")
-                    _run_cell(cell.config, folder[cell.name], lambda row: say("  " + round_line(row)), overwrite,
-                              setup_lines(bar) if bar is not None else None)
+                    rates = can_reject(cell.config.defense)
+                    _run_cell(cell.config, folder[cell.name], lambda row, r=rates: say("  " + round_line(row, r)),
+                              overwrite, setup_lines(bar) if bar is not None else None)
                     if bar is not None:
                         bar.update(1)
             else:

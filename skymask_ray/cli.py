@@ -26,6 +26,7 @@ import yaml
 
 from . import __version__
 from .config import PRESETS, ExperimentConfig, set_dotted
+from .defenses.base import can_reject
 from .experiment import build_config
 from .errors import ConfigError, UserError
 from .params import bounds_of
@@ -288,7 +289,7 @@ def run(config_file, preset, clients, malicious, attack, defense, out, resume, o
     with progress(cfg.rounds, "rounds") as bar:
 
         def on_round(row: dict[str, Any]) -> None:
-            bar.write(round_line(row))
+            bar.write(round_line(row, can_reject(cfg.defense)))
             bar.n = row["round"]
             bar.refresh()
 

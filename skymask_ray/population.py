@@ -19,9 +19,9 @@ Attackers under sampling:
 Dropouts: each sampled client fails to report with probability ``dropout``,
 drawn from (seed, "dropout", round); attackers drop out too.
 
-Nothing here is held per client: the malicious set is the first f ids (O(1))
-or the sorted ids of a seeded random set (O(f)), and a cohort is drawn in
-O(K), so a population of 10^8 costs what one of 10^5 does.
+Nothing here is held per client: the malicious set is the first f ids or
+the first f of a seeded pseudorandom permutation (O(1) either way), and a
+cohort is drawn in O(K), so a population of 10^8 costs what one of 10^5 does.
 """
 
 from __future__ import annotations
@@ -33,69 +33,130 @@ import numpy as np
 from .seeding import numpy_rng
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+FEISTEL_ROUNDS = 6
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (wrapping arithmetic): a fast keyed-hash round function."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass(frozen=True)
+class SeededPermutation:
+    """A pseudorandom permutation of 0 .. N-1 from a seed, evaluated per element in O(1) time and memory.
+
+    A balanced Feistel network (``FEISTEL_ROUNDS`` rounds of a keyed splitmix64 mix) permutes the
+    smallest even-bit domain 2^(2h) >= N (at most 4N); values that land at N or above are permuted
+    again (cycle walking) until they fall below N, which keeps the map a bijection on 0 .. N-1.
+    Nothing of size N is ever built, so a population of 10^8 holds 6 integers.
+    """
+
+    size: int
+    keys: tuple[int, ...]
+
+    @classmethod
+    def of(cls, n: int, seed: int, *path: object) -> "SeededPermutation":
+        keys = numpy_rng(seed, *path).integers(0, 2**63, size=FEISTEL_ROUNDS)
+        return cls(n, tuple(int(k) for k in keys))
+
+    @property
+    def half(self) -> int:
+        return max(1, (max(1, self.size - 1).bit_length() + 1) // 2)
+
+    def _rounds(self, x: np.ndarray, inverse: bool) -> np.ndarray:
+        half = np.uint64(self.half)
+        low = np.uint64((1 << self.half) - 1)
+        left, right = x >> half, x & low
+        keys = [np.uint64(k) for k in self.keys]
+        for key in reversed(keys) if inverse else keys:
+            if inverse:
+                left, right = right ^ (_mix(left ^ key) & low), left
+            else:
+                left, right = right, left ^ (_mix(right ^ key) & low)
+        return (left << half) | right
+
+    def _walk(self, x: np.ndarray, inverse: bool) -> np.ndarray:
+        out = self._rounds(np.asarray(x, dtype=np.uint64).copy(), inverse)
+        n = np.uint64(self.size)
+        over = out >= n
+        while over.any():
+            out[over] = self._rounds(out[over], inverse)
+            over = out >= n
+        return out.astype(np.int64)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """pi(x) for ids 0 <= x < N."""
+        return self._walk(x, inverse=False)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """pi^-1(y) for positions 0 <= y < N."""
+        return self._walk(y, inverse=True)
+
+
 @dataclass(frozen=True, eq=False)
 class MaliciousSet:
-    """Which of the N clients are malicious, held in O(attackers) memory (O(1) for the first f).
+    """Which of the N clients are malicious, in O(1) memory whatever N.
 
-    ``ids`` is the sorted attacker ids of a seeded random set, None for the first ``count`` clients
-    (then nothing per client is stored, whatever N). It answers membership for a cohort, an
-    attacker's rank among the attackers, and the j-th attacker or the j-th benign client in id
-    order (what a ``fixed`` cohort draws), never by listing the population.
+    ``order`` None: the first ``count`` clients. Otherwise a seeded random set: the clients whose
+    position pi(k) under a :class:`SeededPermutation` is below ``count``. It answers membership for
+    a cohort, an attacker's rank among the attackers (its id, or its position pi(k)), and the j-th
+    attacker or the j-th benign client in that order (what a ``fixed`` cohort draws), never by listing
+    the population.
     """
 
     size: int  # N
     count: int  # f
-    ids: np.ndarray | None = None  # (f,) sorted int64; None: clients 0 .. f-1
+    order: SeededPermutation | None = None  # None: clients 0 .. f-1
+
+    def _position(self, clients: np.ndarray) -> np.ndarray:
+        c = np.asarray(clients, dtype=np.int64)
+        return c if self.order is None else self.order(c)
 
     def mask(self, clients: np.ndarray) -> np.ndarray:
         """(len(clients),) bool: which of ``clients`` are malicious."""
-        c = np.asarray(clients, dtype=np.int64)
-        if self.ids is None:
-            return c < self.count
-        if not len(self.ids):
-            return np.zeros(c.shape, dtype=bool)
-        pos = np.minimum(np.searchsorted(self.ids, c), len(self.ids) - 1)
-        return self.ids[pos] == c
+        return self._position(clients) < self.count
 
     def __contains__(self, k: object) -> bool:
-        return isinstance(k, (int, np.integer)) and bool(self.mask(np.array([k]))[0])
+        return isinstance(k, (int, np.integer)) and 0 <= int(k) < self.size and bool(self.mask(np.array([k]))[0])
 
     def rank(self, k: int) -> int | None:
-        """Client k's position among the attackers in increasing id order (None: k is benign)."""
+        """Client k's rank among the attackers, 0 .. f-1 (its id for the first f; None: k is benign)."""
         if k not in self:
             return None
-        return int(k) if self.ids is None else int(np.searchsorted(self.ids, k))
+        return int(self._position(np.array([k]))[0])
 
     def sorted_ids(self) -> np.ndarray:
         """Every attacker's id, in increasing order (O(f): a listing, for small populations and reports)."""
-        return np.arange(self.count, dtype=np.int64) if self.ids is None else self.ids
+        return np.sort(self.nth_malicious(np.arange(self.count, dtype=np.int64)))
 
     def nth_malicious(self, j: np.ndarray) -> np.ndarray:
-        """The ``j``-th attackers in id order."""
+        """The attackers of rank ``j``."""
         j = np.asarray(j, dtype=np.int64)
-        return j if self.ids is None else self.ids[j]
+        return j if self.order is None else self.order.inverse(j)
 
     def nth_benign(self, j: np.ndarray) -> np.ndarray:
-        """The ``j``-th benign clients in id order: j plus the attackers at or below that position."""
-        j = np.asarray(j, dtype=np.int64)
-        if self.ids is None:
-            return j + self.count
-        below = self.ids - np.arange(len(self.ids))  # benign clients with a smaller id than each attacker
-        return j + np.searchsorted(below, j, side="right")
+        """The ``j``-th benign clients (in id order for the first f, in permutation order otherwise)."""
+        j = np.asarray(j, dtype=np.int64) + self.count
+        return j if self.order is None else self.order.inverse(j)
 
 
 def malicious_population(n: int, f: int, selection: str, seed: int) -> MaliciousSet:
     """The first f clients, or a seeded random set of f (``selection``: first | random).
 
-    The first f are as random as any f: a materialised split permutes the clients, and seeded
-    clients (:class:`~skymask_ray.data.shards.SeededShards`) are exchangeable. The random set is
-    numpy's draw without replacement on the stream (seed, "malicious"); above N/50 attackers it
-    shuffles an N-long range once while drawing, then keeps only the f ids.
+    The first f are as random as any f where the split permutes the clients (a materialised split
+    does; seeded clients are exchangeable), and their ids then say who the attackers are. The
+    random set is the f clients a seeded pseudorandom permutation of the population puts first
+    (stream (seed, "malicious")): exactly f attackers, uniform over the population, O(1) memory.
     """
     if selection == "first":
         return MaliciousSet(n, f)
-    ids = np.sort(numpy_rng(seed, "malicious").choice(n, size=f, replace=False)).astype(np.int64)
-    return MaliciousSet(n, f, ids)
+    return MaliciousSet(n, f, SeededPermutation.of(n, seed, "malicious"))
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ The estimate follows where memory goes in a run (SPEC section 2's data flow):
   zero-copy); the driver also holds it and the test set;
 * the population: a materialised split holds every client's index array
   (driver, and once more in the object store for the workers); seeded
-  clients hold the pool grouped by label, whatever N; a random malicious
-  set holds its f ids, the first f nothing;
+  clients hold the pool grouped by label, whatever N; the malicious set
+  nothing (the first f, or a seeded permutation's first f);
 * the cohort: K x P float32 updates, a few copies in the driver (trained,
   stacked, attacked, defended), the workers' results in the object store,
   and SkyMask's trainer (K + 1) x P updates and masks.
@@ -43,7 +43,6 @@ KNOBS = {
     "cohort": "lower --cohort",
     "population": "lower --clients",
     "split": "set --samples-per-client (clients then draw their samples from their own seeds)",
-    "malicious": "use the first f clients as attackers (--set malicious_selection=first) or lower --clients",
     "workers": "lower --workers",
     "data": "use a smaller dataset",
 }
@@ -99,12 +98,11 @@ def estimate_memory(cfg: ExperimentConfig, train_bytes: int, test_bytes: int, tr
         table = 8 * held
         split = TABLE_CLIENT_BYTES * n
         cache = int(held * per_sample)  # workers keep their clients' samples, together at most the pool
-    malicious = 8 * cfg.num_malicious if cfg.malicious_selection == "random" else 0
     skymask = cfg.defense == "skymask"
     trainer_kp = (k + 1) * numel * (BYTES_PER_ENTRY + 4 * TRAINER_INPUT_COPIES) if skymask else 0
 
-    driver = PROCESS_BYTES + train_bytes + test_bytes + table + split + malicious + DRIVER_COHORT_COPIES * kp
-    worker_mem = workers * PROCESS_BYTES + cache + WORKER_COHORT_COPIES * kp + malicious * workers
+    driver = PROCESS_BYTES + train_bytes + test_bytes + table + split + DRIVER_COHORT_COPIES * kp
+    worker_mem = workers * PROCESS_BYTES + cache + WORKER_COHORT_COPIES * kp
     trainer = PROCESS_BYTES + trainer_kp
     store = train_bytes + table + split + kp + ((k + 1) * numel * 4 if skymask else 0)
     causes = {
@@ -112,7 +110,6 @@ def estimate_memory(cfg: ExperimentConfig, train_bytes: int, test_bytes: int, tr
         + ((k + 1) * numel * 4 if skymask else 0),
         "split": 2 * split,
         "population": 2 * table,
-        "malicious": malicious * (1 + workers),
         "workers": workers * PROCESS_BYTES,
         "data": 2 * train_bytes + test_bytes + cache,
     }

@@ -8,8 +8,6 @@ from typing import Any, Callable
 
 import click
 
-from .defenses.base import can_reject
-
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -21,9 +19,9 @@ def _gb(mb: float | None) -> str:
     return "-" if mb is None else f"{mb / 1024:.1f}"
 
 
-def round_line(row: dict[str, Any]) -> str:
-    """The one-line progress display of a finished round (TPR/FPR ``-`` where the defense cannot reject)."""
-    rates = can_reject(row["defense"])
+def round_line(row: dict[str, Any], rates: bool = True) -> str:
+    """The one-line progress display of a finished round; ``rates`` False (a defense that cannot reject,
+    FedAvg) shows TPR/FPR as ``-``, not 0."""
     return (
         f"round {row['round']:>3} | acc {_fmt(row['accuracy'])} | TPR {_fmt(row['tpr'] if rates else None, '.2f')} "
         f"FPR {_fmt(row['fpr'] if rates else None, '.2f')}{' FALLBACK' if row['fallback'] else ''} | "

@@ -61,43 +61,60 @@ def test_declared_f_defaults_to_the_cohort_share():
 
 
 @pytest.mark.parametrize("selection", ["first", "random"])
-@pytest.mark.parametrize("n, fraction", [(1000, 0.2), (50_000, 0.01), (40, 0.5)])
-def test_malicious_set_answers_as_the_population_wide_mask_did(selection, n, fraction):
-    """O(attackers) membership, ranks and fixed cohorts equal those of the (N,) bool mask they replace."""
-    from skymask_ray.seeding import numpy_rng
-
+@pytest.mark.parametrize("n, fraction", [(1000, 0.2), (50_000, 0.01), (40, 0.5), (1, 0.0), (2**12 + 1, 0.3)])
+def test_malicious_set_membership_ranks_and_fixed_cohorts_agree(selection, n, fraction):
+    """Exactly f attackers; membership, ranks, the j-th attacker / benign client and fixed cohorts agree with
+    the (N,) bool mask they stand for; the first f are clients 0 .. f-1."""
     f = round(n * fraction)
     mal = malicious_population(n, f, selection, 3)
-    mask = np.zeros(n, dtype=bool)  # the former representation, built the former way
-    mask[:f] = selection == "first"
-    if selection == "random":
-        mask[numpy_rng(3, "malicious").choice(n, size=f, replace=False)] = True
-    assert np.array_equal(mal.mask(np.arange(n)), mask)
+    mask = mal.mask(np.arange(n))
+    assert mask.sum() == f and (selection == "random" or mask[:f].all())
     assert np.array_equal(mal.sorted_ids(), np.flatnonzero(mask))
-    assert np.array_equal(mal.nth_benign(np.arange(n - f)), np.flatnonzero(~mask))
-    assert [mal.rank(int(k)) for k in np.flatnonzero(mask)[:5]] == list(range(min(5, f)))
-    assert mal.rank(int(np.flatnonzero(~mask)[0])) is None
-    k = min(30, n - 1)
+    assert np.array_equal(np.sort(mal.nth_benign(np.arange(n - f))), np.flatnonzero(~mask))
+    assert sorted(mal.rank(int(k)) for k in np.flatnonzero(mask)) == list(range(f))  # a bijection onto 0 .. f-1
+    assert all(mal.rank(int(mal.nth_malicious(np.array([j]))[0])) == j for j in range(min(f, 5)))
+    if f < n:
+        assert mal.rank(int(np.flatnonzero(~mask)[0])) is None
+    k = min(30, n)
     fixed = Population(mal, k, "fixed", fraction, 0.0, 3)
-    for r in range(1, 6):  # the former draw: choice over the flatnonzero arrays
-        rng = numpy_rng(3, "cohort", r)
-        bad, good = np.flatnonzero(mask), np.flatnonzero(~mask)
-        m = min(int(round(k * fraction)), len(bad))
-        old = np.sort(np.concatenate([rng.choice(bad, size=m, replace=False),
-                                      rng.choice(good, size=k - m, replace=False)]))
-        assert np.array_equal(fixed.cohort(r), old)
+    for r in range(1, 6):
+        c = fixed.cohort(r)
+        assert len(np.unique(c)) == k and mask[c].sum() == min(int(round(k * fraction)), f)
+
+
+def test_the_random_malicious_set_is_a_seeded_uniform_draw():
+    """Each client is an attacker with probability f/N (chi-square over 20 blocks of ids, 200 seeds), the set
+    depends on the seed only, and a permutation is a bijection of 0 .. N-1 for awkward N."""
+    from skymask_ray.population import SeededPermutation
+
+    n, f = 1000, 100
+    counts = np.zeros(20)
+    for seed in range(200):
+        ids = malicious_population(n, f, "random", seed).sorted_ids()
+        counts += np.bincount(ids // 50, minlength=20)
+    expected = 200 * f / 20
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 43.8  # 19 degrees of freedom, p = 0.001
+    a, b = (malicious_population(n, f, "random", 7).sorted_ids() for _ in range(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, malicious_population(n, f, "random", 8).sorted_ids())
+    for size in (1, 2, 3, 5, 17, 1000, 2**10, 2**10 + 1):
+        perm = SeededPermutation.of(size, 0, "test")
+        image = perm(np.arange(size))
+        assert np.array_equal(np.sort(image), np.arange(size))
+        assert np.array_equal(perm.inverse(image), np.arange(size))
 
 
 def test_a_cohort_of_a_huge_population_holds_nothing_per_client():
     import tracemalloc
 
     tracemalloc.start()
-    pop = Population(malicious_population(10**9, 2 * 10**8, "first", 0), 100, "fixed", 0.2, 0.1, 0)
-    cohorts = [pop.cohort(r) for r in range(1, 4)]
+    pops = [Population(malicious_population(10**9, 2 * 10**8, sel, 0), 100, "fixed", 0.2, 0.1, 0)
+            for sel in ("first", "random")]
+    cohorts = [(pop, pop.cohort(r)) for pop in pops for r in range(1, 4)]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 1024**2  # O(K): 10^9 clients would need 1 GB for a mask alone
-    assert all(len(c) == 100 and pop.is_malicious(c).sum() == 20 and c.max() < 10**9 for c in cohorts)
+    assert peak < 1024**2  # O(K): 10^9 clients would need 1 GB for a mask alone, a random set 1.6 GB of ids
+    assert all(len(c) == 100 and pop.is_malicious(c).sum() == 20 and c.max() < 10**9 for pop, c in cohorts)
 
 
 @pytest.mark.slow

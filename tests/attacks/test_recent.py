@@ -183,7 +183,9 @@ def test_dba_rank_comes_from_the_simulation_malicious_set():
     ids = np.flatnonzero(mal.mask(np.arange(cfg.clients))).tolist()
     assert ids == malicious_ids(cfg) and ids != list(range(len(ids)))
     attack = ATTACKS.get("dba")(cfg.attack_params, cfg, 10)
-    assert [attack.part_of(k) for k in ids] == [r % 4 for r in range(len(ids))]
+    parts = [attack.part_of(k) for k in ids]
+    assert parts == [mal.rank(k) % 4 for k in ids]  # the attacker's rank among the attackers
+    assert sorted(parts) == sorted(r % 4 for r in range(len(ids)))  # each part held by f/4 attackers (+-1)
 
 
 def test_dba_square_parts_partition_the_square_and_vectors_use_features():
@@ -221,7 +223,8 @@ def test_poison_data_takes_the_client_keyword_everywhere():
     x, y = torch.zeros(8, 1, 12, 12), torch.arange(8) % 10
     for name in ["label_flip", "scaling", "lie_backdoor", "neurotoxin", "none"]:
         build(name).poison_data(x, y, torch.Generator().manual_seed(0), client=3)
-    wrapped = build("parameter", {"base": "dba", "base_params": {"poison_fraction": 1.0}}, fraction=0.5)
+    wrapped = build("parameter", {"base": "dba", "base_params": {"poison_fraction": 1.0}}, fraction=0.5,
+                    malicious_selection="first")  # client 2 is the attacker of rank 2: DBA part 2
     x2, _ = wrapped.poison_data(x, y, torch.Generator().manual_seed(0), client=2)
     assert torch.equal(x2[0, 0] == 1.0, bar_mask(2))
 

@@ -41,8 +41,8 @@ def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epo
         return real(model, spec, w0, data, generators, s, *rest)
 
     monkeypatch.setattr(pool, f"train_{mode}", spy)
-    worker = pool.ClientWorker(x, y, [0, 1, 2, 3], idx, [True, True, False, False], cfg, 10, attack.poison_data,
-                               poison_sgd=attackers)
+    worker = pool.ClientWorker(x, y, pool.as_shards(idx), pool.as_poisoned([True, True, False, False]), cfg, 10,
+                               attack.poison_data, poison_sgd=attackers)
     seen.clear()  # the warm-up step
     w = worker.spec.flatten(worker.model)
     out = worker.train(w.numpy(), {}, 3, [3, 0, 2, 1])

@@ -141,7 +141,9 @@ def test_attacker_ids_carry_no_information_by_default():
     assert cfg.malicious_selection == "random"
     first = np.zeros(cfg.clients, dtype=bool)
     first[: cfg.num_malicious] = True
-    drawn = [malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, s) for s in range(3)]
+    everyone = np.arange(cfg.clients)
+    drawn = [malicious_population(cfg.clients, cfg.num_malicious, cfg.malicious_selection, s).mask(everyone)
+             for s in range(3)]
     assert all(int(m.sum()) == cfg.num_malicious and not np.array_equal(m, first) for m in drawn)
     assert not np.array_equal(drawn[0], drawn[1])
     # the paper presets keep the first f clients, so their published rows stay
