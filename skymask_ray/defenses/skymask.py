@@ -34,7 +34,7 @@ class SkyMask(Defense):
         if ctx.mask_selector is None or ctx.server_update is None:
             raise ValueError("skymask needs the mask trainer and the server's update in the round context")
         sel = ctx.mask_selector(updates, ctx.server_update)
-        accepted = torch.as_tensor(sel.accepted, dtype=torch.bool, device=updates.device)
+        accepted = torch.tensor(sel.accepted, dtype=torch.bool, device=updates.device)  # a copy: Ray gives read-only arrays
         info = {
             "mask_losses": sel.losses,
             "mask_on_mean": float(sel.on_fraction[1:].mean()),
