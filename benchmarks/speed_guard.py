@@ -166,14 +166,14 @@ def client_round_ratio(clients: int, cohort: int, rounds: int) -> Ratio:
 
     cfg = build_config(overrides={
         "data": {"dataset": "fmnist", "partition": "iid", "samples_per_client": 50}, "model": "cnn",
-        "clients": clients, "cohort_size": cohort, "rounds": 10 * rounds, "eval_every": 10 * rounds,
+        "clients": clients, "cohort": cohort, "rounds": 10 * rounds, "eval_every": 10 * rounds,
         "attack": "none", "defense": "fedavg", "malicious_fraction": 0.0, "seed": 0,
         "train": {"local_epochs": 1, "batch_size": 10, "local_lr": 0.5, "grad_clip": 0.01, "global_lr": 1.0}})
     with tempfile.TemporaryDirectory() as tmp, Simulation(cfg, tmp) as sim:
         results = [sim.run_round(r) for r in range(1, rounds + 1)]
         ids = [int(k) for k in results[-1].clients]
         x, y = sim.data.x_train, sim.data.y_train
-        data = [(torch.from_numpy(x[sim.parts[k]]), torch.from_numpy(y[sim.parts[k]])) for k in ids]
+        data = [(torch.from_numpy(x[sim.shards.indices(k)]), torch.from_numpy(y[sim.shards.indices(k)])) for k in ids]
         w = sim.weights
     steady = statistics.median(res.row.t_round for res in results[1:])
     model = build_model(cfg.model, tuple(x.shape[1:]), 10, cfg.seed)
