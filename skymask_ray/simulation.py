@@ -40,7 +40,7 @@ from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import LayoutRecorder, init_ray, pss_mb, reset_peak_rss, rss_mb, setup_layout
+from .runtime import LayoutRecorder, init_ray, joins_cluster, pss_mb, reset_peak_rss, rss_mb, setup_layout
 from .seeding import numpy_rng, torch_generator
 from .skymask.service import ServerService
 
@@ -148,7 +148,8 @@ class Simulation:
     def _setup_actors(self, local_clients: bool) -> None:
         cfg = self.cfg
         self.layout, self.pg = setup_layout(cfg.workers, cfg.clients, cfg.device, workers_per_gpu=cfg.workers_per_gpu,
-                                            model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
+                                            model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk,
+                                            grow=joins_cluster(cfg.address))
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
                                     cfg.device, self.layout, self.pg, cfg.seed,
                                     cfg.cohort_size + 1 if cfg.defense == "skymask" else None)

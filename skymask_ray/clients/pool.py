@@ -24,6 +24,7 @@ the Ray implementation and :class:`LocalClients` the in-process one.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -37,9 +38,11 @@ from ..config import ExperimentConfig
 from ..errors import RunError
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
-from ..runtime import MAX_RESTARTS, ByRef, Layout, pss_mb, require_cuda, rss_mb
+from ..runtime import GROW_TIMEOUT_S, MAX_RESTARTS, ByRef, Layout, pss_mb, require_cuda, rss_mb
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, train_sequential, train_vmap
+
+log = logging.getLogger(__name__)
 
 Poison = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, y, generator, client=k) -> (x, y)
 
@@ -166,17 +169,22 @@ class WorkerHost:
     def __init__(self) -> None:
         self.worker: ClientWorker | None = None
 
-    def load(self, init: WorkerInit) -> int:
+    def load(self, init: WorkerInit) -> tuple[int, str]:
+        """Build the clients (once per process); returns :meth:`where` this worker runs."""
         if self.worker is None:
             clients, indices, poisoned = init.shards.get()
             self.worker = ClientWorker(init.x.get(), init.y.get(), clients, indices, poisoned, init.cfg,
                                        init.num_classes, init.poison)
-        return os.getpid()
+        return self.where()
 
     def train(self, init: WorkerInit, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int,
               client_ids: list[int]) -> dict:
         self.load(init)
-        return self.worker.train(w, buffers, round_idx, client_ids)
+        return {**self.worker.train(w, buffers, round_idx, client_ids), "where": self.where()}
+
+    def where(self) -> tuple[int, str]:
+        """(process id, Ray node id): a restarted worker answers with another pair."""
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def pid(self) -> int:
         return os.getpid()
@@ -208,6 +216,8 @@ class ClientBackend(Protocol):
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int,
               ids: list[int]) -> RoundTraining: ...
+
+    def placement(self) -> list[str]: ...
 
     def shutdown(self) -> None: ...
 
@@ -266,7 +276,8 @@ class ClientPool:
         self.assignment = [sorted(mine[i]) for i in keep]
         self.plans = [plans[i] for i in keep]
         host, again = ray.remote(WorkerHost), {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
-        actors = [host.options(num_cpus=worker_cpus, scheduling_strategy="SPREAD", **again) if p is None else
+        actors = [host.options(num_cpus=worker_cpus if p is None else p.worker_cpus, scheduling_strategy="SPREAD",
+                               **again) if p is None or not p.node_id else  # pending: wherever a node has room
                   host.options(num_cpus=p.worker_cpus, num_gpus=p.worker_gpus, **again,  # soft: a restart may move
                                scheduling_strategy=NodeAffinitySchedulingStrategy(p.node_id, soft=True))
                   for p in self.plans]
@@ -278,14 +289,22 @@ class ClientPool:
         self.owner = np.empty(self.n, dtype=np.int64)
         for i, ks in enumerate(self.assignment):
             self.owner[ks] = i
-        start_timeout = min(timeout_s, 300.0)
+        waiting = sum(1 for p in self.plans if p is not None and not p.node_id)
+        start_timeout = min(timeout_s, GROW_TIMEOUT_S if waiting else 300.0)
         what = workers.summary() if isinstance(workers, Layout) else f"{workers} x {worker_cpus} CPU, spread"
+        if waiting:
+            log.warning("%d client worker(s) of 1 CPU wait for nodes that the cluster does not have yet (the "
+                        "autoscaler's demand), at most %.0fs", waiting, start_timeout)
+        loads = [w.load.remote(init) for w, init in zip(self.workers, self.inits)]
         try:
-            ray.get([w.load.remote(init) for w, init in zip(self.workers, self.inits)], timeout=start_timeout)
+            self.homes: list[tuple[int, str]] = ray.get(loads, timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
+            started, _ = ray.wait(loads, num_returns=len(loads), timeout=0)
             self.shutdown()
+            hint = (f"; {len(loads) - len(started)} of them waited for CPUs the cluster did not add (is it at its "
+                    f"max_workers, or without an autoscaler?): lower --workers" if waiting else "")
             raise RunError(
-                f"client workers could not start within {start_timeout:.0f}s ({what}); "
+                f"client workers could not start within {start_timeout:.0f}s ({what}){hint}; "
                 f"cluster resources: {ray.cluster_resources()}"
             ) from None
         except ray.exceptions.RayTaskError as exc:  # e.g. a GPU worker whose torch cannot use CUDA: one line
@@ -314,7 +333,24 @@ class ClientPool:
             who = f"client worker {dead}" if dead is not None else "a client worker"
             raise RunError(f"round {round_idx}: {who} died {MAX_RESTARTS + 1} times and is not restarted again "
                            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]})") from None
+        for i, r in zip(busy, results):
+            self._note_move(i, tuple(r["where"]), round_idx, len(r["ids"]))
         return _stack(results, ids, self.numel, buffers)
+
+    def _note_move(self, i: int, where: tuple[int, str], round_idx: int, clients: int) -> None:
+        """Log a worker that answers from another process than before: it was restarted (its process or node
+        was lost, during this round or since the last), and this round's training of its clients ran anew."""
+        if where == self.homes[i]:
+            return
+        (pid, node), (new_pid, new_node) = self.homes[i], where
+        moved = f"node {node[:8]} -> {new_node[:8]}" if node != new_node else f"node {node[:8]}"
+        log.warning("round %d: client worker %d was restarted (pid %d -> %d, %s); its %d clients of this round "
+                    "were trained by the new process", round_idx, i, pid, new_pid, moved, clients)
+        self.homes[i] = where
+
+    def placement(self) -> list[str]:
+        """The Ray node of each client worker as last seen (at start, or in the last round it trained)."""
+        return [node for _, node in self.homes]
 
     def pids(self) -> list[int]:
         return ray.get([w.pid.remote() for w in self.workers], timeout=self.timeout_s)
@@ -336,6 +372,9 @@ class LocalClients:
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
         out = self.worker.train(w.cpu().numpy(), {n: b.cpu().numpy() for n, b in buffers.items()}, round_idx, list(ids))
         return _stack([out], ids, self.numel, buffers)
+
+    def placement(self) -> list[str]:
+        return []  # no Ray worker: the clients train in this process
 
     def shutdown(self) -> None:
         self.worker = None
