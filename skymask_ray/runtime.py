@@ -134,6 +134,17 @@ class NodePlan:
     weight: float  # each worker's share of the clients relative to a CPU worker's
 
 
+def short_id(node_id: str) -> str:
+    """A Ray node id short enough for a log line: its last 6 hex digits (the fake nodes of a one-machine
+    cluster, fff...f00001, differ only there)."""
+    return node_id[-6:]
+
+
+def node_label(node_id: str, ip: str, ips: list[str]) -> str:
+    """How lines name a node: its IP, with its :func:`short_id` where nodes share the IP (one machine)."""
+    return ip if ips.count(ip) <= 1 else f"{ip}/{short_id(node_id)}"
+
+
 PENDING = NodePlan("", "", 0.0, 0.0, None, "", None, False, 0, "cpu", 1.0, 0.0, 1.0)
 """The plan of a client worker that no node present can hold: one CPU, on no node in particular. Ray
 queues it, and on an autoscaling cluster the queued request is the demand that adds a node for it."""
@@ -173,7 +184,7 @@ class Layout:
 
     def _labels(self) -> dict[str, str]:
         ips = [p.ip for p in self.nodes]
-        return {p.node_id: p.ip if ips.count(p.ip) == 1 else f"{p.ip}/{p.node_id[:6]}" for p in self.nodes}
+        return {p.node_id: node_label(p.node_id, p.ip, ips) for p in self.nodes}
 
     def summary(self) -> str:
         """One line: workers per node and device, and where the trainer's bundle is."""
@@ -298,6 +309,7 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
         trainer_node = _trainer_node(nodes, gpu, trainer_cpu)
 
     notes: list[str] = []
+    ips = [n.ip for n in nodes]
     gpu_hosts: list[tuple[NodeInfo, int, int, float]] = []  # node, usable GPUs, k, free CPUs
     cpu_hosts: list[tuple[NodeInfo, float]] = []  # node, free CPUs
     for n in nodes:
@@ -308,10 +320,10 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
         if device == "auto" and n.gpus >= 1 and n.cuda is not True:
             why = n.note or "not probed"
             if gpus_free >= 1:
-                notes.append(f"node {n.ip}: Ray lists {n.gpus:g} GPU(s) but torch there cannot use CUDA ({why}); its "
+                notes.append(f"node {node_label(n.node_id, n.ip, ips)}: Ray lists {n.gpus:g} GPU(s) but torch there cannot use CUDA ({why}); its "
                              f"client workers train on its CPUs (--device cuda makes this an error)")
             elif on_trainer and gpu:
-                notes.append(f"node {n.ip}: the mask trainer holds a GPU there but torch cannot use CUDA ({why}); "
+                notes.append(f"node {node_label(n.node_id, n.ip, ips)}: the mask trainer holds a GPU there but torch cannot use CUDA ({why}); "
                              f"it computes on the node's CPU")
         if usable and gpus_free >= 1:
             k = workers_per_gpu or min(default_workers_per_gpu(n.gpu_memory, model_params, vmap_chunk),
