@@ -227,7 +227,7 @@ class LocalCluster:
                 pass
         return [p.pid for p in victims]
 
-    def stop(self, grace_s: float = 20.0) -> list[Proc]:
+    def stop(self, grace_s: float = 10.0) -> list[Proc]:
         """End every process of the cluster's session (SIGTERM, then SIGKILL after ``grace_s``); returns those
         still running after that (none expected)."""
         if self.sid is None:
@@ -458,15 +458,17 @@ def compare_rows(multi: Path, single: Path) -> dict[str, list[str]]:
     return out
 
 
-def single_node_run(study: Path, out: Path) -> subprocess.CompletedProcess:
-    """The same study on a local Ray of this machine alone (no RAY_ADDRESS): ``skymask-ray bench`` as the job ran it."""
+def single_node_run(study: Path, out: Path, log: Path) -> subprocess.Popen:
+    """Start the same study on a local Ray of this machine alone (no RAY_ADDRESS): ``skymask-ray bench`` as the
+    job runs it, its output to ``log``."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "skymask_ray.cli", "bench", "--grid", str(study), "--out", str(out)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    with open(log, "w") as fh:  # the child has its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "skymask_ray.cli", "bench", "--grid", str(study), "--out",
+                                 str(out)], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s: float,
-        timeout_s: float) -> dict[str, Any]:
+def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s: float, timeout_s: float,
+        single_alongside: bool = False) -> dict[str, Any]:
     """The whole exercise; returns what the record says (every number and check)."""
     work.mkdir(parents=True, exist_ok=True)
     ray = ray_command(work / "bin")
@@ -478,6 +480,7 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s
                            "dashboard_port": dashboard_port, "package_mb": working_dir_package_mb(),
                            "results_mb": folder_mb(ROOT / "benchmarks" / "results")}
     t0 = time.time()
+    single: subprocess.Popen | None = None
     try:
         cluster.start()
         rec["gcs_port"] = cluster.gcs_port
@@ -485,6 +488,8 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s
         request_gpu_nodes(cluster.gcs_address, gpu_nodes)
         wait_for_nodes(cluster.url, "worker.gpu", gpu_nodes, timeout_s=300)
         rec["submitted_s"] = time.time() - t0
+        if single_alongside:
+            single = single_node_run(study, work / "single", work / "single.log")
         rc, wall, lines, kill = run_job(cluster, command, results / "cron.log", t0, 2, patience_s, timeout_s)
         rec.update(exit_status=rc, job_wall_s=wall, log=[[round(t, 1), line] for t, line in lines],
                    kill=None if kill is None else kill.__dict__)
@@ -494,6 +499,11 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s
                          "end_s": n.end_time_ms / 1000 - t0 if n.end_time_ms else None} for n in list_nodes(cluster.url)]
         rec["retried"] = [{"task_id": a.task_id, "attempt": a.attempt_number, "state": a.state, "node_id": a.node_id}
                           for a in train_attempts(cluster.url) if a.attempt_number > 0 or a.state == "FAILED"]
+    except BaseException:
+        if single is not None:
+            single.terminate()
+            single.wait()
+        raise
     finally:
         left = cluster.stop()
         rec["left_behind"] = [f"{p.pid} {p.cmdline[:120]}" for p in left]
@@ -503,9 +513,12 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s
     order = [c.name for c in progress_of([(t, line) for t, line in rec.get("log", [])])]
     rec["layouts"] = dict(sorted(cell_layouts(out).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
                                  else len(order))) if out else {}
-    single = single_node_run(study, work / "single")
+    started = time.time()
+    single = single or single_node_run(study, work / "single", work / "single.log")
+    single.wait(timeout=1800)
     rec["single_exit_status"] = single.returncode
-    rec["single_tail"] = single.stdout[-2000:] + single.stderr[-2000:] if single.returncode else ""
+    rec["single_wall_s"] = None if single_alongside else time.time() - started
+    rec["single_tail"] = (work / "single.log").read_text()[-3000:] if single.returncode else ""
     rec["row_diff"] = compare_rows(out, work / "single") if out and single.returncode == 0 else {}
     rec["checks"] = checks(rec)
     return rec
@@ -677,13 +690,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait, once cell 2's first round is logged, for the state API to show a worker "
                          "training on a CPU node before killing that node anyway (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=1500.0, help="seconds the job may take (default: %(default)s)")
+    ap.add_argument("--single-alongside", action="store_true",
+                    help="run the one-node comparison while the job runs (quicker; the job's times then share the "
+                         "machine with it)")
     ap.add_argument("--record", type=Path, default=results_path("cluster_local.md"), help="default: %(default)s")
     args = ap.parse_args(argv)
     if free_port(args.dashboard_port) != args.dashboard_port:
         ap.error(f"port {args.dashboard_port} is in use (another Ray dashboard?); the cron line names it: "
                  f"free it or pass --dashboard-port")
     work = args.work or Path(tempfile.mkdtemp(prefix="cluster-local-"))
-    rec = run(work, args.study.resolve(), args.dashboard_port, args.gpu_nodes, args.kill_patience, args.timeout)
+    rec = run(work, args.study.resolve(), args.dashboard_port, args.gpu_nodes, args.kill_patience, args.timeout,
+              args.single_alongside)
     atomic_write_text(args.record, record_markdown(rec, sys.argv[1:] if argv is None else argv))
     atomic_write_text(args.record.with_suffix(".json"), json.dumps(rec, indent=1) + "\n")
     for name, ok in rec["checks"].items():
