@@ -496,7 +496,8 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s
         rec["job"] = job_info(cluster.url, lines)
         rec["nodes"] = [{"node_id": n.node_id, "kind": node_kind(n), "state": n.state,
                          "start_s": n.start_time_ms / 1000 - t0 if n.start_time_ms else None,
-                         "end_s": n.end_time_ms / 1000 - t0 if n.end_time_ms else None} for n in list_nodes(cluster.url)]
+                         "end_s": n.end_time_ms / 1000 - t0 if n.end_time_ms else None}
+                        for n in list_nodes(cluster.url)]
         rec["retried"] = [{"task_id": a.task_id, "attempt": a.attempt_number, "state": a.state, "node_id": a.node_id}
                           for a in train_attempts(cluster.url) if a.attempt_number > 0 or a.state == "FAILED"]
     except BaseException:
@@ -560,7 +561,8 @@ def checks(rec: dict[str, Any]) -> dict[str, bool]:
         "job succeeded (exit status 0, status SUCCEEDED)": rec.get("exit_status") == 0
         and rec.get("job", {}).get("status", "").endswith("SUCCEEDED"),
         "workers beyond the head were pending demand, and a CPU node came for them": bool(pending_cells and grown),
-        "a worker node was killed in the middle of a cell": bool(cell and cell.rounds[0][1] < kill["t"] < cell.rounds[-1][1]),
+        "a worker node was killed in the middle of a cell":
+            bool(cell and cell.rounds and cell.rounds[0][1] < kill["t"] < cell.rounds[-1][1]),
         "the pool logged the restart with its round": any(restarts),
         "mask trainer's GPU bundle on a (fake) GPU node": bool(trainer_on_gpu),
         "another GPU node's client workers fell back to CPU, with the warning": bool(gpu_cpu_workers)
@@ -645,15 +647,16 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
         lines += [f"- {text}" for _, text in found] or ["- (no restart line)"]
         lost = int(found[0][0].group(1)) if found else None
         if lost is not None and going is not None:
-            lines += ["", f"So the worker was lost {'during' if lost == going else 'after'} its client training of round "
-                          f"{going}: round {lost}'s training of its clients was {'redone' if lost == going else 'done'} "
-                          f"by a new worker{'' if lost == going else ' (round ' + str(going) + ' had its results)'}."]
+            during = lost == going
+            lines += ["", f"So the worker was lost {'during' if during else 'after'} its client training of round "
+                          f"{going}: round {lost}'s training of its clients was {'redone' if during else 'done'} by a "
+                          f"new worker{'' if during else f' (round {going} had its results)'}."]
         retried = [f"{r['state']} attempt {r['attempt']} on {short.get(r['node_id'], str(r['node_id'])[-5:])}"
                    for r in sorted(rec.get("retried", []), key=lambda r: r["attempt"])]
-        lines += ["", f"Ray's own attempts of training calls that failed (the state API): {', '.join(retried) or 'none'}. "
-                      "Attempts that fail while the node is not yet marked dead are the worker being \"unavailable\"; "
-                      "the pool then makes the call again on a worker on a node that is up, which is what the "
-                      "nodes table shows the autoscaler starting after the loss."]
+        lines += ["", "Ray's own attempts of training calls that failed (the state API): "
+                      f"{', '.join(retried) or 'none'}. Attempts that fail while the node is not yet marked dead "
+                      "are the worker being \"unavailable\"; the pool then makes the call again on a worker on a "
+                      "node that is up, which is what the nodes table shows the autoscaler starting after the loss."]
     else:
         lines.append("No node was killed (no CPU worker node hosted a client worker in the cell).")
     job = rec.get("job", {})

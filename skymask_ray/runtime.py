@@ -318,12 +318,12 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
         gpus_free = max(0, math.floor(n.gpus - (1.0 if on_trainer and gpu else 0.0) + 1e-9))
         usable = device == "cuda" or (device == "auto" and n.cuda is True)
         if device == "auto" and n.gpus >= 1 and n.cuda is not True:
-            why = n.note or "not probed"
+            why, label = n.note or "not probed", node_label(n.node_id, n.ip, ips)
             if gpus_free >= 1:
-                notes.append(f"node {node_label(n.node_id, n.ip, ips)}: Ray lists {n.gpus:g} GPU(s) but torch there cannot use CUDA ({why}); its "
+                notes.append(f"node {label}: Ray lists {n.gpus:g} GPU(s) but torch there cannot use CUDA ({why}); its "
                              f"client workers train on its CPUs (--device cuda makes this an error)")
             elif on_trainer and gpu:
-                notes.append(f"node {node_label(n.node_id, n.ip, ips)}: the mask trainer holds a GPU there but torch cannot use CUDA ({why}); "
+                notes.append(f"node {label}: the mask trainer holds a GPU there but torch cannot use CUDA ({why}); "
                              f"it computes on the node's CPU")
         if usable and gpus_free >= 1:
             k = workers_per_gpu or min(default_workers_per_gpu(n.gpu_memory, model_params, vmap_chunk),
