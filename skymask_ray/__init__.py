@@ -4,9 +4,10 @@ Layers, bottom to top; a module imports only from its own layer or below
 (``tests/test_layers.py`` checks this and that there are no import cycles):
 
 0. errors, registry, seeding, params, storage, linalg, progress: no domain knowledge
-1. config (typed dataclasses, no registries), runtime (Ray start, layout), models, results (the
-   round row), population (cohorts, dropouts), run_folder (a run's files), context (what an
-   attack / a defense may read)
+1. config (typed dataclasses, no registries), runtime (Ray start, layout), local_nodes (the
+   autoscaler's node provider of the one-machine cluster), models, results (the round row),
+   population (cohorts, dropouts), run_folder (a run's files), context (what an attack / a
+   defense may read)
 2. data (datasets, partitions), evaluation
 3. clients (local training, the client pool), skymask (masks, the trainer actor, the server
    service), attacks, defenses: each family in a registry
