@@ -12,9 +12,9 @@
    --working-dir . -- skymask-ray bench --grid ... --out ...``) with only its file names changed, on
    ``benchmarks/studies/cluster_local.yaml`` (3 cells, ``workers: 3``): the pool the head cannot hold
    is demand for which the autoscaler adds a CPU node.
-4. In the second cell, kills one CPU worker node (its raylet, the raylet's processes and its log
-   monitor, with SIGKILL, as a lost machine) while the state API shows one of its client workers
-   training, if it sees that within a few seconds.
+4. Kills one CPU worker node hosting a client worker (its raylet, the raylet's processes and its log
+   monitor, with SIGKILL, as a lost machine) as soon as the log shows the second cell's first round
+   done, when the next round's client training starts.
 5. When the job is done: reads the nodes (start and end times), the retried training tasks, each
    cell's layout, stops the cluster and checks that none of its processes is left; then runs the same
    study on a single-node local Ray and compares every non-timing column of every row.
@@ -290,18 +290,6 @@ def worker_actor_nodes(url: str) -> set[str]:
     return {a.node_id for a in actors}
 
 
-def training_nodes(url: str, started_within_s: float) -> set[str]:
-    """Nodes where the state API shows a client worker's training task running that started at most
-    ``started_within_s`` ago: task events reach the API up to a second late, and a call that started long
-    ago may well be done."""
-    from ray.util.state import list_tasks
-
-    tasks = list_tasks(address=url, filters=[("name", "=", "WorkerHost.train"), ("state", "=", "RUNNING")],
-                       limit=1000, detail=True, raise_on_missing_output=False)
-    now_ms = time.time() * 1000
-    return {t.node_id for t in tasks if t.start_time_ms and now_ms - t.start_time_ms <= started_within_s * 1000}
-
-
 def train_attempts(url: str) -> list[Any]:
     from ray.util.state import list_tasks
 
@@ -370,31 +358,22 @@ class Kill:
     kind: str
     t: float  # seconds since the head was started
     cell: int
-    seen_training: bool  # the state API showed a training task of one of its workers just before
     pids: list[int]
 
 
-def _pick_victim(url: str, patience_s: float) -> tuple[str, bool] | None:
-    """A CPU worker node hosting a client worker, preferably (up to ``patience_s``) while the state API shows
-    it training."""
+def cpu_worker_node(url: str) -> str | None:
+    """A CPU worker node hosting a client worker (None when none does)."""
     nodes = {n.node_id: n for n in list_nodes(url) if n.state == "ALIVE"}
-    hosts = [i for i in worker_actor_nodes(url) if i in nodes and node_kind(nodes[i]) == "worker.cpu"]
-    if not hosts:
-        return None
-    deadline = time.monotonic() + patience_s
-    while True:
-        busy = [i for i in hosts if i in training_nodes(url, started_within_s=1.0)]
-        if busy:
-            return busy[0], True
-        if time.monotonic() >= deadline:
-            return hosts[0], False
-        time.sleep(0.05)
+    hosts = sorted(i for i in worker_actor_nodes(url) if i in nodes and node_kind(nodes[i]) == "worker.cpu")
+    return hosts[0] if hosts else None
 
 
-def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_cell: int, patience_s: float,
+def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_cell: int,
             timeout_s: float) -> tuple[int, float, list[tuple[float, str]], Kill | None]:
-    """Run the cron command (it waits for the job), killing a worker node in cell ``kill_in_cell`` once its first
-    round is logged (see :func:`_pick_victim`); returns its exit status, its wall time, the log lines and the kill."""
+    """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker as soon as
+    the log shows the first round of cell ``kill_in_cell`` done: the next round's client training starts right
+    after a round's line, so the node is likely lost while its worker trains. Returns the command's exit status,
+    its wall time, the log lines and the kill."""
     log.parent.mkdir(parents=True, exist_ok=True)
     tail = LogTail(log, t0)
     tail.start()
@@ -407,11 +386,10 @@ def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_c
                 raise TimeoutError(f"the job did not finish within {timeout_s:.0f}s")
             cells = progress_of(tail.snapshot())
             if kill is None and len(cells) == kill_in_cell and cells[-1].rounds:
-                victim = _pick_victim(cluster.url, patience_s)
-                if victim is not None:
-                    node_id, busy = victim
+                node_id = cpu_worker_node(cluster.url)
+                if node_id is not None:
                     pids = cluster.kill_node(node_id)
-                    kill = Kill(node_id, "worker.cpu", time.time() - t0, kill_in_cell, busy, pids)
+                    kill = Kill(node_id, "worker.cpu", time.time() - t0, kill_in_cell, pids)
             time.sleep(0.2)
     finally:
         if job.poll() is None:
@@ -467,7 +445,7 @@ def single_node_run(study: Path, out: Path, log: Path) -> subprocess.Popen:
                                  str(out)], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s: float, timeout_s: float,
+def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, timeout_s: float,
         single_alongside: bool = False) -> dict[str, Any]:
     """The whole exercise; returns what the record says (every number and check)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -490,7 +468,7 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, patience_s
         rec["submitted_s"] = time.time() - t0
         if single_alongside:
             single = single_node_run(study, work / "single", work / "single.log")
-        rc, wall, lines, kill = run_job(cluster, command, results / "cron.log", t0, 2, patience_s, timeout_s)
+        rc, wall, lines, kill = run_job(cluster, command, results / "cron.log", t0, 2, timeout_s)
         rec.update(exit_status=rc, job_wall_s=wall, log=[[round(t, 1), line] for t, line in lines],
                    kill=None if kill is None else kill.__dict__)
         rec["job"] = job_info(cluster.url, lines)
@@ -633,16 +611,14 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
         lines += [f"  - warning: {note}" for note in lay.get("notes", [])]
     lines += ["", "## The lost node", ""]
     if kill:
-        seen = ("while the state API showed one of its client workers training" if kill["seen_training"]
-                else "the state API showed no training task on it then")
         cell = kill_cell(rec)
         going = next((r for r, t in cell.rounds if t > kill["t"]), None) if cell else None
         dead = next((n["end_s"] for n in nodes if n["node_id"] == kill["node_id"]), None)
-        lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s, {seen} "
-                  f"(its raylet, the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL), "
-                  f"in cell {kill['cell']} (`{cell.name if cell else '?'}`) during its round {going or '?'} (the first "
-                  f"round whose line the log showed after the kill); the cluster marked the node dead at {_s(dead)} s. "
-                  f"What the job logged about its client worker:", ""]
+        lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s (its raylet, "
+                  f"the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL), as soon as the "
+                  f"log showed round 1 of cell {kill['cell']} (`{cell.name if cell else '?'}`) done: during its round "
+                  f"{going or '?'} (the first round whose line the log showed after the kill). The cluster marked the "
+                  f"node dead at {_s(dead)} s. What the job logged about its client worker:", ""]
         found = [(m, line.split(": ", 1)[-1]) for _, line in log if (m := RESTART_LINE.search(line))]
         lines += [f"- {text}" for _, text in found] or ["- (no restart line)"]
         lost = int(found[0][0].group(1)) if found else None
@@ -689,9 +665,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dashboard-port", type=int, default=8265,
                     help="the cron line's port (default: %(default)s; another changes the line)")
     ap.add_argument("--gpu-nodes", type=int, default=2, help="GPU nodes asked for before submitting (default: 2)")
-    ap.add_argument("--kill-patience", type=float, default=20.0,
-                    help="seconds to wait, once cell 2's first round is logged, for the state API to show a worker "
-                         "training on a CPU node before killing that node anyway (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=1500.0, help="seconds the job may take (default: %(default)s)")
     ap.add_argument("--single-alongside", action="store_true",
                     help="run the one-node comparison while the job runs (quicker; the job's times then share the "
@@ -702,8 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"port {args.dashboard_port} is in use (another Ray dashboard?); the cron line names it: "
                  f"free it or pass --dashboard-port")
     work = args.work or Path(tempfile.mkdtemp(prefix="cluster-local-"))
-    rec = run(work, args.study.resolve(), args.dashboard_port, args.gpu_nodes, args.kill_patience, args.timeout,
-              args.single_alongside)
+    rec = run(work, args.study.resolve(), args.dashboard_port, args.gpu_nodes, args.timeout, args.single_alongside)
     atomic_write_text(args.record, record_markdown(rec, sys.argv[1:] if argv is None else argv))
     atomic_write_text(args.record.with_suffix(".json"), json.dumps(rec, indent=1) + "\n")
     for name, ok in rec["checks"].items():
