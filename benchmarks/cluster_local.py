@@ -12,9 +12,9 @@
    --working-dir . -- skymask-ray bench --grid ... --out ...``) with only its file names changed, on
    ``benchmarks/studies/cluster_local.yaml`` (3 cells, ``workers: 3``): the pool the head cannot hold
    is demand for which the autoscaler adds a CPU node.
-4. Kills one CPU worker node hosting a client worker (its raylet, the raylet's processes and its log
-   monitor, with SIGKILL, as a lost machine) as soon as the log shows the second cell's first round
-   done, when the next round's client training starts.
+4. Once the log shows the second cell's first round done, kills one CPU worker node hosting a client
+   worker (its raylet, the raylet's processes and its log monitor, with SIGKILL, as a lost machine) just
+   after that worker's process starts computing, i.e. training its clients.
 5. When the job is done: reads the nodes (start and end times), the retried training tasks, each
    cell's layout, stops the cluster and checks that none of its processes is left; then runs the same
    study on a single-node local Ray and compares every non-timing column of every row.
@@ -32,6 +32,7 @@ import re
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,20 +213,24 @@ class LocalCluster:
             raise RuntimeError(f"ray start failed ({proc.returncode}):\n{out[-3000:]}")
         return out
 
-    def kill_node(self, node_id: str) -> list[int]:
-        """SIGKILL a worker node as a lost machine would go: its raylet, the raylet's processes, its log monitor."""
+    def node_processes(self, node_id: str) -> list[int]:
+        """What dies with a worker node's machine: its raylet, the raylet's processes (agents, workers), its log
+        monitor."""
         procs = [p for p in processes() if p.sid == self.sid and p.state != "Z"]
         raylet = next(p for p in procs if f"--node_id={node_id}" in p.cmdline and "raylet" in p.cmdline.split()[0])
         index = re.search(r"sockets/raylet(\.\d+)?\b", raylet.cmdline)
         monitor = f"log_monitor{index.group(1) or ''}.out" if index else None
-        victims = [raylet, *descendants(raylet.pid, procs),
-                   *(p for p in procs if monitor and "log_monitor.py" in p.cmdline and monitor in p.cmdline)]
-        for p in victims:
+        return [raylet.pid, *(p.pid for p in descendants(raylet.pid, procs)),
+                *(p.pid for p in procs if monitor and "log_monitor.py" in p.cmdline and monitor in p.cmdline)]
+
+    @staticmethod
+    def kill(pids: list[int]) -> None:
+        """SIGKILL ``pids`` (processes of this cluster, from :meth:`node_processes`) at once."""
+        for pid in pids:
             try:
-                os.kill(p.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return [p.pid for p in victims]
 
     def stop(self, grace_s: float = 10.0) -> list[Proc]:
         """End every process of the cluster's session (SIGTERM, then SIGKILL after ``grace_s``); returns those
@@ -279,15 +284,6 @@ def wait_for_nodes(url: str, kind: str, count: int, timeout_s: float) -> None:
             pass
         time.sleep(1.0)
     raise RuntimeError(f"the autoscaler did not bring up {count} {kind} node(s) within {timeout_s:.0f}s")
-
-
-def worker_actor_nodes(url: str) -> set[str]:
-    """Nodes hosting a live client worker."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=url, filters=[("class_name", "=", "WorkerHost"), ("state", "=", "ALIVE")],
-                         limit=1000, raise_on_missing_output=False)
-    return {a.node_id for a in actors}
 
 
 def train_attempts(url: str) -> list[Any]:
@@ -358,22 +354,53 @@ class Kill:
     kind: str
     t: float  # seconds since the head was started
     cell: int
+    while_training: bool  # its client worker's process was computing just before
     pids: list[int]
 
 
-def cpu_worker_node(url: str) -> str | None:
-    """A CPU worker node hosting a client worker (None when none does)."""
+def cpu_worker_node(url: str) -> tuple[str, list[int]] | None:
+    """A CPU worker node hosting client workers, and their process ids (None when no such node)."""
+    from ray.util.state import list_actors
+
     nodes = {n.node_id: n for n in list_nodes(url) if n.state == "ALIVE"}
-    hosts = sorted(i for i in worker_actor_nodes(url) if i in nodes and node_kind(nodes[i]) == "worker.cpu")
-    return hosts[0] if hosts else None
+    actors = list_actors(address=url, filters=[("class_name", "=", "WorkerHost"), ("state", "=", "ALIVE")],
+                         limit=1000, raise_on_missing_output=False)
+    hosts = sorted({a.node_id for a in actors if a.node_id in nodes and node_kind(nodes[a.node_id]) == "worker.cpu"})
+    return (hosts[0], [a.pid for a in actors if a.node_id == hosts[0]]) if hosts else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_busy(pids: list[int], timeout_s: float, window_s: float = 0.1) -> bool:
+    """Wait until one of ``pids`` starts computing (more than half a core over ``window_s`` after a window of
+    less): a client worker computes only while it trains, so this is the start of its training. False if
+    none started within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    before = {p: cpu_seconds(p) for p in pids}
+    idle = False
+    while time.monotonic() < deadline:
+        time.sleep(window_s)
+        now = {p: cpu_seconds(p) for p in pids}
+        busy = any(now[p] - before[p] > 0.5 * window_s for p in pids)
+        if busy and idle:
+            return True
+        idle, before = not busy, now
+    return False
 
 
 def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_cell: int,
             timeout_s: float) -> tuple[int, float, list[tuple[float, str]], Kill | None]:
-    """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker as soon as
-    the log shows the first round of cell ``kill_in_cell`` done: the next round's client training starts right
-    after a round's line, so the node is likely lost while its worker trains. Returns the command's exit status,
-    its wall time, the log lines and the kill."""
+    """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker once the
+    log shows the first round of cell ``kill_in_cell`` done, just after its worker starts computing (training: see
+    :func:`wait_until_busy`; at most 60 s later). Returns the command's exit status, its wall time, the log lines
+    and the kill."""
     log.parent.mkdir(parents=True, exist_ok=True)
     tail = LogTail(log, t0)
     tail.start()
@@ -386,10 +413,13 @@ def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_c
                 raise TimeoutError(f"the job did not finish within {timeout_s:.0f}s")
             cells = progress_of(tail.snapshot())
             if kill is None and len(cells) == kill_in_cell and cells[-1].rounds:
-                node_id = cpu_worker_node(cluster.url)
-                if node_id is not None:
-                    pids = cluster.kill_node(node_id)
-                    kill = Kill(node_id, "worker.cpu", time.time() - t0, kill_in_cell, pids)
+                victim = cpu_worker_node(cluster.url)
+                if victim is not None:
+                    node_id, workers = victim
+                    pids = cluster.node_processes(node_id)
+                    busy = wait_until_busy(workers, timeout_s=60.0)
+                    cluster.kill(pids)
+                    kill = Kill(node_id, "worker.cpu", time.time() - t0, kill_in_cell, busy, pids)
             time.sleep(0.2)
     finally:
         if job.poll() is None:
@@ -551,6 +581,17 @@ def checks(rec: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def round_lines(rec: dict[str, Any], cell: int) -> list[tuple[int, float, str]]:
+    """(round, second read, line) of each round line of cell ``cell`` (1-based) in the job's log."""
+    out, current = [], 0
+    for t, line in rec.get("log", []):
+        if m := CELL_LINE.match(line):
+            current = int(m.group(1))
+        elif current == cell and (m := ROUND_LINE.match(line)):
+            out.append((int(m.group(1)), t, line))
+    return out
+
+
 def kill_cell(rec: dict[str, Any]) -> CellProgress | None:
     """The cell the node was killed in, with its round lines (times as read from the log)."""
     kill = rec.get("kill")
@@ -612,27 +653,30 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
     lines += ["", "## The lost node", ""]
     if kill:
         cell = kill_cell(rec)
-        going = next((r for r, t in cell.rounds if t > kill["t"]), None) if cell else None
         dead = next((n["end_s"] for n in nodes if n["node_id"] == kill["node_id"]), None)
-        lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s (its raylet, "
-                  f"the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL), as soon as the "
-                  f"log showed round 1 of cell {kill['cell']} (`{cell.name if cell else '?'}`) done: during its round "
-                  f"{going or '?'} (the first round whose line the log showed after the kill). The cluster marked the "
-                  f"node dead at {_s(dead)} s. What the job logged about its client worker:", ""]
+        when = ("just after its client worker's process started computing, i.e. in a round's client training"
+                if kill["while_training"] else "though its client worker's process was not seen to start computing")
+        lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s (its "
+                  f"raylet, the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL) in "
+                  f"cell {kill['cell']} (`{cell.name if cell else '?'}`), {when}. The cluster marked the node dead at "
+                  f"{_s(dead)} s. What the job logged about its client worker:", ""]
         found = [(m, line.split(": ", 1)[-1]) for _, line in log if (m := RESTART_LINE.search(line))]
         lines += [f"- {text}" for _, text in found] or ["- (no restart line)"]
+        clients = {r: float(m.group(1)) for r, _, line in round_lines(rec, kill["cell"])
+                   if (m := re.search(r"clients ([\d.]+)s", line))}
         lost = int(found[0][0].group(1)) if found else None
-        if lost is not None and going is not None:
-            during = lost == going
-            lines += ["", f"So the worker was lost {'during' if during else 'after'} its client training of round "
-                          f"{going}: round {lost}'s training of its clients was {'redone' if during else 'done'} by a "
-                          f"new worker{'' if during else f' (round {going} had its results)'}."]
+        if lost in clients:
+            others = sorted(v for r, v in clients.items() if r != lost)
+            lines += ["", f"Round {lost}'s client phase took {clients[lost]:.1f} s against "
+                          f"{statistics.median(others):.1f} s (median) in the cell's other rounds: the time to find "
+                          f"the worker gone and to train its clients again on a new worker, on the node the "
+                          f"autoscaler started for it (nodes table)." if others else ""]
         retried = [f"{r['state']} attempt {r['attempt']} on {short.get(r['node_id'], str(r['node_id'])[-5:])}"
                    for r in sorted(rec.get("retried", []), key=lambda r: r["attempt"])]
         lines += ["", "Ray's own attempts of training calls that failed (the state API): "
-                      f"{', '.join(retried) or 'none'}. Attempts that fail while the node is not yet marked dead "
-                      "are the worker being \"unavailable\"; the pool then makes the call again on a worker on a "
-                      "node that is up, which is what the nodes table shows the autoscaler starting after the loss."]
+                      f"{', '.join(retried) or 'none'}: Ray retries a call (3 times) while the worker is "
+                      "\"unavailable\", before the cluster marks its node dead, and the pool makes it again (Ray's "
+                      "retries anew) until it finds the node gone and replaces the worker."]
     else:
         lines.append("No node was killed (no CPU worker node hosted a client worker in the cell).")
     job = rec.get("job", {})
@@ -647,7 +691,8 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
               for cell, diff in rec.get("row_diff", {}).items()] or ["- (not compared)"]
     lines += ["", f"Processes of the cluster left after stopping it: {len(rec.get('left_behind', []))}.",
               "", "## The job's log", "",
-              "Cells, rounds and warnings as `cron.log` got them, with the second each line was read. Left out: "
+              "Cells, rounds and warnings as `cron.log` got them, with the second each line was read here (a "
+              "line reaches `ray job submit` a second or more after the job prints it). Left out: "
               "`ray job submit`'s own lines, and the autoscaler's event lines (`(autoscaler +Ns) ...`): on this "
               "one-machine cluster every node's log monitor reads the head's one `monitor.log`, so each event "
               "shows up once per node, and a node that joins replays the file from its start (the nodes "
