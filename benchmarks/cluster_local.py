@@ -13,8 +13,8 @@
    ``benchmarks/studies/cluster_local.yaml`` (3 cells, ``workers: 3``): the pool the head cannot hold
    is demand for which the autoscaler adds a CPU node.
 4. Once the log shows the second cell's first round done, kills one CPU worker node hosting a client
-   worker (its raylet, the raylet's processes and its log monitor, with SIGKILL, as a lost machine) just
-   after that worker's process starts computing, i.e. training its clients.
+   worker (its raylet, the raylet's processes and its log monitor, with SIGKILL, as a lost machine) at a
+   moment that worker's process computes, i.e. trains its clients.
 5. When the job is done: reads the nodes (start and end times), the retried training tasks, each
    cell's layout, stops the cluster and checks that none of its processes is left; then runs the same
    study on a single-node local Ray and compares every non-timing column of every row.
@@ -379,26 +379,23 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wait_until_busy(pids: list[int], timeout_s: float, window_s: float = 0.1) -> bool:
-    """Wait until one of ``pids`` starts computing (more than half a core over ``window_s`` after a window of
-    less): a client worker computes only while it trains, so this is the start of its training. False if
-    none started within ``timeout_s``."""
+    """Wait until one of ``pids`` computes (more than half a core over ``window_s``): a client worker computes
+    only while it trains its clients. False if none did within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     before = {p: cpu_seconds(p) for p in pids}
-    idle = False
     while time.monotonic() < deadline:
         time.sleep(window_s)
         now = {p: cpu_seconds(p) for p in pids}
-        busy = any(now[p] - before[p] > 0.5 * window_s for p in pids)
-        if busy and idle:
+        if any(now[p] - before[p] > 0.5 * window_s for p in pids):
             return True
-        idle, before = not busy, now
+        before = now
     return False
 
 
 def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_cell: int,
             timeout_s: float) -> tuple[int, float, list[tuple[float, str]], Kill | None]:
     """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker once the
-    log shows the first round of cell ``kill_in_cell`` done, just after its worker starts computing (training: see
+    log shows the first round of cell ``kill_in_cell`` done, at a moment its worker computes (trains: see
     :func:`wait_until_busy`; at most 60 s later). Returns the command's exit status, its wall time, the log lines
     and the kill."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -654,8 +651,8 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
     if kill:
         cell = kill_cell(rec)
         dead = next((n["end_s"] for n in nodes if n["node_id"] == kill["node_id"]), None)
-        when = ("just after its client worker's process started computing, i.e. in a round's client training"
-                if kill["while_training"] else "though its client worker's process was not seen to start computing")
+        when = ("while its client worker's process was computing, i.e. in a round's client training"
+                if kill["while_training"] else "though its client worker's process was not seen computing")
         lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s (its "
                   f"raylet, the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL) in "
                   f"cell {kill['cell']} (`{cell.name if cell else '?'}`), {when}. The cluster marked the node dead at "

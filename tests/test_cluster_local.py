@@ -3,8 +3,10 @@
 The benchmark starts ``cluster/cluster-local.yaml`` (Ray's autoscaler, fake nodes), submits a study with the
 cron line of ``cluster/README.md``, kills a worker node in the middle of a cell, compares the rows with a
 one-node run and checks that no process of the cluster is left; every check it makes must hold. To keep
-it to minutes (the whole suite has a budget), the study is the benchmark's with 3 rounds, 4 local epochs
-and quick defenses, and the one-node run goes while the job runs.
+it to minutes (the whole suite has a budget), the study is the benchmark's with 4 local epochs instead of
+8, and the one-node run goes while the job runs. The node is killed once the job's log shows the second
+cell's first round, which reaches the log seconds late: that cell must have rounds left by then, hence
+SkyMask's (the mask step makes its rounds the longest) and 4 rounds.
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ def test_readme_cron_line_is_the_one_the_benchmark_runs():
 
 def test_study_survives_a_lost_node_on_the_local_autoscaling_cluster(tmp_path):
     doc = yaml.safe_load(STUDY.read_text())
-    doc["base"]["rounds"] = 3
-    doc["base"]["train"]["local_epochs"] = 4
-    doc["grid"]["defense"] = ["fedavg", "median", "trimmed_mean"]
+    doc["base"]["train"]["local_epochs"] = 4  # the rounds, and skymask (the 2nd cell: its rounds are the longest)
     study = tmp_path / "cluster_local_short.yaml"
     study.write_text(yaml.safe_dump(doc))
     port = free_port(8265)  # the cron line's port, unless something here holds it
