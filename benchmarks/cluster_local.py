@@ -137,6 +137,7 @@ def free_port(preferred: int | None = None) -> int:
     """``preferred`` when nothing listens there, else a port the OS says is free (outside Ray's worker ports)."""
     if preferred is not None:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no owner
             try:
                 s.bind(("", preferred))
                 return preferred
