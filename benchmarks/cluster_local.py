@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -515,6 +516,8 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, timeout_s:
         left = cluster.stop()
         rec["left_behind"] = [f"{p.pid} {p.cmdline[:120]}" for p in left]
         rec["stopped_s"] = time.time() - t0
+        if not left and cluster.temp_dir is not None:  # its sockets and logs; kept when something still runs
+            shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     out = next((p for p in sorted(results.iterdir()) if p.is_dir()), None) if results.exists() else None
     rec["out"] = str(out) if out else None
     order = [c.name for c in progress_of([(t, line) for t, line in rec.get("log", [])])]
