@@ -95,6 +95,9 @@ GPU_WORKER_WEIGHT = 16.0
 """Clients one GPU trains per client one CPU worker trains, used to share clients between the two kinds
 (a GPU worker with 1/k of a GPU gets GPU_WORKER_WEIGHT / k times a CPU worker's share). An unmeasured
 estimate: ``python -m benchmarks.gpu_check`` prints the measured rates to set it from."""
+GROW_TIMEOUT_S = 600.0
+"""How long client workers that the nodes present cannot hold wait for nodes the autoscaler adds (a
+cloud node boots and installs in minutes) before the run stops with one line."""
 PROBE_TIMEOUT_S = 60.0  # a GPU node whose probe has not run by then counts as "CUDA unknown"
 PROBE_GPU = 0.01  # the probe's GPU request: enough for Ray to expose the GPU, fits beside anything
 
@@ -132,6 +135,31 @@ class NodePlan:
     weight: float  # each worker's share of the clients relative to a CPU worker's
 
 
+def short_id(node_id: str) -> str:
+    """A Ray node id short enough for a log line: its last 6 hex digits (the fake nodes of a one-machine
+    cluster, fff...f00001, differ only there)."""
+    return node_id[-6:]
+
+
+def node_label(node_id: str, ip: str, ips: list[str]) -> str:
+    """How lines name a node: its IP, with its :func:`short_id` where nodes share the IP (one machine)."""
+    return ip if ips.count(ip) <= 1 else f"{ip}/{short_id(node_id)}"
+
+
+PENDING = NodePlan("", "", 0.0, 0.0, None, "", None, False, 0, "cpu", 1.0, 0.0, 1.0)
+"""The plan of a client worker that no node present can hold: one CPU, on no node in particular. Ray
+queues it, and on an autoscaling cluster the queued request is the demand that adds a node for it."""
+
+
+def joins_cluster(address: str | None) -> bool:
+    """Does a run with this ``--address`` (else $RAY_ADDRESS) join a running cluster, rather than start Ray here?
+
+    Only a joined cluster can have an autoscaler, so only there may workers wait for nodes (:func:`plan_layout`).
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    return bool(address) and address != "local"
+
+
 @dataclass
 class Layout:
     """Where a run's work goes: the trainer's bundle (reserved first) and the client workers per node.
@@ -149,14 +177,15 @@ class Layout:
     device: str = "auto"
     workers_per_gpu: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings (GPUs torch cannot use), logged at set-up
+    pending: int = 0  # of ``workers``: 1-CPU workers no node present can hold, left to Ray (and its autoscaler)
 
     def worker_plans(self) -> list[NodePlan]:
-        """One entry per client worker (its node, device and resources), node by node."""
-        return [p for p in self.nodes for _ in range(p.workers)]
+        """One entry per client worker (its node, device and resources), node by node, then the pending ones."""
+        return [p for p in self.nodes for _ in range(p.workers)] + [PENDING] * self.pending
 
     def _labels(self) -> dict[str, str]:
         ips = [p.ip for p in self.nodes]
-        return {p.node_id: p.ip if ips.count(p.ip) == 1 else f"{p.ip}/{p.node_id[:6]}" for p in self.nodes}
+        return {p.node_id: node_label(p.node_id, p.ip, ips) for p in self.nodes}
 
     def summary(self) -> str:
         """One line: workers per node and device, and where the trainer's bundle is."""
@@ -167,6 +196,8 @@ class Layout:
                 res = f"{p.worker_gpus:g} GPU + " if p.device == "cuda" else ""
                 res += f"{p.worker_cpus:g} CPU"
                 parts.append(f"{p.workers} x {res} on {labels[p.node_id]}")
+        if self.pending:
+            parts.append(f"{self.pending} x 1 CPU on nodes to come")
         trainer = " + ".join(f"{v:g} {k}" for k, v in sorted(self.trainer_bundle.items(), reverse=True))
         where = labels.get(self.trainer_node or "", "?")
         return f"{self.workers} client workers ({', '.join(parts) or 'none'}); mask trainer: {trainer} on {where}"
@@ -174,7 +205,8 @@ class Layout:
     def describe(self) -> dict[str, Any]:
         """The layout as plain JSON-able values (what ``OUT/_state/layout.json`` holds)."""
         return {
-            "device": self.device, "workers": self.workers, "workers_per_gpu": self.workers_per_gpu,
+            "device": self.device, "workers": self.workers, "pending_workers": self.pending,
+            "workers_per_gpu": self.workers_per_gpu,
             "trainer": {"node_id": self.trainer_node, "bundle": dict(self.trainer_bundle)},
             "nodes": [{**asdict(p), "gpu_memory_gb": None if p.gpu_memory is None else round(p.gpu_memory / 1024**3, 2)}
                       for p in self.nodes],
@@ -220,7 +252,7 @@ def _trainer_node(nodes: list[NodeInfo], gpu: bool, trainer_cpu: float) -> str:
 
 def plan_layout(requested_workers: int | None, clients: int, device: str, nodes: list[NodeInfo] | None = None, *,
                 workers_per_gpu: int | None = None, model_params: int | None = None, vmap_chunk: int = 32,
-                trainer_node: str | None = None) -> Layout:
+                trainer_node: str | None = None, grow: bool = False) -> Layout:
     """Place the mask trainer's bundle and the client workers on the cluster's nodes.
 
     A pure function of ``nodes`` (read from ``ray.nodes()`` and probed when None).
@@ -247,6 +279,10 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
     * ``requested_workers`` (``--workers``) sets the total: GPU workers first (k per GPU), the rest on the
       CPU nodes in proportion to their free CPUs (onto the GPU nodes if there are none). Never more
       workers than clients.
+    * ``grow`` (a joined cluster, which may autoscale): requested workers beyond what the nodes present
+      hold at one per CPU core (or per GPU slot) are not squeezed onto them but ``pending``: 1-CPU
+      workers on no node in particular, which Ray queues until a node has room. The queued requests
+      are the autoscaler's demand, so the cluster grows to the pool asked for.
     * Each worker's ``weight`` (1 for a CPU worker, ``GPU_WORKER_WEIGHT / k`` for a GPU worker) is its
       share of the clients relative to a CPU worker's (:class:`~skymask_ray.clients.pool.ClientPool`).
     """
@@ -274,6 +310,7 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
         trainer_node = _trainer_node(nodes, gpu, trainer_cpu)
 
     notes: list[str] = []
+    ips = [n.ip for n in nodes]
     gpu_hosts: list[tuple[NodeInfo, int, int, float]] = []  # node, usable GPUs, k, free CPUs
     cpu_hosts: list[tuple[NodeInfo, float]] = []  # node, free CPUs
     for n in nodes:
@@ -282,12 +319,12 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
         gpus_free = max(0, math.floor(n.gpus - (1.0 if on_trainer and gpu else 0.0) + 1e-9))
         usable = device == "cuda" or (device == "auto" and n.cuda is True)
         if device == "auto" and n.gpus >= 1 and n.cuda is not True:
-            why = n.note or "not probed"
+            why, label = n.note or "not probed", node_label(n.node_id, n.ip, ips)
             if gpus_free >= 1:
-                notes.append(f"node {n.ip}: Ray lists {n.gpus:g} GPU(s) but torch there cannot use CUDA ({why}); its "
+                notes.append(f"node {label}: Ray lists {n.gpus:g} GPU(s) but torch there cannot use CUDA ({why}); its "
                              f"client workers train on its CPUs (--device cuda makes this an error)")
             elif on_trainer and gpu:
-                notes.append(f"node {n.ip}: the mask trainer holds a GPU there but torch cannot use CUDA ({why}); "
+                notes.append(f"node {label}: the mask trainer holds a GPU there but torch cannot use CUDA ({why}); "
                              f"it computes on the node's CPU")
         if usable and gpus_free >= 1:
             k = workers_per_gpu or min(default_workers_per_gpu(n.gpu_memory, model_params, vmap_chunk),
@@ -295,7 +332,7 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
             gpu_hosts.append((n, gpus_free, k, cpus_free))
         elif cpus_free > 0:
             cpu_hosts.append((n, cpus_free))
-    if not gpu_hosts and not cpu_hosts:
+    if not gpu_hosts and not cpu_hosts and not (grow and requested_workers):
         raise RunError(f"no CPU or GPU is left for client workers once the mask trainer has {bundle}; "
                        f"cluster nodes: {[(n.ip, n.cpus, n.gpus) for n in nodes]}")
 
@@ -306,7 +343,11 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
     gpu_counts = _apportion(min(want, sum(slots)), slots)
     rest = want - sum(gpu_counts)
     cpu_counts = [0] * len(cpu_hosts)
-    if rest and cpu_hosts:
+    cpu_cores = [max(1, math.floor(free + 1e-9)) for _, free in cpu_hosts]  # one worker per core, at least one
+    pending = 0
+    if grow and requested_workers is not None and rest > sum(cpu_cores):
+        cpu_counts, pending = cpu_cores, rest - sum(cpu_cores)
+    elif rest and cpu_hosts:
         cpu_counts = _apportion(rest, [float(c) for c in cpu_default] if requested_workers is None
                                 else [free for _, free in cpu_hosts])
     elif rest:
@@ -325,10 +366,10 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
         w, dev, cpus, gpus, weight = per_node.get(n.node_id, (0, "cpu", 0.0, 0.0, 0.0))
         plans.append(NodePlan(n.node_id, n.ip, n.cpus, n.gpus, n.cuda, n.gpu_name, n.gpu_memory,
                               n.node_id == trainer_node, w, dev, cpus, gpus, weight))
-    used = [p for p in plans if p.workers]
+    used = [p for p in plans if p.workers] + ([PENDING] if pending else [])
     ks = sorted({k for (_, _, k, _), w in zip(gpu_hosts, gpu_counts) if w})
-    return Layout(sum(p.workers for p in used), min(p.worker_cpus for p in used), bundle, gpu, plans, trainer_node,
-                  device, ks[0] if len(ks) == 1 else workers_per_gpu if ks else None, notes)
+    return Layout(sum(p.workers for p in plans) + pending, min(p.worker_cpus for p in used), bundle, gpu, plans,
+                  trainer_node, device, ks[0] if len(ks) == 1 else workers_per_gpu if ks else None, notes, pending)
 
 
 def cluster_nodes() -> list[NodeInfo]:
@@ -446,19 +487,20 @@ def trainer_node_of(pg: PlacementGroup) -> str | None:
 
 
 def setup_layout(requested_workers: int | None, clients: int, device: str, *, workers_per_gpu: int | None = None,
-                 model_params: int | None = None, vmap_chunk: int = 32,
-                 timeout_s: float = 120.0) -> tuple[Layout, PlacementGroup]:
+                 model_params: int | None = None, vmap_chunk: int = 32, timeout_s: float = 120.0,
+                 grow: bool = False) -> tuple[Layout, PlacementGroup]:
     """Read the nodes, probe their GPUs, reserve the trainer's bundle, then plan the client workers around it.
 
     The probe runs before anything is reserved (a one-GPU node's GPU is then free for it), and a plan
     that cannot work (device cuda on a GPU torch cannot use) fails before the reservation. The workers
     are planned once the trainer's node is known, so they leave exactly its bundle alone. Notes (GPUs
-    torch cannot use) are logged as warnings.
+    torch cannot use) are logged as warnings. ``grow``: see :func:`plan_layout` (workers that no node
+    present holds wait for nodes).
     """
     nodes = cluster_nodes()
     if device != "cpu":
         nodes = probe_gpus(nodes)
-    kw = {"workers_per_gpu": workers_per_gpu, "model_params": model_params, "vmap_chunk": vmap_chunk}
+    kw = {"workers_per_gpu": workers_per_gpu, "model_params": model_params, "vmap_chunk": vmap_chunk, "grow": grow}
     draft = plan_layout(requested_workers, clients, device, nodes, **kw)
     pg = reserve_trainer(draft, timeout_s)
     try:
@@ -492,7 +534,8 @@ class LayoutRecorder:
         from .storage import atomic_write_text
 
         doc = {"from_round": int(result.row.round), **sim.layout.describe(), "kernels": dict(sim.kernels),
-               "setup_s": dict(sim.setup_s)}
+               "setup_s": dict(sim.setup_s),
+               "worker_nodes": sim.clients.placement()}  # where each worker ran in that round (pending ones too)
         atomic_write_text(sim.folder.state_dir / "layout.json", json.dumps(doc, indent=1) + "\n")
         self.written = True
 

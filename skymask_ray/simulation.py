@@ -41,7 +41,8 @@ from .population import Population, malicious_population
 from .preflight import MemoryEstimate, available_memory, check_fits, estimate_memory, planned_workers
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import LayoutRecorder, init_ray, process_age_s, pss_mb, ray_failure, reset_peak_rss, rss_mb, setup_layout
+from .runtime import (LayoutRecorder, init_ray, joins_cluster, process_age_s, pss_mb, ray_failure, reset_peak_rss,
+                      rss_mb, setup_layout)
 from .seeding import child_seed, numpy_rng, torch_generator
 from .skymask.service import ServerService
 
@@ -188,7 +189,8 @@ class Simulation:
         cfg = self.cfg
         self.layout, self.pg = setup_layout(cfg.workers, self._trained_at_once(), cfg.device,
                                             workers_per_gpu=cfg.workers_per_gpu,
-                                            model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk)
+                                            model_params=self.spec.numel, vmap_chunk=cfg.train.vmap_chunk,
+                                            grow=joins_cluster(cfg.address))
         t = self._lap("layout", t)
         # the server's streams (g_0, mask training, clustering) hang off a seed derived from the run seed: the mask
         # selector a defense is handed must not lead back to the seed that recomputes the attackers

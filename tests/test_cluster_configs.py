@@ -1,4 +1,8 @@
-"""The cluster-launcher configs in cluster/ pass Ray's own schema, install this package and a torch its nodes run."""
+"""The cluster-launcher configs in cluster/ pass Ray's own schema, install this package and a torch its nodes run.
+
+``cluster-local.yaml`` is the one-machine cluster (Ray's fake_multinode provider): nothing to install, but
+the autoscaler reads it as is, so it must hold every section the launcher reads.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,17 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE, FakeMultiNodeProvider
+from ray.autoscaler._private.providers import _get_node_provider_cls
+from ray.autoscaler._private.util import hash_launch_conf, hash_runtime_conf, prepare_config, validate_config
+
+from skymask_ray.local_nodes import runtime_env_dir_name
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 CONFIGS = sorted(CLUSTER_DIR.glob("*.yaml"))
-GPU_CONFIGS = [p for p in CONFIGS if p.name != "cluster-cpu.yaml"]
+LOCAL = CLUSTER_DIR / "cluster-local.yaml"
+CLOUD_CONFIGS = [p for p in CONFIGS if p != LOCAL]  # started by `ray up`: they copy the checkout and install
+GPU_CONFIGS = [p for p in CLOUD_CONFIGS if p.name != "cluster-cpu.yaml"]
 GPU_INSTANCE_PREFIXES = ("g4dn.", "g5.", "g6.", "g6e.", "p3.", "p4d.", "p5.")
 
 
@@ -48,7 +58,7 @@ def _is_gpu_type(node_type: dict[str, Any]) -> bool:
 
 
 def test_expected_configs_exist() -> None:
-    assert {p.name for p in CONFIGS} >= {"cluster.yaml", "cluster-cpu.yaml", "cluster-gcp.yaml"}
+    assert {p.name for p in CONFIGS} >= {"cluster.yaml", "cluster-cpu.yaml", "cluster-gcp.yaml", "cluster-local.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -69,7 +79,7 @@ def test_config_survives_ray_prepare_and_validate(path: Path) -> None:
     assert 1 <= config["idle_timeout_minutes"] <= 60
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CLOUD_CONFIGS, ids=lambda p: p.name)
 def test_setup_installs_this_package_from_the_mounted_checkout(path: Path) -> None:
     config = _load(path)
     mounts = config["file_mounts"]
@@ -110,7 +120,7 @@ def _torch_installs(config: dict[str, Any]) -> list[str]:
     return [c for c in _all_commands(config) if "pip install" in c and re.search(r"\btorch\b", c)]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CLOUD_CONFIGS, ids=lambda p: p.name)
 def test_torch_install_pins_a_build_the_nodes_can_run(path: Path) -> None:
     """Every torch install names its index: the CPU build, or on GPU node types a CUDA 12 build that the image's
     NVIDIA driver runs (never PyPI's default, which may be a CUDA 13 build needing a newer driver)."""
@@ -135,3 +145,38 @@ def test_torch_install_pins_a_build_the_nodes_can_run(path: Path) -> None:
         image = json.dumps(t["node_config"])
         for driver in re.findall(r"nvidia-(\d{3})\b", image):
             assert int(driver) >= MIN_DRIVER[cu], f"torch cu{cu} needs driver >= {MIN_DRIVER[cu]}, image has {driver}"
+
+
+# ----- the one-machine cluster -----------------------------------------------------------------------
+def test_local_config_holds_what_the_launcher_reads() -> None:
+    """`ray start --autoscaling-config` uses the file as is: the launcher hashes node_config with auth (a file
+    without auth leaves every node "launching" with KeyError: 'auth') and the runtime sections."""
+    config = _load(LOCAL)
+    for node_type in config["available_node_types"].values():
+        hash_launch_conf(node_type["node_config"], config["auth"])
+    hash_runtime_conf(config["file_mounts"], config["cluster_synced_files"],
+                      [config["worker_setup_commands"], config["worker_start_ray_commands"]])
+    assert config["provider"]["disable_node_updaters"] and config["provider"]["disable_launch_config_check"]
+
+
+def test_local_config_has_cluster_yamls_node_kinds_on_one_cpu_each() -> None:
+    """A CPU head, a GPU worker type and a CPU worker type (as cluster.yaml), 1 CPU each, scaling from 0 to 2."""
+    config = _load(LOCAL)
+    types = config["available_node_types"]
+    assert config["head_node_type"] == FAKE_HEAD_NODE_TYPE  # the fake provider's name for its head node
+    assert types[FAKE_HEAD_NODE_TYPE]["resources"] == {"CPU": 1}  # what `ray start --head --num-cpus 1` gives it
+    workers = {n: t for n, t in types.items() if n != FAKE_HEAD_NODE_TYPE}
+    gpu = [t for t in workers.values() if t["resources"].get("GPU", 0) >= 1]
+    cpu = [t for t in workers.values() if "GPU" not in t["resources"]]
+    assert len(gpu) == 1 and len(cpu) == 1
+    for t in workers.values():
+        assert t["resources"]["CPU"] == 1 and t["min_workers"] == 0 and t["max_workers"] == 2
+    assert config["max_workers"] >= sum(t["max_workers"] for t in workers.values())
+
+
+def test_local_provider_is_rays_fake_multinode_with_a_runtime_env_folder_per_node() -> None:
+    cls = _get_node_provider_cls(_load(LOCAL)["provider"])
+    assert issubclass(cls, FakeMultiNodeProvider) and cls is not FakeMultiNodeProvider
+    ids = [f"{'f' * 51}{i:05d}" for i in range(1, 4)]
+    names = [runtime_env_dir_name(i) for i in ids]
+    assert len(set(names)) == 3 and "runtime_resources" not in names  # none is the head's folder

@@ -19,9 +19,12 @@ returns one stacked (n_i x P) array for the clients it trained.
 Workers restart on failure and Ray re-runs the lost round's task on the new
 actor (at most ``MAX_RESTARTS`` times, then the run stops with one line naming
 the worker); because every client draws from its own seeded stream the redone
-work gives the same updates. A worker's data reaches it as refs inside an
-argument of every call (:class:`WorkerInit`), never as constructor arguments,
-so a restarted worker rebuilds its clients.
+work gives the same updates. A worker whose node is gone is replaced by one on
+no node in particular (Ray would restart it with the old node's affinity, which
+the autoscaler does not count as demand), and a restart is logged with its
+round. A worker's data reaches it as refs inside an argument of every call
+(:class:`WorkerInit`), never as constructor arguments, so a restarted worker
+rebuilds its clients.
 
 :class:`ClientBackend` is what the round loop needs; :class:`ClientPool` is
 the Ray implementation and :class:`LocalClients` the in-process one.
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Container, Protocol, Sequence
 
@@ -45,9 +50,14 @@ from ..data.shards import ClientShards, ShardTable
 from ..errors import RunError
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
-from ..runtime import MAX_RESTARTS, ByRef, Layout, out_of_memory, pss_mb, ray_failure, require_cuda, rss_mb
+from ..runtime import (GROW_TIMEOUT_S, MAX_RESTARTS, ByRef, Layout, out_of_memory, pss_mb, ray_failure, require_cuda,
+                       rss_mb, short_id)
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, client_mode, train_sequential, train_vmap
+
+log = logging.getLogger(__name__)
+
+NODE_CHECK_S = 5.0  # how often a call still running checks whether its worker's node is gone
 
 Poison = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (x, y, generator, client=k) -> (x, y)
 Poisoned = Container[int]  # the ids of data-poisoning clients (a MaliciousSet, a frozenset)
@@ -203,17 +213,22 @@ class WorkerHost:
     def __init__(self) -> None:
         self.worker: ClientWorker | None = None
 
-    def load(self, init: WorkerInit) -> int:
+    def load(self, init: WorkerInit) -> tuple[int, str]:
+        """Build the clients (once per process); returns :meth:`where` this worker runs."""
         if self.worker is None:
             shards, poisoned = init.shards.get()
             self.worker = ClientWorker(init.x.get(), init.y.get(), shards, poisoned, init.cfg, init.num_classes,
                                        init.poison, poison_sgd=init.poison_sgd)
-        return os.getpid()
+        return self.where()
 
     def train(self, init: WorkerInit, w: np.ndarray, buffers: dict[str, np.ndarray], round_idx: int,
               client_ids: list[int]) -> dict:
         self.load(init)
-        return self.worker.train(w, buffers, round_idx, client_ids)
+        return {**self.worker.train(w, buffers, round_idx, client_ids), "where": self.where()}
+
+    def where(self) -> tuple[int, str]:
+        """(process id, Ray node id): a restarted worker answers with another pair."""
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def pid(self) -> int:
         return os.getpid()
@@ -245,6 +260,8 @@ class ClientBackend(Protocol):
 
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int,
               ids: list[int]) -> RoundTraining: ...
+
+    def placement(self) -> list[str]: ...
 
     def shutdown(self) -> None: ...
 
@@ -316,23 +333,30 @@ class ClientPool:
             self.shard_refs = [ray.put((shards, poisoned))] * len(plans)
             self.slots = slots
         self.plans = [plans[i] for i in keep]
-        host, again = ray.remote(WorkerHost), {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
-        actors = [host.options(num_cpus=worker_cpus, scheduling_strategy="SPREAD", **again) if p is None else
-                  host.options(num_cpus=p.worker_cpus, num_gpus=p.worker_gpus, **again,  # soft: a restart may move
-                               scheduling_strategy=NodeAffinitySchedulingStrategy(p.node_id, soft=True))
-                  for p in self.plans]
+        self.worker_cpus = worker_cpus
         self.inits = [WorkerInit(ByRef(self.x_ref), ByRef(self.y_ref), ByRef(ref), cfg, num_classes, poison,
                                  poison_sgd) for ref in self.shard_refs]
-        self.workers = [actor.remote() for actor in actors]
-        start_timeout = min(timeout_s, 300.0)
+        self.workers = [self._spawn(i) for i in range(len(self.plans))]
+        # (pid, node) where each worker runs: its planned node until it answers; 0 and "" after a replacement
+        self.homes: list[tuple[int, str]] = [(0, p.node_id if p is not None else "") for p in self.plans]
+        self.replaced = [0] * len(self.plans)
+        waiting = sum(1 for p in self.plans if p is not None and not p.node_id)
+        start_timeout = min(timeout_s, GROW_TIMEOUT_S if waiting else 300.0)
         what = workers.summary() if isinstance(workers, Layout) else f"{workers} x {worker_cpus} CPU, spread"
-        loads = [w.load.remote(init) for w, init in zip(self.workers, self.inits)]
+        if waiting:
+            log.warning("%d client worker(s) of 1 CPU wait for nodes that the cluster does not have yet (the "
+                        "autoscaler's demand), at most %.0fs", waiting, start_timeout)
+        phase = "set-up (client workers loading their clients)"
         try:
-            ray.get(loads, timeout=start_timeout)
-        except ray.exceptions.GetTimeoutError:
+            got = self._gather({i: w.load.remote(init) for i, (w, init) in enumerate(zip(self.workers, self.inits))},
+                               lambda i: self.workers[i].load.remote(self.inits[i]), start_timeout, None)
+            self.homes = [tuple(got[i]) for i in range(len(self.workers))]
+        except _Unfinished as late:
             self.shutdown()
+            hint = (f"; {late.count} of them waited for CPUs the cluster did not add (is it at its max_workers, "
+                    f"or without an autoscaler?): lower --workers" if waiting else "")
             raise RunError(
-                f"client workers could not start within {start_timeout:.0f}s ({what}); "
+                f"client workers could not start within {start_timeout:.0f}s ({what}){hint}; "
                 f"cluster resources: {ray.cluster_resources()}"
             ) from None
         except ray.exceptions.RayTaskError as exc:  # e.g. a GPU worker whose torch cannot use CUDA: one line
@@ -342,10 +366,18 @@ class ClientPool:
             cause = exc.cause if exc.cause is not None else exc
             raise RunError(f"client workers could not set up their clients: {type(cause).__name__}: "
                            f"{str(cause).strip().splitlines()[-1][:200]}") from None
-        except ray.exceptions.RayError as exc:  # killed (out of memory) or lost more often than it restarts
-            dead = next((i for i, r in enumerate(loads) if _failed(r)), None)
+        except _WorkerDied as dead:
             self.shutdown()
-            raise ray_failure(exc, "set-up (client workers loading their clients)", self._who(dead)) from None
+            if out_of_memory(dead.exc):
+                raise ray_failure(dead.exc, phase, self._who(dead.worker)) from None
+            raise RunError(f"{self._who(dead.worker)} died {MAX_RESTARTS + 1} times while starting "
+                           f"({type(dead.exc).__name__}: {str(dead.exc).strip().splitlines()[0][:160]})") from None
+        except ray.exceptions.RayError as exc:  # anything else Ray reports (an object lost with its node, ...)
+            self.shutdown()
+            raise ray_failure(exc, phase, "a client worker") from None
+        except BaseException:
+            self.shutdown()
+            raise
 
     def _who(self, i: int | None) -> str:
         """Client worker ``i`` and its node, for a one-line error."""
@@ -365,25 +397,121 @@ class ClientPool:
                 per_worker[self.slots[j % len(self.slots)]].append(k)
         return per_worker
 
+    def _spawn(self, i: int, pinned: bool = True) -> "ray.actor.ActorHandle":
+        """Start worker ``i``'s actor: on its planned node (soft: a restart may move), or wherever one has room."""
+        p, host = self.plans[i], ray.remote(WorkerHost)
+        again = {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
+        if p is None:
+            return host.options(num_cpus=self.worker_cpus, scheduling_strategy="SPREAD", **again).remote()
+        if pinned and p.node_id:
+            return host.options(num_cpus=p.worker_cpus, num_gpus=p.worker_gpus, **again,
+                                scheduling_strategy=NodeAffinitySchedulingStrategy(p.node_id, soft=True)).remote()
+        return host.options(num_cpus=p.worker_cpus, num_gpus=p.worker_gpus, scheduling_strategy="SPREAD",
+                            **again).remote()
+
+    def _gather(self, calls: dict[int, "ray.ObjectRef"], call_again: Callable[[int], "ray.ObjectRef"],
+                timeout_s: float, round_idx: int | None) -> dict[int, object]:
+        """The results of ``calls`` (worker index -> ref), waiting at most ``timeout_s`` (else :class:`_Unfinished`).
+
+        Ray restarts a worker that died and retries its call, with two gaps when a node is lost, which this
+        closes:
+
+        * until the cluster marks the node dead (tens of seconds), the worker is "unavailable", and Ray's
+          retries of the call are used up within that time: a call that ends so is made again after
+          ``NODE_CHECK_S`` (until its worker answers, or its node is found gone);
+        * a worker restarting with a soft affinity to a node that is gone is not demand the autoscaler
+          sees (Ray does not report node-affinity requests): on a cluster without room it would wait
+          forever. So every ``NODE_CHECK_S`` a call not answered whose worker's node is gone gets a new
+          worker on no node in particular, and is made again.
+        """
+        pending, results, retry = dict(calls), {}, {}  # retry: worker -> when its call found it unavailable
+        deadline = time.monotonic() + timeout_s
+        while pending or retry:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Unfinished(len(pending) + len(retry))
+            ready: list = []
+            if pending:
+                ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=min(NODE_CHECK_S, left))
+            else:
+                time.sleep(min(NODE_CHECK_S, left))
+            for i in [i for i, ref in pending.items() if ref in ready]:
+                try:
+                    results[i] = ray.get(pending.pop(i))
+                except ray.exceptions.ActorUnavailableError:
+                    retry[i] = time.monotonic()
+                except ray.exceptions.RayActorError as exc:
+                    raise _WorkerDied(i, exc) from None
+            for i in self._replace_lost([*pending, *retry], round_idx):
+                retry.pop(i, None)
+                pending[i] = call_again(i)
+            for i in [i for i, t in retry.items() if time.monotonic() - t >= NODE_CHECK_S]:
+                del retry[i]
+                pending[i] = call_again(i)
+        return results
+
+    def _replace_lost(self, workers: list[int], round_idx: int | None) -> list[int]:
+        """Of ``workers``, those whose node is gone, each replaced by a new worker on no node in particular."""
+        homes = {self.homes[i][1] for i in workers} - {""}
+        if not homes:
+            return []
+        alive = {str(n["NodeID"]) for n in ray.nodes() if n.get("Alive")}
+        lost = [i for i in workers if self.homes[i][1] in homes - alive]
+        for i in lost:
+            self.replaced[i] += 1
+            when = f"round {round_idx}" if round_idx is not None else "start"
+            if self.replaced[i] > MAX_RESTARTS:
+                raise RunError(f"{when}: client worker {i} lost its node {self.replaced[i]} times and is not "
+                               f"replaced again")
+            ray.kill(self.workers[i], no_restart=True)
+            self.workers[i] = self._spawn(i, pinned=False)
+            log.warning("%s: client worker %d lost its node %s; a new worker, on whichever node has room (on a full "
+                        "cluster: demand for the autoscaler), trains its clients for this call", when, i,
+                        short_id(self.homes[i][1]))
+            self.homes[i] = (0, "")
+        return lost
+
     def train(self, w: torch.Tensor, buffers: dict[str, torch.Tensor], round_idx: int, ids: list[int]) -> RoundTraining:
         """Train ``ids`` on their workers; one stacked matrix, rows in the order of ``ids``."""
         w_ref = ray.put(w.cpu().numpy())
         b_ref = ray.put({n: b.cpu().numpy() for n, b in buffers.items()})
         per_worker = self._route(ids)
         busy = [i for i, mine in enumerate(per_worker) if mine]
-        refs = [self.workers[i].train.remote(self.inits[i], w_ref, b_ref, round_idx, per_worker[i]) for i in busy]
+
+        def call(i: int) -> "ray.ObjectRef":
+            return self.workers[i].train.remote(self.inits[i], w_ref, b_ref, round_idx, per_worker[i])
+
         try:
-            results = ray.get(refs, timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError:
+            got = self._gather({i: call(i) for i in busy}, call, self.timeout_s, round_idx)
+        except _Unfinished:
             raise RunError(f"client training did not finish within {self.timeout_s:.0f}s") from None
+        except _WorkerDied as dead:
+            if out_of_memory(dead.exc):
+                raise ray_failure(dead.exc, f"round {round_idx}, client training", self._who(dead.worker)) from None
+            raise RunError(f"round {round_idx}: {self._who(dead.worker)} died {MAX_RESTARTS + 1} times and is not "
+                           f"restarted again ({type(dead.exc).__name__}: "
+                           f"{str(dead.exc).strip().splitlines()[0][:160]})") from None
         except ray.exceptions.RayError as exc:
-            dead = next((i for i, r in zip(busy, refs) if _failed(r)), None)
-            if isinstance(exc, ray.exceptions.RayActorError) and not out_of_memory(exc):
-                raise RunError(f"round {round_idx}: {self._who(dead)} died {MAX_RESTARTS + 1} times and is not "
-                               f"restarted again ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]})"
-                               ) from None
-            raise ray_failure(exc, f"round {round_idx}, client training", self._who(dead)) from None
+            raise ray_failure(exc, f"round {round_idx}, client training", "a client worker") from None
+        results = [got[i] for i in busy]
+        for i, r in zip(busy, results):
+            self._note_move(i, tuple(r["where"]), round_idx, len(r["ids"]))
         return _stack(results, ids, self.numel, buffers)
+
+    def _note_move(self, i: int, where: tuple[int, str], round_idx: int, clients: int) -> None:
+        """Log a worker that answers from another process than before: it was restarted (its process or node
+        was lost, during this round or since the last), and this round's training of its clients ran anew."""
+        (pid, node), (new_pid, new_node) = self.homes[i], where
+        self.homes[i] = where
+        if pid in (0, new_pid):  # the same process, or a replacement's first answer (logged when it was made)
+            return
+        moved = f"node {short_id(node)} -> {short_id(new_node)}" if node != new_node else f"node {short_id(node)}"
+        log.warning("round %d: client worker %d was restarted (pid %d -> %d, %s); its %d clients of this round "
+                    "were trained by the new process", round_idx, i, pid, new_pid, moved, clients)
+
+    def placement(self) -> list[str]:
+        """The Ray node of each client worker as last seen (at start, or in the last round it trained)."""
+        return [node for _, node in self.homes]
 
     def pids(self) -> list[int]:
         return ray.get([w.pid.remote() for w in self.workers], timeout=self.timeout_s)
@@ -408,14 +536,24 @@ class LocalClients:
         out = self.worker.train(w.cpu().numpy(), {n: b.cpu().numpy() for n, b in buffers.items()}, round_idx, list(ids))
         return _stack([out], ids, self.numel, buffers)
 
+    def placement(self) -> list[str]:
+        return []  # no Ray worker: the clients train in this process
+
     def shutdown(self) -> None:
         self.worker = None
 
 
-def _failed(ref: "ray.ObjectRef") -> bool:
-    """Did the task behind ``ref`` end in an error (used to name the dead worker)?"""
-    try:
-        ray.get(ref, timeout=0)
-    except ray.exceptions.RayError:
-        return True
-    return False
+class _Unfinished(Exception):
+    """``count`` calls had not answered when the wait ended."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+class _WorkerDied(Exception):
+    """Worker ``worker`` died more often than Ray restarts it."""
+
+    def __init__(self, worker: int, exc: BaseException) -> None:
+        super().__init__(worker)
+        self.worker, self.exc = worker, exc
