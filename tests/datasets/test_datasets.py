@@ -45,6 +45,7 @@ def test_idx_files_in_data_dir_take_precedence(tmp_path, no_download):
     assert d.x_train.shape == (30, 1, 28, 28) and len(d.y_test) == 10
     raw = read_idx(tmp_path / "train-images-idx3-ubyte.gz")
     assert np.allclose(d.x_train[:, 0] * 255.0, raw)
+    assert np.array_equal(d.x_train[:, 0], raw.astype(np.float32) / 255.0)  # bit for bit the former conversion
 
 
 def test_missing_dataset_error_says_where_and_how(tmp_path, no_download):
