@@ -35,6 +35,7 @@ from .data.shards import seeded
 from .defenses import build_defense
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
+from .kernels import tune_numpy_allocations
 from .linalg import finite_rows
 from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
@@ -101,6 +102,7 @@ class Simulation:
         reset_peak_rss()
         self.setup_s: dict[str, float] = {"interpreter_and_imports": process_age_s()}  # where set-up time goes
         t = time.perf_counter()
+        self.numpy_allocations = tune_numpy_allocations()  # before the first large array (the dataset)
         self.data = load_dataset(cfg.data, cfg.seed)
         t = self._lap("data", t)
         self._setup_model()
@@ -211,7 +213,8 @@ class Simulation:
                     if not local_clients else "clients: in-process")
         self.trainer_device, server_kernels = self.server.wait_ready()
         modes = {client_mode(cfg.train.client_exec, p.device, bool(self.buffers)) for p in self.layout.nodes if p.workers}
-        self.kernels = {"client_training": "/".join(sorted(modes)), **server_kernels}
+        self.kernels = {"client_training": "/".join(sorted(modes)), **server_kernels,
+                        "numpy_hugepages": self.numpy_allocations.summary()}
         self._lap("server", t)
         self.setup_s["total"] = round(sum(self.setup_s.values()), 3)
         self._phase(f"server ready on {self.trainer_device}; kernels: "

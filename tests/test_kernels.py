@@ -90,3 +90,25 @@ def test_machine_key_names_cpu_torch_device_and_threads():
 def test_summary_lists_the_times_fastest_first():
     text = Choice("gram", "float32", {"int8": 71.0, "float32": 0.54}, cached=True).summary()
     assert text == "gram=float32 (float32 0.54s, int8 71s; cached)"
+
+
+@pytest.mark.parametrize("slow", ["madvise", "plain"])
+def test_numpy_huge_pages_are_asked_for_only_where_that_allocates_faster(cache, monkeypatch, slow):
+    """The faster of huge-page advice and none is set for the process (here one made slow on purpose)."""
+    calls = []
+
+    def switch(advise: bool) -> bool:
+        calls.append(advise)
+        if advise == (slow == "madvise"):
+            time.sleep(0.3)
+        return not advise
+
+    monkeypatch.setattr(kernels, "_numpy_hugepage_switch", lambda: switch)
+    monkeypatch.setattr(kernels, "HUGEPAGE_PROBE_BYTES", 4096)  # the real allocations take no time beside the sleep
+    choice = kernels.tune_numpy_allocations()
+    fast = "plain" if slow == "madvise" else "madvise"
+    assert choice.chosen == fast and choice.seconds[slow] >= 0.3 > choice.seconds[fast]
+    assert calls[-1] == (fast == "madvise")  # the process keeps the faster setting
+    calls.clear()
+    again = kernels.tune_numpy_allocations()
+    assert again.cached and again.chosen == fast and calls == [fast == "madvise"]  # no probe, only the setting

@@ -48,6 +48,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..config import ExperimentConfig
 from ..data.shards import ClientShards, ShardTable
 from ..errors import RunError
+from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
 from ..runtime import (GROW_TIMEOUT_S, MAX_RESTARTS, ByRef, Layout, out_of_memory, pss_mb, ray_failure, require_cuda,
@@ -102,6 +103,7 @@ class ClientWorker:
     ) -> None:
         """``poison_sgd``: how the data-poisoned clients train (None: like the others)."""
         torch.set_num_threads(threads)
+        tune_numpy_allocations()
         # CUDA exactly when Ray gave this actor a GPU (the layout asked for one): then it must work, no CPU fallback
         in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
         use_cuda = cfg.device != "cpu" and in_actor and len(ray.get_gpu_ids()) > 0

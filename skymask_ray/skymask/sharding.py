@@ -18,6 +18,7 @@ import ray
 import torch
 
 from ..config import SkyMaskConfig
+from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
 from .masked import MaskShard
 from .trainer import MaskSelection, train_and_select
@@ -38,6 +39,7 @@ class ShardWorker:
 
     def __init__(self, threads: int | None = None) -> None:
         torch.set_num_threads(threads or os.cpu_count() or 1)
+        tune_numpy_allocations()
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
         self.shard: MaskShard | None = None
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..clients.training import SGDSettings, train_sequential
 from ..config import SkyMaskConfig
+from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model, channels_last, state_restored
 from ..seeding import torch_generator
@@ -203,6 +204,7 @@ class MaskTrainer:
     ) -> None:
         # Ray pins actors to 1 thread; the trainer runs while client workers idle, so use the node's cores.
         torch.set_num_threads(threads or os.cpu_count() or 1)
+        tune_numpy_allocations()
         want_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         if device == "cuda" and not want_cuda:
             raise RuntimeError("device 'cuda' requested but CUDA is not available on the mask-trainer node")
