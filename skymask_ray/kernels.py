@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DROP_FACTOR = 3.0  # a candidate this much slower than the best on the small probe is not probed further
 REPEATS = 3  # timed calls per candidate on the full-size probe (the minimum counts)
+MARGIN = 0.1  # another candidate replaces the default only if it takes less than 90 % of the default's time
 CACHE_VERSION = 1
 
 Candidate = Callable[[int], Any]
@@ -161,8 +162,8 @@ def choose(op: str, bucket: str, candidates: dict[str, Candidate], device: torch
            full: int, use_cache: bool = True, repeats: int = REPEATS) -> Choice:
     """The fastest of ``candidates`` for ``op`` at problem size ``bucket`` on this machine (probed or cached).
 
-    ``candidates`` must compute the same result; the first is the default
-    (chosen on ties and when there is only one). ``bucket`` names the problem
+    ``candidates`` must compute the same result; the first is the default,
+    kept unless another is faster by more than :data:`MARGIN`. ``bucket`` names the problem
     size class the answer holds for (the cache key includes it).
     """
     if not candidates:
@@ -176,7 +177,10 @@ def choose(op: str, bucket: str, candidates: dict[str, Candidate], device: torch
         if isinstance(hit, dict) and hit.get("chosen") in candidates:
             return Choice(op, hit["chosen"], dict(hit.get("seconds", {})), cached=True)
     seconds = measure(candidates, device, small, full, repeats)
-    chosen = min(candidates, key=lambda name: seconds[name])  # dict order: the default wins a tie
+    default = next(iter(candidates))
+    fastest = min(candidates, key=lambda name: seconds[name])
+    # another candidate replaces the default only when clearly faster: a near tie is noise, not a reason
+    chosen = fastest if seconds[fastest] < (1 - MARGIN) * seconds[default] else default
     choice = Choice(op, chosen, seconds)
     if use_cache:
         _write_cache(path, key, {**asdict(choice), "cached": False, "probed_at": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -198,7 +198,8 @@ class Simulation:
         # selector a defense is handed must not lead back to the seed that recomputes the attackers
         self.server = ServerService(cfg.model, self.data.input_shape, self.data.num_classes, self.root, cfg.skymask,
                                     cfg.device, self.layout, self.pg, child_seed(cfg.seed, "server"),
-                                    cfg.cohort_size + 1 if cfg.defense == "skymask" else None)
+                                    cfg.cohort_size + 1 if cfg.defense == "skymask" else None,
+                                    start=self.needs_server or cfg.defense == "skymask")
         poisons = self.attack.trains and self.population.malicious.count > 0
         poisoned = self.population.malicious if poisons else frozenset()
         poison = self.attack.poison_data if poisons else None

@@ -272,7 +272,9 @@ def test_vmap_run_rows_match_the_sequential_run_and_layout_is_stored(ray_cluster
     doc = json.loads((tmp_path / "vmap" / "_state" / "layout.json").read_text())
     assert doc["from_round"] == 1 and doc["workers"] == 2 and doc["device"] == "auto"
     assert sum(n["workers"] for n in doc["nodes"]) == 2 and doc["trainer"]["bundle"]["GPU"] == 1.0
-    assert doc["kernels"] == {"client_training": "vmap"}  # fltrust: no mask step or Gram to choose
+    kernels = doc["kernels"]
+    assert kernels["client_training"] == "vmap" and "mask_step" not in kernels and "gram" not in kernels  # fltrust
+    assert kernels["numpy_hugepages"].startswith(("numpy_hugepages=plain", "numpy_hugepages=madvise"))
     assert sorted(p.name for p in (tmp_path / "vmap").iterdir() if not p.name.startswith("_")) == ["rounds.parquet"]
 
 

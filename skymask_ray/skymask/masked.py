@@ -99,18 +99,34 @@ COMPILE_MIN_ENTRIES = 2**23
 PROBE_ENTRIES = 2**24  # K x rows of a mask-step probe: 64 MB per float32 matrix, beyond the caches as the real state is
 
 
+class CompiledOnFirstCall:
+    """``torch.compile(f)`` (dynamic shapes) made when first called: a kernel only some runs use costs the
+    others nothing (the gradient alone serves Adam; compiling it took 1.7 s of the trainer's set-up)."""
+
+    def __init__(self, f: Callable[..., torch.Tensor]) -> None:
+        self.f = f
+        self.compiled: Callable[..., torch.Tensor] | None = None
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            self.compiled = torch.compile(self.f, dynamic=True)
+        return self.compiled(*args)
+
+
 @functools.cache
 @torch.no_grad()
 def compiled_kernels(device_type: str) -> RowKernels | None:
     """The row functions through ``torch.compile`` (dynamic shapes), compiled once per process and device type.
 
-    Compiles right away on 2048 x 512 rows: inductor picks its loop strategy
-    from the first call's sizes (37 x 5 rows gave a kernel 2x slower on the
-    501-wide rows of N = 500), and the kernels then serve every shape.
+    The SGD step and the sums compile right away on 2048 x 512 rows: inductor
+    picks its loop strategy from the first call's sizes (37 x 5 rows gave a
+    kernel 2x slower on the 501-wide rows of N = 500), and the kernels then
+    serve every shape; the Adam-only gradient compiles on first use.
     Returns None, with a warning, where compilation does not work (no C++
     compiler on a CPU node, no Triton on a GPU node); callers then run eager.
     """
-    kernels = RowKernels(*(torch.compile(f, dynamic=True) for f in (_row_sums, _row_grad, _row_sgd)), compiled=True)
+    kernels = RowKernels(torch.compile(_row_sums, dynamic=True), CompiledOnFirstCall(_row_grad),
+                         torch.compile(_row_sgd, dynamic=True), compiled=True)
     # inductor imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on import when a CUDA
     # build of torch runs on a machine without a GPU: true and harmless for a CPU kernel, so not shown
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
@@ -121,7 +137,6 @@ def compiled_kernels(device_type: str) -> RowKernels | None:
         m, u = torch.zeros(2048, 512, device=device_type), torch.ones(2048, 512, device=device_type)
         lr, clip = torch.ones((), device=device_type), torch.ones((), device=device_type)
         total, num = kernels.sums(m, u)
-        kernels.grad(m, u, num / total, total)
         kernels.sgd(m, u, num / total, total, lr, clip)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: use eager
         log.warning("torch.compile of the mask step failed on %s (%s); using the eager step", device_type,

@@ -32,24 +32,44 @@ class ServerService:
 
     def __init__(self, model: str, input_shape: tuple[int, ...], num_classes: int,
                  root: tuple[torch.Tensor, torch.Tensor], cfg: SkyMaskConfig, device: str, layout: Layout,
-                 pg: PlacementGroup, seed: int, kernel_rows: int | None, timeout_s: float = 3600.0) -> None:
+                 pg: PlacementGroup, seed: int, kernel_rows: int | None, timeout_s: float = 3600.0,
+                 start: bool = True) -> None:
+        """``start`` False: a run that may never ask the server anything (FedAvg without g_0) starts the
+        trainer on first use, not at set-up (one torch process less to start: about a second on 2 cores)."""
         self.cfg, self.seed, self.timeout_s = cfg, seed, timeout_s
-        trainer_cls = ray.remote(MaskTrainer).options(
+        self._trainer_cls = ray.remote(MaskTrainer).options(
             num_cpus=layout.trainer_bundle["CPU"],
             num_gpus=layout.trainer_bundle.get("GPU", 0),
             max_restarts=MAX_RESTARTS,
             max_task_retries=MAX_RESTARTS,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0),
         )
+        self._trainer_args = (model, input_shape, num_classes, None, None, cfg, device)
         self.root_kw = {"root_x": ray.put(root[0].numpy()), "root_y": ray.put(root[1].numpy())}
-        self.trainer = trainer_cls.remote(model, input_shape, num_classes, None, None, cfg, device)
-        # the mask step and Gram product are chosen (probed, compiled) while the client pool starts: set-up time
-        self._kernels = self.trainer.prepare_kernels.remote(kernel_rows) if kernel_rows else None
+        self._actor: "ray.actor.ActorHandle | None" = None
+        self._kernels = None
+        if start:
+            # the mask step and Gram product are chosen (probed, compiled) while the client pool starts: set-up time
+            self._kernels = self.trainer.prepare_kernels.remote(kernel_rows) if kernel_rows else None
         self.mask_lr = default_mask_lr(cfg, model)
         self.shard_workers: list = []
 
+    @property
+    def trainer(self) -> "ray.actor.ActorHandle":
+        """The mask-trainer actor, started on first use."""
+        if self._actor is None:
+            self._actor = self._trainer_cls.remote(*self._trainer_args)
+        return self._actor
+
+    @property
+    def started(self) -> bool:
+        return self._actor is not None
+
     def wait_ready(self) -> tuple[str, dict[str, str]]:
-        """Block until the trainer is up and its kernels chosen; returns its device and the kernel choices."""
+        """Block until the trainer is up and its kernels chosen; returns its device (``not started`` for a
+        trainer that starts on first use) and the kernel choices."""
+        if not self.started:
+            return "not started (on first use)", {}
         device = ray.get(self.trainer.device_name.remote(), timeout=600)
         kernels = ray.get(self._kernels, timeout=600) if self._kernels is not None else {}
         return device, kernels
@@ -82,6 +102,8 @@ class ServerService:
 
     def memory_mb(self) -> tuple[float, float]:
         """The trainer's (peak RSS, PSS now) in MB."""
+        if not self.started:
+            return 0.0, 0.0
         return tuple(ray.get(self.trainer.memory_mb.remote(), timeout=600))
 
     def _kill_shards(self) -> None:
@@ -91,4 +113,5 @@ class ServerService:
 
     def close(self) -> None:
         self._kill_shards()
-        ray.kill(self.trainer)
+        if self.started:
+            ray.kill(self.trainer)
