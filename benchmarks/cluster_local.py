@@ -43,9 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import yaml
 
-from benchmarks.common import ROOT, STUDIES, command_line, markdown_table, results_path, script_parser
+from benchmarks.common import ROOT, STUDIES, command_line, results_path, script
+from skymask_ray.markdown import markdown_table
 from skymask_ray.storage import atomic_write_text
 
 CONFIG = ROOT / "cluster" / "cluster-local.yaml"
@@ -703,32 +705,35 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = script_parser(__doc__, __file__)
-    ap.add_argument("--work", type=Path, help="folder for the job's results, the cron log, the single-node run "
-                                              "(default: a new temporary folder)")
-    ap.add_argument("--study", type=Path, default=STUDY, help="study file (default: %(default)s)")
-    ap.add_argument("--dashboard-port", type=int, default=8265,
-                    help="the cron line's port (default: %(default)s; another changes the line)")
-    ap.add_argument("--gpu-nodes", type=int, default=2, help="GPU nodes asked for before submitting (default: 2)")
-    ap.add_argument("--timeout", type=float, default=1500.0, help="seconds the job may take (default: %(default)s)")
-    ap.add_argument("--single-alongside", action="store_true",
-                    help="run the one-node comparison while the job runs (quicker; the job's times then share the "
-                         "machine with it)")
-    ap.add_argument("--record", type=Path, default=results_path("cluster_local.md"), help="default: %(default)s")
-    args = ap.parse_args(argv)
-    if free_port(args.dashboard_port) != args.dashboard_port:
-        ap.error(f"port {args.dashboard_port} is in use (another Ray dashboard?); the cron line names it: "
-                 f"free it or pass --dashboard-port")
-    work = args.work or Path(tempfile.mkdtemp(prefix="cluster-local-"))
-    rec = run(work, args.study.resolve(), args.dashboard_port, args.gpu_nodes, args.timeout, args.single_alongside)
-    atomic_write_text(args.record, record_markdown(rec, sys.argv[1:] if argv is None else argv))
-    atomic_write_text(args.record.with_suffix(".json"), json.dumps(rec, indent=1) + "\n")
+@script(__doc__)
+@click.option("--work", type=click.Path(path_type=Path),
+              help="Folder for the job's results, the cron log, the single-node run (default: a new temporary folder).")
+@click.option("--study", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=STUDY,
+              help="Study file.")
+@click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8265,
+              help="The cron line's port (another changes the line).")
+@click.option("--gpu-nodes", type=click.IntRange(0), default=2, help="GPU nodes asked for before submitting.")
+@click.option("--timeout", type=click.FloatRange(min=1.0), default=1500.0, help="Seconds the job may take.")
+@click.option("--single-alongside", is_flag=True,
+              help="Run the one-node comparison while the job runs (quicker; the job's times then share the "
+                   "machine with it).")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=results_path("cluster_local.md"),
+              help="The Markdown record (its .json beside it).")
+def main(work: Path | None, study: Path, dashboard_port: int, gpu_nodes: int, timeout: float,
+         single_alongside: bool, record: Path) -> None:
+    if free_port(dashboard_port) != dashboard_port:
+        raise click.BadParameter(f"port {dashboard_port} is in use (another Ray dashboard?); the cron line names "
+                                 f"it: free it or pass --dashboard-port", param_hint="--dashboard-port")
+    work = work or Path(tempfile.mkdtemp(prefix="cluster-local-"))
+    rec = run(work, study.resolve(), dashboard_port, gpu_nodes, timeout, single_alongside)
+    atomic_write_text(record, record_markdown(rec, sys.argv[1:]))
+    atomic_write_text(record.with_suffix(".json"), json.dumps(rec, indent=1) + "\n")
     for name, ok in rec["checks"].items():
-        print(f"{'ok  ' if ok else 'FAIL'} {name}")
-    print(f"wrote {args.record} (work folder {work})")
-    return 0 if all(rec["checks"].values()) else 1
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}")
+    click.echo(f"wrote {record} (work folder {work})")
+    if not all(rec["checks"].values()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
