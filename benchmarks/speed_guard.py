@@ -22,7 +22,8 @@ server_share (0.30)  SkyMask's server time (g_0, mask training, clustering) /
                      (full version only)
 
 ``python -m benchmarks.speed_guard --short`` (what CI runs, under a minute on 2
-cores): smaller shapes, no N = 500 run; exits 1 when a ratio exceeds its bound.
+cores): fewer coordinates (P = 30,000; K = 501 as in the main job), smaller
+P1 and client shapes, no N = 500 run; exits 1 when a ratio exceeds its bound.
 ``python -m benchmarks.speed_guard`` (full): the paper's shapes (N = 500, P =
 139,960), the P1 round and the main job's SkyMask round; writes
 ``benchmarks/results/speed_guard.md`` with the CPU model, flags, torch build
@@ -33,6 +34,7 @@ measured side and the floor differently.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -78,21 +80,32 @@ class Ratio:
 
 def best_of(f: Callable[[], object], repeats: int = 3) -> float:
     """Fastest wall time of ``repeats`` calls of ``f`` after one untimed call."""
-    f()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    return interleaved({"f": f}, repeats)["f"]
+
+
+def interleaved(fs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Fastest wall time of each of ``fs`` over ``repeats`` rounds that call each once in turn (after one
+    untimed round): a ratio's two sides see the same moments of the machine, not one a busier one."""
+    for f in fs.values():
         f()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = {name: math.inf for name in fs}
+    for _ in range(repeats):
+        for name, f in fs.items():
+            t0 = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
-def bandwidth(numel: int) -> float:
-    """Memory bandwidth (bytes/s) on ``numel`` floats: the faster of a read-only sum and a two-read-one-write add."""
+def bandwidth_probes(numel: int) -> dict[str, Callable[[], object]]:
+    """A read-only sum and a two-read-one-write add over ``numel`` floats (see :func:`bandwidth`)."""
     a, b, c = torch.rand(numel), torch.rand(numel), torch.empty(numel)
-    read = 4 * numel / best_of(lambda: a.sum())
-    triad = 3 * 4 * numel / best_of(lambda: torch.add(a, b, out=c))
-    return max(read, triad)
+    return {"read": lambda: a.sum(), "triad": lambda: torch.add(a, b, out=c)}
+
+
+def bandwidth(numel: int, times: dict[str, float]) -> float:
+    """Memory bandwidth (bytes/s) on ``numel`` floats from the probes' times: the faster of the two."""
+    return max(4 * numel / times["read"], 3 * 4 * numel / times["triad"])
 
 
 def gram_ratio(k: int, p: int) -> Ratio:
@@ -101,9 +114,9 @@ def gram_ratio(k: int, p: int) -> Ratio:
 
     masks = torch.randn(p, k, generator=torch.Generator().manual_seed(0))  # coordinate-major, as a shard stores them
     choice = gram_choice("cpu", k)
-    run = best_of(lambda: GRAM_KERNELS[choice.chosen](masks, 0.0))
     bits = (masks > 0).float()
-    gemm = best_of(lambda: bits.T @ bits)
+    times = interleaved({"run": lambda: GRAM_KERNELS[choice.chosen](masks, 0.0), "gemm": lambda: bits.T @ bits}, 5)
+    run, gemm = times["run"], times["gemm"]
     return Ratio("gram", run, gemm, f"K = {k}, P = {p:,}; {choice.summary()}")
 
 
@@ -116,8 +129,8 @@ def mask_step_ratio(k: int, p: int) -> Ratio:
     shard = MaskShard(1e-3 * torch.randn(k, p, generator=gen), torch.zeros(p), SkyMaskConfig(), lr=1e7)
     grad = 1e-3 * torch.randn(p, generator=gen)
     shard.weighted_average()
-    step = best_of(lambda: shard.step(grad), repeats=5)
-    bw = bandwidth(k * p)
+    times = interleaved({"step": lambda: shard.step(grad), **bandwidth_probes(k * p)}, 10)
+    step, bw = times["step"], bandwidth(k * p, times)
     floor = 2 * (2 * 4 * k * p) / bw
     why = row_kernels(SkyMaskConfig().kernel, "cpu", k, p)[1]
     return Ratio("mask_step", step, floor, f"K = {k}, P = {p:,}; {why.summary()}; bandwidth {bw / 1e9:.1f} GB/s")
@@ -287,7 +300,7 @@ def table(ratios: list[Ratio]) -> str:
 @click.option("--short", is_flag=True, help="CI's version: smaller shapes, no N = 500 run (under a minute).")
 @click.option("--write/--no-write", default=None, help="Write benchmarks/results/speed_guard.md (default: full only).")
 def main(short: bool, write: bool | None) -> None:
-    k, p = (101, 139_960) if short else (501, 139_960)
+    k, p = (501, 30_000) if short else (501, 139_960)  # the main job's K = N + 1 either way
     loadavg = os.getloadavg()[0]
     ratios = [gram_ratio(k, p), mask_step_ratio(k, p), client_path_ratio(8 if short else 50, 50, 10),
               client_round_ratio(200 if short else 1000, 50, 3 if short else 6), setup_ratio(SETUP_RUN)]

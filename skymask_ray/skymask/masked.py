@@ -22,10 +22,11 @@ parameter coordinate over several actors or GPUs with O(P) traffic.
 Layout: a shard stores masks and updates coordinate-major (P x K in memory,
 seen as K x P through a transposed view), so everything coordinate i needs is
 one contiguous row. One SGD step is then a single fused pass (``torch.compile``):
-read the row's masks and updates, move the masks, and sum sigma(m) and
-sigma(m) g over the row for the next step's W. The step reads the masks and
-updates once and writes the masks once; the eager fallback runs the same
-formulas over cache-sized row blocks.
+read the row's masks, updates and stored sigma(m), move the masks, store their
+new sigma(m) and sum it and sigma(m) g over the row for the next step's W: one
+sigmoid per entry (the exp is what bounds the step on a CPU), three K x P
+float32 arrays of state. The eager fallback runs the same formulas over
+cache-sized row blocks.
 """
 
 from __future__ import annotations
@@ -59,26 +60,29 @@ def mask_gradient(masks: torch.Tensor, updates: torch.Tensor, grad_w: torch.Tens
     return s * (1 - s) * (g_bar - updates) / total * grad_w
 
 
-def _row_sums(m: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per coordinate (row): sum_k sigma(m_ki) and sum_k sigma(m_ki) g_ki."""
-    s = torch.sigmoid(m)
-    return s.sum(1), s.mul_(u).sum(1)  # in place on the temporary: fewer allocations when eager
+def _row_sums(m: torch.Tensor, s: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per coordinate (row): s = sigma(m) (stored for the next step), then sum_k s_ki and sum_k s_ki g_ki."""
+    s.copy_(torch.sigmoid(m))
+    return s.sum(1), (s * u).sum(1)
 
 
-def _row_grad(m: torch.Tensor, u: torch.Tensor, g_bar: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """dL/dm on coordinate-major rows: sigma'(m) (g_bar - g) dL/dW / sum sigma(m)."""
-    s = torch.sigmoid(m)
-    return torch.sub(g_bar[:, None], u).mul_(s).mul_(s.neg_().add_(1)).mul_(scale[:, None])
+def _row_grad(s: torch.Tensor, u: torch.Tensor, g_bar: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """dL/dm on coordinate-major rows from the stored s = sigma(m): s (1 - s) (g_bar - g) dL/dW / sum s."""
+    return torch.sub(g_bar[:, None], u).mul_(s).mul_(1 - s).mul_(scale[:, None])
 
 
-def _row_sgd(m: torch.Tensor, u: torch.Tensor, g_bar: torch.Tensor, scale: torch.Tensor, lr: torch.Tensor,
-             clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """In place m -= lr * clamp(dL/dm, +-clip), then the row sums at the new m (one pass when compiled).
+def _row_sgd(m: torch.Tensor, s: torch.Tensor, u: torch.Tensor, g_bar: torch.Tensor, scale: torch.Tensor,
+             lr: torch.Tensor, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place m -= lr * clamp(dL/dm, +-clip), then s and the row sums at the new m (one pass when compiled).
 
-    ``lr`` and ``clip`` are 0-d tensors so one compiled kernel serves every setting.
+    One sigmoid per entry and step: the gradient reads the s the previous
+    step stored (computing sigma twice, for the gradient at the old m and the
+    sums at the new one, made the compiled step compute-bound: 60 ms against
+    34 ms at K = 501, P = 139,960 on a 2-core EPYC). ``lr`` and ``clip`` are
+    0-d tensors so one compiled kernel serves every setting.
     """
-    m.sub_(_row_grad(m, u, g_bar, scale).clamp_(-clip, clip).mul_(lr))
-    return _row_sums(m, u)
+    m.sub_(_row_grad(s, u, g_bar, scale).clamp_(-clip, clip).mul_(lr))
+    return _row_sums(m, s, u)
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,10 @@ def compiled_kernels(device_type: str) -> RowKernels | None:
         cpp_log.setLevel(logging.ERROR)
     try:
         m, u = torch.zeros(2048, 512, device=device_type), torch.ones(2048, 512, device=device_type)
+        sig = torch.empty_like(m)
         lr, clip = torch.ones((), device=device_type), torch.ones((), device=device_type)
-        total, num = kernels.sums(m, u)
-        kernels.sgd(m, u, num / total, total, lr, clip)
+        total, num = kernels.sums(m, sig, u)
+        kernels.sgd(m, sig, u, num / total, total, lr, clip)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: use eager
         log.warning("torch.compile of the mask step failed on %s (%s); using the eager step", device_type,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -193,7 +198,9 @@ def row_kernels(kind: str, device_type: str, k: int, p: int) -> tuple[RowKernels
     return kernels, Choice("mask_step", "compiled", note="skymask.kernel")
 
 
-GRAM_BLOCK_BYTES = 2**26  # bits per block of the Gram product, in the product's input type
+# bits per block of the Gram product, in the product's input type: 16 MB blocks in one reused buffer made the
+# float32 Gram 1.0-1.2x its bare GEMM at K = 101 and 501 (64 MB blocks, a fresh buffer each: 1.4-2.0x, page faults)
+GRAM_BLOCK_BYTES = 2**24
 
 
 def gram_float32(m: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -202,13 +209,16 @@ def gram_float32(m: torch.Tensor, threshold: float) -> torch.Tensor:
     Exact: blocks of at most 2^24 coordinates keep every count of a block
     product below 2^24, which float32 holds exactly (TF32 too: 0/1 inputs
     and their products are exact there, sums are float32); blocks are summed
-    in float64.
+    in float64. The bits of each block are written into one reused buffer.
     """
     p, k = m.shape
     out = torch.zeros(k, k, dtype=torch.float64, device=m.device)
     step = max(1, min(2**24, GRAM_BLOCK_BYTES // (4 * max(k, 1))))
+    buf = torch.empty(min(step, p), k, device=m.device)
     for i in range(0, p, step):
-        b = (m[i:i + step] > threshold).to(torch.float32)
+        block = m[i:i + step]
+        b = buf[:block.shape[0]]
+        torch.gt(block, threshold, out=b)
         out += (b.T @ b).double()
     return out
 
@@ -269,6 +279,7 @@ class MaskShard:
         self.cfg = cfg
         self.lr = lr
         self._m = torch.full_like(self.rows, float(cfg.mask_init))
+        self._s = torch.empty_like(self._m)  # sigma(m), written with the sums, read by the next step's gradient
         p, k = self.rows.shape
         self.kernels = kernels or row_kernels(cfg.kernel, self.rows.device.type, k, p)[0]
         width = block or (p if self.kernels.compiled else max(16, 2**21 // max(k, 1)))  # eager: ~8 MB blocks
@@ -287,8 +298,8 @@ class MaskShard:
     def _blockwise(self, f: Callable[..., tuple[torch.Tensor, torch.Tensor]], *args) -> tuple[torch.Tensor, torch.Tensor]:
         """Run a row function over the blocks; per-coordinate vectors in ``args`` are sliced along."""
         if len(self.blocks) == 1:
-            return f(self._m, self.rows, *args)
-        parts = [f(self._m[c], self.rows[c], *(a[c] if a.dim() == 1 else a for a in args))
+            return f(self._m, self._s, self.rows, *args)
+        parts = [f(self._m[c], self._s[c], self.rows[c], *(a[c] if a.dim() == 1 else a for a in args))
                  for c in self.blocks]
         return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
 
@@ -312,7 +323,7 @@ class MaskShard:
             return
         grad = torch.empty_like(self._m)
         for c in self.blocks:
-            grad[c] = self.kernels.grad(self._m[c], self.rows[c], g_bar[c], scale[c]).clamp_(-self._clip, self._clip)
+            grad[c] = self.kernels.grad(self._s[c], self.rows[c], g_bar[c], scale[c]).clamp_(-self._clip, self._clip)
         self._m.grad = grad
         self.opt.step()
         self._m.grad = None

@@ -23,7 +23,7 @@ from ..linalg import from_readonly
 from .masked import MaskShard
 from .trainer import MaskSelection, train_and_select
 
-BYTES_PER_ENTRY = 2 * 4  # updates and masks, float32 (the fused step has no K x P temporaries)
+BYTES_PER_ENTRY = 3 * 4  # updates, masks and their sigmoid, float32 (the fused step has no K x P temporaries)
 
 
 def auto_shards(rows: int, numel: int, cfg: SkyMaskConfig) -> int:

@@ -41,5 +41,5 @@ def test_shards_1_2_3_give_same_masks_and_clusters(ray_cluster):
 def test_auto_shards_from_memory_budget():
     cfg = SkyMaskConfig(shard_memory_gb=1.0)
     assert auto_shards(101, 140_000, cfg) == 1
-    assert auto_shards(5001, 140_000, cfg) == 6  # 5001 x 140k x 8 B (updates + masks) = 5.2 GiB
+    assert auto_shards(5001, 140_000, cfg) == 8  # 5001 x 140k x 12 B (updates, masks, sigmoid) = 7.8 GiB
     assert auto_shards(5001, 140_000, SkyMaskConfig(shards=3)) == 3
