@@ -260,6 +260,28 @@ def gram_choice(device_type: str, k: int) -> Choice:
                   device_type, small=GRAM_PROBE_SMALL, full=GRAM_PROBE_FULL)
 
 
+class Workspace:
+    """The K x P buffers of mask training (updates, masks, their sigmoid), kept from one round to the next.
+
+    Fresh buffers each round cost a page fault per 4 KB page: at N = 500 the
+    three 280 MB arrays took 1.5-2 s of a SkyMask round in system time on a
+    2-core VM (about 8 us a fault while the clients' memory churned), more than
+    the 20 mask steps themselves (0.7 s). A trainer that keeps a workspace pays
+    that once, holding the memory it needs at its peak anyway. One user at a time.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """An uninitialised float32 buffer of ``shape``: last time's if it has that shape, else a new one."""
+        buf = self._buffers.get(name)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.device != device:
+            self._buffers.pop(name, None)  # the old one goes first: never both at once
+            buf = self._buffers[name] = torch.empty(shape, device=device)
+        return buf
+
+
 class MaskShard:
     """One coordinate range of the K x P masks and models, with its optimiser.
 
@@ -272,15 +294,18 @@ class MaskShard:
     """
 
     def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float,
-                 block: int | None = None, kernels: RowKernels | None = None) -> None:
-        # K x P in, stored P x K: a transposed view of coordinate-major storage is taken as is
-        self.rows = updates.T.contiguous()  # only read, never written; row 0 of the K axis = the server's g_0
+                 block: int | None = None, kernels: RowKernels | None = None, workspace: Workspace | None = None,
+                 name: str = "") -> None:
+        """``workspace``: where the K x P state lives (a new one if None); ``name`` tells shards sharing one apart."""
+        ws = workspace or Workspace()
+        k, p = updates.shape
+        # K x P in, stored P x K (coordinate-major); only read, never written; row 0 of the K axis = the server's g_0
+        self.rows = ws.take(name + "rows", (p, k), updates.device).copy_(updates.T)
         self.w = w
         self.cfg = cfg
         self.lr = lr
-        self._m = torch.full_like(self.rows, float(cfg.mask_init))
-        self._s = torch.empty_like(self._m)  # sigma(m), written with the sums, read by the next step's gradient
-        p, k = self.rows.shape
+        self._m = ws.take(name + "m", (p, k), updates.device).fill_(float(cfg.mask_init))
+        self._s = ws.take(name + "s", (p, k), updates.device)  # sigma(m): written with the sums, read by the next step
         self.kernels = kernels or row_kernels(cfg.kernel, self.rows.device.type, k, p)[0]
         width = block or (p if self.kernels.compiled else max(16, 2**21 // max(k, 1)))  # eager: ~8 MB blocks
         self.blocks = column_blocks(k, p, budget=k * width)

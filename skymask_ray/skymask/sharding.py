@@ -20,7 +20,7 @@ import torch
 from ..config import SkyMaskConfig
 from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
-from .masked import MaskShard
+from .masked import MaskShard, Workspace
 from .trainer import MaskSelection, train_and_select
 
 BYTES_PER_ENTRY = 3 * 4  # updates, masks and their sigmoid, float32 (the fused step has no K x P temporaries)
@@ -42,11 +42,13 @@ class ShardWorker:
         tune_numpy_allocations()
         self.device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
         self.shard: MaskShard | None = None
+        self.workspace = Workspace()  # this shard's K x P state, reused round after round
 
     def load(self, w: np.ndarray, stacked: np.ndarray, cfg: SkyMaskConfig, lr: float) -> int:
         """Take this shard's columns of the (N+1) x P updates (row 0: the server) and fresh masks."""
         g = from_readonly(stacked).to(self.device)
-        self.shard = MaskShard(g, torch.as_tensor(np.array(w), device=self.device), cfg, lr)
+        self.shard = MaskShard(g, torch.as_tensor(np.array(w), device=self.device), cfg, lr,
+                               workspace=self.workspace)
         return g.shape[1]
 
     def weighted_average(self) -> np.ndarray:

@@ -26,7 +26,7 @@ from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model, channels_last, state_restored
 from ..seeding import torch_generator
-from .masked import MaskShard, gram_choice, row_kernels
+from .masked import MaskShard, Workspace, gram_choice, row_kernels
 from .select import select_masks
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,11 @@ class Shards(Protocol):
 class LocalShards:
     """Column shards held in this process (``n`` = 1 is the unsharded trainer)."""
 
-    def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float, n: int = 1) -> None:
+    def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float, n: int = 1,
+                 workspace: Workspace | None = None) -> None:
         self.bounds = np.linspace(0, updates.shape[1], n + 1).astype(int)
-        self.shards = [MaskShard(updates[:, a:b], w[a:b], cfg, lr) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        self.shards = [MaskShard(updates[:, a:b], w[a:b], cfg, lr, workspace=workspace, name=f"{i}/")
+                       for i, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))]
 
     def weighted_average(self) -> torch.Tensor:
         return torch.cat([s.weighted_average() for s in self.shards])
@@ -217,6 +219,7 @@ class MaskTrainer:
             self._use_root(root_x, root_y)
         self.cfg = cfg
         self.lr = default_mask_lr(cfg, model_name)
+        self.workspace = Workspace()  # the K x P state's memory, reused round after round
 
     def _use_root(self, root_x: np.ndarray | None, root_y: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Take the root set if given, else the one held; as a Ray actor the root comes with every call.
@@ -299,7 +302,7 @@ class MaskTrainer:
         t0 = time.perf_counter()
         root = self._use_root(root_x, root_y)
         w_t = torch.as_tensor(np.array(w), device=self.device)
-        shards = LocalShards(from_readonly(stacked).to(self.device), w_t, self.cfg, self.lr)
+        shards = LocalShards(from_readonly(stacked).to(self.device), w_t, self.cfg, self.lr, workspace=self.workspace)
         bufs = {n: torch.as_tensor(np.array(b), device=self.device) for n, b in buffers.items()}
         t1 = time.perf_counter()
         loss = RootLoss(self.model, self.spec, bufs, root, self.device)
