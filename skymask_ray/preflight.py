@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from .config import ExperimentConfig
 from .data.shards import seeded
 from .errors import ConfigError
-from .skymask.sharding import BYTES_PER_ENTRY
+from .skymask.masked import BYTES_PER_ENTRY
 
 MB = 1024**2
 GB = 1024**3

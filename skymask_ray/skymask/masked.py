@@ -300,7 +300,7 @@ class MaskShard:
         ws = workspace or Workspace()
         k, p = updates.shape
         # K x P in, stored P x K (coordinate-major); only read, never written; row 0 of the K axis = the server's g_0
-        self.rows = ws.take(name + "rows", (p, k), updates.device).copy_(updates.T)
+        self.rows = ws.take(name + "rows", (p, k), updates.device).copy_(updates.T)  # the names: STATE
         self.w = w
         self.cfg = cfg
         self.lr = lr
@@ -314,6 +314,14 @@ class MaskShard:
         self._lr_clip = tuple(torch.tensor(float(v), device=self._m.device) for v in (lr, clip))  # kernel inputs
         self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self.opt = torch.optim.Adam([self._m], lr=lr) if cfg.optimizer == "adam" else None
+
+    STATE = ("rows", "m", "s")  # the workspace buffers a shard takes, each P x K float32
+
+    @classmethod
+    def reserve(cls, workspace: Workspace, k: int, p: int, device: torch.device, name: str = "") -> None:
+        """Allocate and touch a shard's state in ``workspace`` now (set-up), not in round 1's mask training."""
+        for part in cls.STATE:
+            workspace.take(name + part, (p, k), device).zero_()
 
     @property
     def masks(self) -> torch.Tensor:
@@ -370,3 +378,14 @@ class MaskShard:
         """
         k = self._m.shape[1]
         return GRAM_KERNELS[gram_choice(self._m.device.type, k).chosen](self._m, self._bit_threshold())
+
+
+BYTES_PER_ENTRY = 4 * len(MaskShard.STATE)  # updates, masks and their sigmoid, float32 (no K x P temporaries)
+
+
+def auto_shards(rows: int, numel: int, cfg: SkyMaskConfig) -> int:
+    """Shards needed so each holds at most ``shard_memory_gb`` of mask state (explicit ``shards`` wins)."""
+    if cfg.shards is not None:
+        return cfg.shards
+    need = rows * numel * BYTES_PER_ENTRY / 1024**3
+    return max(1, math.ceil(need / cfg.shard_memory_gb))

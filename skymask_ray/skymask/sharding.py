@@ -10,7 +10,6 @@ same as the unsharded trainer's (tested for 1, 2 and 3 shards).
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -22,17 +21,6 @@ from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
 from .masked import MaskShard, Workspace
 from .trainer import MaskSelection, train_and_select
-
-BYTES_PER_ENTRY = 3 * 4  # updates, masks and their sigmoid, float32 (the fused step has no K x P temporaries)
-
-
-def auto_shards(rows: int, numel: int, cfg: SkyMaskConfig) -> int:
-    """Shards needed so each holds at most ``shard_memory_gb`` of mask state (explicit ``shards`` wins)."""
-    if cfg.shards is not None:
-        return cfg.shards
-    need = rows * numel * BYTES_PER_ENTRY / 1024**3
-    return max(1, math.ceil(need / cfg.shard_memory_gb))
-
 
 class ShardWorker:
     """One column range of the mask state, on whatever node Ray placed it."""

@@ -26,7 +26,7 @@ from ..kernels import tune_numpy_allocations
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model, channels_last, state_restored
 from ..seeding import torch_generator
-from .masked import MaskShard, Workspace, gram_choice, row_kernels
+from .masked import MaskShard, Workspace, auto_shards, gram_choice, row_kernels
 from .select import select_masks
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,13 @@ class LocalShards:
     def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float, n: int = 1,
                  workspace: Workspace | None = None) -> None:
         self.bounds = np.linspace(0, updates.shape[1], n + 1).astype(int)
-        self.shards = [MaskShard(updates[:, a:b], w[a:b], cfg, lr, workspace=workspace, name=f"{i}/")
+        self.shards = [MaskShard(updates[:, a:b], w[a:b], cfg, lr, workspace=workspace, name=self.shard_name(i))
                        for i, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))]
+
+    @staticmethod
+    def shard_name(i: int) -> str:
+        """Shard ``i``'s prefix in the workspace."""
+        return f"{i}/"
 
     def weighted_average(self) -> torch.Tensor:
         return torch.cat([s.weighted_average() for s in self.shards])
@@ -252,6 +257,9 @@ class MaskTrainer:
         threading.Thread(target=select.load_sklearn, name="import-sklearn", daemon=True).start()
         _, step = row_kernels(self.cfg.kernel, self.device.type, rows, self.spec.numel)
         gram = gram_choice(self.device.type, rows)
+        # the unsharded state's memory, touched now: first touching 3 x K x P floats took ~2 s of round 1
+        if auto_shards(rows, self.spec.numel, self.cfg) == 1:
+            MaskShard.reserve(self.workspace, rows, self.spec.numel, self.device, LocalShards.shard_name(0))
         return {"mask_step": step.summary(), "gram": gram.summary()}
 
     def rss_mb(self) -> float:

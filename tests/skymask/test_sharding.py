@@ -7,7 +7,8 @@ import torch
 
 from skymask_ray.config import SkyMaskConfig
 from skymask_ray.models import ParamSpec, build_model
-from skymask_ray.skymask.sharding import auto_shards, sharded_select, start_shard_workers
+from skymask_ray.skymask.masked import auto_shards
+from skymask_ray.skymask.sharding import sharded_select, start_shard_workers
 from skymask_ray.skymask.trainer import MaskTrainer, stack_updates
 
 pytestmark = pytest.mark.slow
