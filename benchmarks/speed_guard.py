@@ -312,9 +312,9 @@ def main(short: bool, write: bool | None) -> None:
     text = table(ratios)
     click.echo(text)
     if write if write is not None else not short:
-        mode = "--short" if short else ""
+        mode = " --short" if short else ""
         write_result(results_path("speed_guard.md"),
-                     f"# Speed guard (`python -m benchmarks.speed_guard {mode}`)\n\n"
+                     f"# Speed guard (`python -m benchmarks.speed_guard{mode}`)\n\n"
                      + "\n".join(f"- {line}" for line in machine())
                      + f"\n- 1-minute load average at the start: {loadavg:.2f} on {os.cpu_count()} cores\n\n"
                      f"{text}\n{extra}\nEvery ratio is measured over a floor measured in the same run "
