@@ -100,7 +100,9 @@ class Simulation:
         self.recorder = FolderRecorder(self.folder, cfg, self.hash, resumed=ckpt is not None)
         self.callbacks: list[RoundCallback] = [self.recorder, *(callbacks or [])]
         reset_peak_rss()
-        self.setup_s: dict[str, float] = {"interpreter_and_imports": process_age_s()}  # where set-up time goes
+        # where set-up time goes; the process's own start counts only for the run that starts Ray (a bench's later
+        # cells, or a study's, would count every cell before them)
+        self.setup_s: dict[str, float] = {} if ray.is_initialized() else {"interpreter_and_imports": process_age_s()}
         t = time.perf_counter()
         self.numpy_allocations = tune_numpy_allocations()  # before the first large array (the dataset)
         self.data = load_dataset(cfg.data, cfg.seed)
