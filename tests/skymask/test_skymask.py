@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from skymask_ray.config import SkyMaskConfig
 from skymask_ray.models import ParamSpec, buffers_of, build_model
-from skymask_ray.skymask.masked import MaskShard, mask_gradient, masked_average
+from skymask_ray.skymask.masked import MaskShard, Workspace, mask_gradient, masked_average
 from skymask_ray.skymask.select import cluster_from_gram
 from skymask_ray.skymask.trainer import STACK_BLOCK_ROWS, LocalShards, RootLoss, stack_updates, train_masks
 
@@ -614,3 +614,29 @@ def test_spectral_keeps_the_server_with_its_neighbours_on_a_recorded_round():
     assert side.tolist() == [True] + [False] * 20 + [True] * 80 and cut <= 0.1
     res = cluster_from_gram(gram, seed=0, rule="spectral")
     assert res.benign.tolist() == side.tolist() and res.labels.tolist() == (~side).astype(int).tolist()
+
+
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_a_reused_workspace_trains_like_fresh_memory_and_keeps_one_state(kernel):
+    gen = torch.Generator().manual_seed(3)
+    cfg = SkyMaskConfig(kernel=kernel, mask_grad_clip=1e-3)
+    first, second = 1e-2 * torch.randn(7, 300, generator=gen), 1e-2 * torch.randn(7, 300, generator=gen)
+    w, grads = torch.zeros(300), [torch.randn(300, generator=gen) for _ in range(4)]
+
+    def train(updates, workspace=None):
+        shard = MaskShard(updates, w, cfg, lr=50.0, workspace=workspace)
+        for g in grads:
+            shard.step(g)
+        return shard
+
+    ws = Workspace()
+    MaskShard.reserve(ws, 7, 300, torch.device("cpu"))
+    reserved = ws.take("m", (300, 7), torch.device("cpu")).data_ptr()
+    a = train(first, ws)
+    assert a._m.data_ptr() == reserved  # the reserved memory is what the shard trains in
+    b = train(second, ws)  # last round's masks, sigmoids and rows are all overwritten
+    fresh = train(second)
+    assert b._m.data_ptr() == reserved
+    assert torch.equal(b.masks, fresh.masks) and torch.equal(b.weighted_average(), fresh.weighted_average())
+    c = train(first[:5], ws)  # another K: new buffers, the same result as fresh memory
+    assert c._m.shape == (300, 5) and torch.equal(c.masks, train(first[:5]).masks)
