@@ -5,6 +5,10 @@ code 2, never a traceback. Every option shows its default in ``-h``: an option
 left to the preset / config file shows the value of a default
 :class:`~skymask_ray.config.ExperimentConfig` ("30 (from the config)") and sets
 no click default, so a ``--config`` file is never overridden by an option not given.
+
+The options of ``run`` and ``bench`` that set config fields are generated from the fields'
+declarations in :mod:`skymask_ray.config` (flag, help, bounds, choices, the default shown):
+:data:`CONFIG_OPTIONS`; :data:`SET_ONLY` names the fields only ``--set`` and config files reach.
 """
 
 from __future__ import annotations
