@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import skymask_ray.simulation
@@ -161,7 +162,8 @@ def test_every_set_only_field_is_reached_by_set():
         value = default
         for part in dotted.split("."):
             value = getattr(value, part)
-        items.append(f"{dotted}={cli._yaml_text(value)}")
+        text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+        items.append(f"{dotted}={text.removesuffix(chr(10) + '...' + chr(10)).strip()}")  # YAML 1.1: 1.0e-07
     overrides = cli.apply_sets({}, items)
     reached = {f"{key}.{name}" if key in ("data", "train", "skymask") else key
                for key, value in overrides.items() for name in (value if key in ("data", "train", "skymask") else [key])}
