@@ -5,6 +5,10 @@ code 2, never a traceback. Every option shows its default in ``-h``: an option
 left to the preset / config file shows the value of a default
 :class:`~skymask_ray.config.ExperimentConfig` ("30 (from the config)") and sets
 no click default, so a ``--config`` file is never overridden by an option not given.
+
+The options of ``run`` and ``bench`` that set config fields are generated from the fields'
+declarations in :mod:`skymask_ray.config` (flag, help, bounds, choices, the default shown):
+:data:`CONFIG_OPTIONS`; :data:`SET_ONLY` names the fields only ``--set`` and config files reach.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .config import PRESETS, ExperimentConfig, set_dotted
 from .defenses.base import can_reject
 from .experiment import build_config
 from .errors import ConfigError, UserError
-from .params import bounds_of
+from .params import FLAG, HELP, NONE, bounds_of, leaf_fields
 from .progress import progress, round_line, setup_lines
 from .storage import atomic_write_text
 
@@ -90,78 +94,113 @@ def _csv(kind: Callable[[str], Any]) -> Callable[..., list[Any] | None]:
     return parse
 
 
-# The options that fall through to the preset / config file: (flag, dotted config path, help, what None means,
-# click keywords). Their defaults are shown from a default ExperimentConfig and never set as click defaults.
-_CONFIG_OPTIONS: list[tuple[str, str, str, str | None, dict[str, Any]]] = [
-    ("--dataset", "data.dataset", "Dataset (`skymask-ray list` shows them).", None, {}),
-    ("--model", "model", "Model (`skymask-ray list` shows them).", None, {}),
-    ("--rounds", "rounds", "Federated rounds.", None, {"type": int}),
-    ("--seed", "seed", "Seed of everything random (split, attackers, cohorts, training).", None, {"type": int}),
-    ("--partition", "data.partition", "How the training data is split over the clients.", None,
-     {"type": click.Choice(["bias", "dirichlet", "iid", "subject"])}),
-    ("--bias", "data.bias", "Non-IID bias b of the paper's split (1/C = IID).", None, {"type": float}),
-    ("--alpha", "data.alpha", "Dirichlet concentration (partition dirichlet).", None, {"type": float}),
-    ("--local-epochs", "train.local_epochs", "Local epochs per round.", None, {"type": int}),
-    ("--local-steps", "train.local_steps", "Local SGD steps per round instead of epochs.", "null = epochs",
-     {"type": int}),
-    ("--batch-size", "train.batch_size", "Local batch size.", None, {"type": int}),
-    ("--local-lr", "train.local_lr", "Clients' SGD learning rate.", None, {"type": float}),
-    ("--global-lr", "train.global_lr", "Server learning rate on the aggregated update.", None, {"type": float}),
-    ("--grad-clip", "train.grad_clip", "Element-wise gradient clamp (the paper's code: 0.01).", "null = no clamp",
-     {"type": float}),
-    ("--server-budget", "train.server_budget",
-     "Server SGD steps on its root set: matched (the median client's) or epoch (one pass).", None,
-     {"type": click.Choice(["matched", "epoch"])}),
-    ("--root-size", "data.root_size", "Samples in the server's clean root set.", None, {"type": int}),
-    ("--root-p", "data.root_p", "Fraction of label 1 in the root set.", None, {"type": float}),
-    ("--samples-per-client", "data.samples_per_client",
-     "Samples per client: a cap, or drawn with replacement when clients x S exceeds the data.",
-     "all of its share", {"type": int}),
-    ("--cohort", "cohort", "Clients sampled per round.", "all clients, every round", {"type": int}),
-    ("--malicious-sampling", "malicious_sampling",
-     "pool: attackers live in the population and are sampled like anyone; fixed: every cohort holds "
-     "round(cohort x fraction) attackers.", "pool", {"type": click.Choice(["pool", "fixed"])}),
-    ("--dropout", "dropout", "Probability that a sampled client fails to report.", None, {"type": float}),
-    ("--pre", "defense_params.pre",
-     "Pre-aggregator mixing the updates before any defense (ByzFL's): nnm (nearest-neighbour mixing) or "
-     "bucketing; its own parameters: --set defense_params.bucket_size=N etc.", "none",
-     {}),
-    ("--declared-f", "declared_f", "f given to f-based defenses.", "round(cohort x malicious fraction)",
-     {"type": int}),
-    ("--client-exec", "train.client_exec",
-     "How a worker trains its clients: one by one (sequential) or stacked with torch.func (vmap).", None,
-     {"type": click.Choice(["auto", "sequential", "vmap"])}),
-    ("--mask-shards", "skymask.shards", "Parameter shards of SkyMask's mask trainer.", "auto, from memory",
-     {"type": int}),
-    ("--device", "device", "Where clients and the mask trainer compute.", None,
-     {"type": click.Choice(["auto", "cpu", "cuda"])}),
-    ("--address", "address", "Ray cluster address.", "local, or $RAY_ADDRESS", {}),
-    ("--connect-timeout", "connect_timeout_s", "Seconds to wait for the cluster at --address.", None,
-     {"type": float}),
-    ("--workers", "workers", "Client-pool actors.", "one per CPU core", {"type": int}),
-    ("--workers-per-gpu", "workers_per_gpu", "Client workers sharing each GPU.",
-     "from the model's size and the GPU's memory, at most one per CPU of its node; 4 if unknown", {"type": int}),
-    ("--data-dir", "data.data_dir", "Directory holding the dataset files.",
-     "$SKYMASK_DATA, then the system's dataset folders", {"type": str}),
-    ("--eval-every", "eval_every", "Evaluate the global model every this many rounds.", None, {"type": int}),
-]
+# Config fields without an option of their own: a --config file or --set reaches them (`skymask-ray list` shows
+# SkyMask's). Every other field of ExperimentConfig is an option of run and bench, generated from its declaration.
+SET_ONLY = frozenset({
+    "data.synthetic_train", "data.synthetic_test", "data.synthetic_shape", "data.synthetic_classes",
+    "malicious_selection", "attack_params", "defense_params", "train.vmap_chunk",
+    "out",  # run's and bench's own --out names the folder
+    "skymask.mask_init", "skymask.mask_epochs", "skymask.optimizer", "skymask.mask_lr", "skymask.mask_grad_clip",
+    "skymask.mask_batch_size", "skymask.early_stop_step", "skymask.early_stop_delta", "skymask.threshold",
+    "skymask.fallback", "skymask.shard_memory_gb", "skymask.kernel", "skymask.select", "skymask.min_silhouette",
+    "skymask.gmm_restarts", "skymask.neighbors", "skymask.max_conductance",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """The option of one config field: flag, help, default shown and type, all read from the field's declaration.
+
+    It sets no click default: an option not given leaves the field to the preset / config file, and its help
+    shows the value of a default ExperimentConfig instead.
+    """
+
+    dotted: str
+    field: dataclasses.Field  # type: ignore[type-arg]
+    hint: Any
+
+    @property
+    def flag(self) -> str:
+        """``--<name with dashes>``, or the flag the declaration names."""
+        return self.field.metadata.get(FLAG) or "--" + self.dotted.rsplit(".", 1)[-1].replace("_", "-")
+
+    @property
+    def name(self) -> str:
+        """The keyword click passes the value as."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def scalar(self) -> Any:
+        """The annotation without its None: int, float, str or a Literal of strings."""
+        union = typing.get_origin(self.hint) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(self.hint) if a is not type(None)] if union else [self.hint]
+        if len(args) != 1 or not (args[0] in (int, float, str) or typing.get_origin(args[0]) is typing.Literal):
+            raise TypeError(f"config field {self.dotted} ({self.hint}) has no option type; add it to SET_ONLY")
+        return args[0]
+
+    def help(self, default: str | None = None) -> str:
+        """The declared help, the declared bounds, then ``default`` (else the default config's value)."""
+        bounds = bounds_of(self.field)
+        text = self.field.metadata[HELP] + (f" Must be {bounds.describe()}." if bounds is not None else "")
+        return f"{text}  {default or from_config(self.dotted, self.field.metadata.get(NONE))}"
+
+    def option(self, default: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """One value; a Literal is a choice."""
+        scalar = self.scalar
+        kind = click.Choice(list(typing.get_args(scalar))) if typing.get_origin(scalar) is typing.Literal else scalar
+        return click.option(self.flag, self.name, type=kind, help=self.help(default))
+
+    def list_option(self, default: str | None = None, metavar: str = "LIST",
+                    example: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Comma-separated values: a grid axis of bench, one cell each."""
+        kind = self.scalar if self.scalar in (int, float) else str
+        text = f"Comma-separated for several, one cell each{', e.g. ' + example if example else ''}."
+        return click.option(self.flag, self.name, callback=_csv(kind), metavar=metavar,
+                            help=self.help(default).replace("  [default:", f" {text}  [default:", 1))
+
+
+CONFIG_OPTIONS: tuple[ConfigOption, ...] = tuple(
+    ConfigOption(dotted, f, hint) for dotted, f, hint in leaf_fields(ExperimentConfig) if dotted not in SET_ONLY)
+
+# --pre: a key below defense_params (the pre-aggregation's, any defense's), not a field of its own
+PRE = ("pre", "defense_params.pre")
+_pre_option = click.option(
+    "--pre", help="Pre-aggregator mixing the updates before any defense (ByzFL's): nnm (nearest-neighbour mixing) or "
+                  f"bucketing; its own parameters: --set defense_params.bucket_size=N etc.  "
+                  f"{from_config(PRE[1], 'none')}")
 
 # CLI keyword -> dotted config path, for every option above
-_OVERRIDES = {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted, *_ in _CONFIG_OPTIONS}
+OVERRIDES = {**{o.name: o.dotted for o in CONFIG_OPTIONS}, PRE[0]: PRE[1]}
 
 BENCH_ROUNDS = 4  # bench without --grid, --config or --rounds: the main job's story, not a study
 # the main job: FedAvg and SkyMask side by side under min_max at 20 % (FedAvg stays at chance, SkyMask learns)
 BENCH_GRID = {"clients": [500], "malicious_fraction": [0.2], "attack": ["min_max"], "defense": ["fedavg", "skymask"]}
+_EXAMPLES = {"clients": "100,500", "malicious_fraction": "0.2,0.8", "attack": "min_max,lie",
+             "defense": "fedavg,skymask", "seed": "0,1,2"}
 
 SET_HELP = ("Any config field by its dotted path, the value read as YAML; repeatable, applied after the other "
             "options. E.g. --set skymask.mask_epochs=10 --set attack_params.spread=1 --set train.local_lr=0.1")
 
 
-def experiment_options(bench: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options shared by ``run`` and ``bench`` (all optional: preset/config/defaults fill in).
+def _bench_option(o: ConfigOption) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """bench's form of a config option: the grid axes and --seed take comma-separated lists (``--seeds`` is a
+    hidden alias of --seed) and --rounds says bench's own default."""
+    if o.dotted in BENCH_GRID:
+        shown = ",".join(_yaml_text(v) for v in BENCH_GRID[o.dotted])
+        return [o.list_option(f"[default: {shown} without --grid]", example=_EXAMPLES[o.dotted])]
+    if o.dotted == "seed":
+        return [o.list_option(metavar="SEEDS", example=_EXAMPLES["seed"]),
+                click.option("--seeds", "seeds_alias", callback=_csv(int), hidden=True)]
+    if o.dotted == "rounds":
+        return [o.option(f"[default: {BENCH_ROUNDS} without --grid or --config, else "
+                         f"{_yaml_text(config_default(o.dotted))} (from the config)]")]
+    return [o.option()]
 
-    ``bench``: ``--seed`` takes a comma-separated list (a grid axis; ``--seeds`` is a hidden alias) and
-    ``--rounds`` says bench's own default.
+
+def experiment_options(bench: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--config, --preset, an option for every config field not in SET_ONLY (and --pre), then --set.
+
+    All optional: preset/config/defaults fill in. ``bench``: the forms of :func:`_bench_option`.
     """
     opts = [
         click.option("--config", "config_file", type=click.Path(),
@@ -169,17 +208,10 @@ def experiment_options(bench: bool = False) -> Callable[[Callable[..., Any]], Ca
         click.option("--preset", type=click.Choice(sorted(PRESETS)),
                      help="The paper's settings for a dataset, under the config file."),
     ]
-    for flag, dotted, text, when_none, kw in _CONFIG_OPTIONS:
-        default = from_config(dotted, when_none)
-        if bench and flag == "--rounds":
-            default = (f"[default: {BENCH_ROUNDS} without --grid or --config, else "
-                       f"{_yaml_text(config_default(dotted))} (from the config)]")
-        if bench and flag == "--seed":
-            opts.append(click.option("--seed", callback=_csv(int), metavar="SEEDS",
-                                     help=f"Seed, or comma-separated seeds (one cell each), e.g. 0,1,2.  {default}"))
-            opts.append(click.option("--seeds", "seeds_alias", callback=_csv(int), hidden=True))
-            continue
-        opts.append(click.option(flag, help=f"{text}  {default}", **kw))
+    for o in CONFIG_OPTIONS:
+        opts.extend(_bench_option(o) if bench else [o.option()])
+        if o.dotted == "defense":
+            opts.append(_pre_option)
     opts.append(click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP))
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,7 +225,7 @@ def experiment_options(bench: bool = False) -> Callable[[Callable[..., Any]], Ca
 def overrides_from(kw: dict[str, Any]) -> dict[str, Any]:
     """Nested config overrides from CLI keyword arguments (None = not given), then ``--set`` (``kw["sets"]``)."""
     out: dict[str, Any] = {}
-    for key, dotted in _OVERRIDES.items():
+    for key, dotted in OVERRIDES.items():
         set_dotted(out, dotted, kw.get(key))
     return apply_sets(out, kw.get("sets") or ())
 
@@ -261,31 +293,20 @@ def main(verbose: bool) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--clients", type=int, help=f"Clients in the population.  {from_config('clients')}")
-@click.option("--malicious", type=float,
-              help=f"Malicious fraction in [0, 1).  {from_config('malicious_fraction')}")
-@click.option("--attack", help=f"Attack (`skymask-ray list` shows them).  {from_config('attack')}")
-@click.option("--defense", help=f"Defense (`skymask-ray list` shows them).  {from_config('defense')}")
 @experiment_options()
 @click.option("--out", type=click.Path(), default="results/run", help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its checkpoint (or start it if OUT is empty).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in OUT (its files are replaced once round 1 is done).")
 @_version
 @_fail_cleanly
-def run(config_file, preset, clients, malicious, attack, defense, out, resume, overwrite, **kw) -> None:
+def run(config_file, preset, out, resume, overwrite, **kw) -> None:
     """Run one experiment; writes OUT/rounds.parquet (and OUT/_config.yaml, OUT/_state/ for --resume).
 
     Settings apply in order: ExperimentConfig's defaults, --preset, --config, the options, then --set.
     """
     from .simulation import run_experiment
 
-    sets = kw.pop("sets", ())
-    ov = overrides_from(kw)
-    set_dotted(ov, "clients", clients)
-    set_dotted(ov, "malicious_fraction", malicious)
-    set_dotted(ov, "attack", attack)
-    set_dotted(ov, "defense", defense)
-    cfg = build_config(preset, config_file, apply_sets(ov, sets))
+    cfg = build_config(preset, config_file, overrides_from(kw))
     with progress(cfg.rounds, "rounds") as bar:
 
         def on_round(row: dict[str, Any]) -> None:
@@ -298,18 +319,7 @@ def run(config_file, preset, clients, malicious, attack, defense, out, resume, o
     click.echo(f"wrote {path}")
 
 
-def _bench_default(key: str) -> str:
-    return f"[default: {','.join(_yaml_text(v) for v in BENCH_GRID[key])} without --grid]"
-
-
 @main.command(context_settings=CONTEXT)
-@click.option("--clients", callback=_csv(int),
-              help=f"Comma-separated client counts, e.g. 100,500.  {_bench_default('clients')}")
-@click.option("--malicious", callback=_csv(float),
-              help=f"Comma-separated malicious fractions, e.g. 0.2,0.8.  {_bench_default('malicious_fraction')}")
-@click.option("--attack", "attacks", callback=_csv(str), help=f"Comma-separated attacks.  {_bench_default('attack')}")
-@click.option("--defense", "defenses", callback=_csv(str),
-              help=f"Comma-separated defenses.  {_bench_default('defense')}")
 @experiment_options(bench=True)
 @click.option("--grid", "grid_file", type=click.Path(),
               help="Study file (benchmarks/studies/*.yaml: base, grid, cells, seeds, tables); the list options "
@@ -325,8 +335,7 @@ def _bench_default(key: str) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace cells whose folders hold another config's results.")
 @_version
 @_fail_cleanly
-def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file, only, concurrency, out, save_rows,
-          overwrite, **kw) -> None:
+def bench(config_file, preset, grid_file, only, concurrency, out, save_rows, overwrite, **kw) -> None:
     """Run a study: a grid of experiments (clients x malicious x attack x defense x seed), resumable, with a summary.
 
     Without --grid: 500 clients, 20 % malicious, min_max against fedavg and skymask side by side, 4 rounds.
@@ -339,14 +348,14 @@ def bench(config_file, preset, clients, malicious, attacks, defenses, grid_file,
     if seeds is not None and alias is not None:
         raise ConfigError("give --seed or --seeds, not both (they are one option)")
     seeds = seeds if seeds is not None else alias
+    given_axes = {o.dotted: kw.pop(o.name) for o in CONFIG_OPTIONS if o.dotted in BENCH_GRID}
     study = load_study(grid_file) if grid_file is not None else Study(name="bench")
     sets = kw.pop("sets", ())
     base = apply_sets(deep_merge(study.base, overrides_from(kw)), sets)
     if grid_file is None and kw.get("rounds") is None and config_file is None and "rounds" not in base:
         base["rounds"] = BENCH_ROUNDS
     axes: dict[str, list[Any]] = {}
-    for key, given in (("clients", clients), ("malicious_fraction", malicious), ("attack", attacks),
-                       ("defense", defenses)):
+    for key, given in given_axes.items():
         if given is not None:
             axes[key] = given
         elif grid_file is None:

@@ -1,8 +1,13 @@
 """Typed experiment configuration: dataclasses, presets, YAML I/O and validation.
 
-Configs are validated once, where they enter (CLI or YAML); everything past
-:func:`skymask_ray.experiment.build_config` may trust them. Every bad value raises a one-line
-:class:`ConfigError` naming the field and the allowed range.
+Every field is declared once, like a component's ``Params``: its type (``Literal``
+for string choices, ``X | None`` where None means something), its bounds and its
+help text (:func:`skymask_ray.params.declare`); the command line's options and
+their help are generated from these declarations. Configs are validated once,
+where they enter (CLI or YAML), by one path (:func:`validate_fields`: the declared
+types and bounds, then each ``validate()`` for rules between fields); everything
+past :func:`skymask_ray.experiment.build_config` may trust them. Every bad value
+raises a one-line :class:`ConfigError` naming the field and the allowed range.
 """
 
 from __future__ import annotations
@@ -10,14 +15,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError
-from .params import check_types
+from .params import check, declare
 from .storage import atomic_write_text
 
 
@@ -25,92 +31,142 @@ from .storage import atomic_write_text
 class DataConfig:
     """Which dataset, where to find it and how to split it over clients."""
 
-    dataset: str = "fmnist"
-    data_dir: str | None = None
-    partition: str = "bias"  # bias | dirichlet | iid
-    bias: float = 0.5
-    alpha: float = 0.5
-    root_size: int = 100
-    root_p: float = 0.1
-    samples_per_client: int | None = None  # cap per client (None: all of its share)
-    synthetic_train: int = 6000  # sizes of the `synthetic` dataset
-    synthetic_test: int = 1000
-    synthetic_shape: tuple[int, ...] = (1, 28, 28)
-    synthetic_classes: int = 10
+    dataset: str = declare("fmnist", help="Dataset (`skymask-ray list` shows them).")
+    data_dir: str | None = declare(None, help="Directory holding the dataset files.",
+                                   none="$SKYMASK_DATA, then the system's dataset folders")
+    partition: Literal["bias", "dirichlet", "iid", "subject"] = declare(
+        "bias", help="How the training data is split over the clients.")
+    bias: float = declare(0.5, ge=0, le=1, help="Non-IID bias b of the paper's split (1/C = IID).")
+    alpha: float = declare(0.5, gt=0, help="Dirichlet concentration (partition dirichlet).")
+    root_size: int = declare(100, ge=1, help="Samples in the server's clean root set.")
+    root_p: float = declare(0.1, ge=0, le=1, help="Fraction of label 1 in the root set.")
+    samples_per_client: int | None = declare(
+        None, ge=1, help="Samples per client: a cap, or drawn with replacement when clients x S exceeds the data.",
+        none="all of its share")
+    synthetic_train: int = declare(6000, ge=1, help="Training samples of the `synthetic` dataset.")
+    synthetic_test: int = declare(1000, ge=1, help="Test samples of the `synthetic` dataset.")
+    synthetic_shape: tuple[int, ...] = declare((1, 28, 28), help="Shape of one `synthetic` sample: 1 to 3 sizes.")
+    synthetic_classes: int = declare(10, ge=2, help="Classes of the `synthetic` dataset.")
+
+    def validate(self) -> None:
+        """Not bounds: synthetic_shape's length and sizes, and that a given data_dir is a folder."""
+        shape = self.synthetic_shape
+        if not 1 <= len(shape) <= 3 or not all(v >= 1 for v in shape):
+            raise ValueError(f"synthetic_shape must be 1 to 3 positive integers, got {list(shape)!r}")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ValueError(f"data_dir {self.data_dir!r} does not exist (or is not a folder)")
 
 
 @dataclass
 class TrainConfig:
     """Local SGD of the clients and of the server's own model on the root data."""
 
-    local_epochs: int = 1
-    local_steps: int | None = None  # fixed steps instead of epochs
-    batch_size: int = 32
-    local_lr: float = 0.5
-    global_lr: float = 0.5
-    grad_clip: float | None = 0.01  # element-wise gradient clamp (paper's code)
-    server_budget: str = "matched"  # matched (median client steps) | epoch (one pass over root)
-    client_exec: str = "auto"  # auto | sequential | vmap
-    vmap_chunk: int = 32  # clients per vmap call
+    local_epochs: int = declare(1, ge=1, help="Local epochs per round.")
+    local_steps: int | None = declare(None, ge=1, help="Local SGD steps per round instead of epochs.",
+                                      none="null = epochs")
+    batch_size: int = declare(32, ge=1, help="Local batch size.")
+    local_lr: float = declare(0.5, gt=0, help="Clients' SGD learning rate.")
+    global_lr: float = declare(0.5, gt=0, help="Server learning rate on the aggregated update.")
+    grad_clip: float | None = declare(0.01, gt=0, help="Element-wise gradient clamp (the paper's code: 0.01).",
+                                      none="null = no clamp")
+    server_budget: Literal["matched", "epoch"] = declare(
+        "matched", help="Server SGD steps on its root set: matched (the median client's) or epoch (one pass).")
+    client_exec: Literal["auto", "sequential", "vmap"] = declare(
+        "auto", help="How a worker trains its clients: one by one (sequential) or stacked with torch.func (vmap).")
+    vmap_chunk: int = declare(32, ge=1, help="Clients per vmap call.")
 
 
-SELECT_RULES = ("gmm2", "bic", "silhouette", "spectral")  # skymask.select; the rules are skymask/select.py's
+SelectRule = Literal["gmm2", "bic", "silhouette", "spectral"]
+SELECT_RULES: tuple[str, ...] = typing.get_args(SelectRule)  # skymask.select; the rules are skymask/select.py's
 
 
 @dataclass
 class SkyMaskConfig:
     """SkyMask mask training and selection (SPEC section 5); every number is a knob."""
 
-    mask_init: float = 1.0
-    mask_epochs: int = 20
-    optimizer: str = "sgd"  # sgd (the paper's code) | adam
-    mask_lr: float | None = None  # None: 1e7 (1e8 for resnet20) for sgd, 0.1 for adam
-    mask_grad_clip: float | None = 1e-7
-    mask_batch_size: int | None = None  # None: whole root set per step
-    early_stop_step: int = 10
-    early_stop_delta: float = 1e-2
-    threshold: float = 0.5
-    fallback: str = "server"  # what to apply when no client is in the server's cluster: server | fedavg
-    shards: int | None = None  # parameter shards over trainer actors (None: auto from memory)
-    shard_memory_gb: float = 8.0  # budget one trainer shard may use for the N x P state
-    kernel: str = "auto"  # mask step: compiled (torch.compile, one fused pass) | eager | auto (compiled if it works)
-    select: str = "gmm2"  # clustering rule: gmm2 (the paper: always split) | bic | silhouette (split or not) | spectral
-    min_silhouette: float = 0.5  # select silhouette: keep the split only at this mean silhouette or above
-    gmm_restarts: int = 1  # 2-component GMM fits per round, best likelihood kept (1: the paper's single fit)
-    neighbors: int | None = None  # select spectral: nearest masks each mask links to (None: ceil(0.15 K), at least 3)
-    max_conductance: float = 0.1  # select spectral: keep the cut only at this conductance or below (1: always)
+    mask_init: float = declare(1.0, help="Initial value of every mask weight.")
+    mask_epochs: int = declare(20, ge=1, help="Mask training epochs per round.")
+    optimizer: Literal["sgd", "adam"] = declare("sgd", help="Mask optimizer: sgd (the paper's code) or adam.")
+    mask_lr: float | None = declare(None, gt=0, help="Mask learning rate.",
+                                    none="1e7 (1e8 for resnet20) for sgd, 0.1 for adam")
+    mask_grad_clip: float | None = declare(1e-7, gt=0, help="Element-wise clamp of the mask gradient.",
+                                           none="no clamp")
+    mask_batch_size: int | None = declare(None, ge=1, help="Root samples per mask step.",
+                                          none="the whole root set per step")
+    early_stop_step: int = declare(10, ge=0, help="Mask steps between early-stopping checks.")
+    early_stop_delta: float = declare(1e-2, help="Least loss improvement between checks that keeps training.")
+    threshold: float = declare(0.5, gt=0, lt=1, help="Mask weights above it count as 1 in the mask vector.")
+    fallback: Literal["server", "fedavg"] = declare(
+        "server", help="What to apply when no client is in the server's cluster: server or fedavg.")
+    shards: int | None = declare(None, ge=1, help="Parameter shards of SkyMask's mask trainer.",
+                                 none="auto, from memory", flag="--mask-shards")
+    shard_memory_gb: float = declare(8.0, gt=0, help="Memory budget one trainer shard may use for the N x P state.")
+    kernel: Literal["auto", "compiled", "eager"] = declare(
+        "auto", help="Mask step: compiled (torch.compile, one fused pass), eager, or auto (compiled if it works).")
+    select: SelectRule = declare(
+        "gmm2", help="Clustering rule: gmm2 (the paper: always split), bic or silhouette (split or not), spectral.")
+    min_silhouette: float = declare(0.5, ge=-1, le=1,
+                                    help="select silhouette: keep the split only at this mean silhouette or above.")
+    gmm_restarts: int = declare(1, ge=1, help="2-component GMM fits per round, best likelihood kept "
+                                              "(1: the paper's single fit).")
+    neighbors: int | None = declare(None, ge=1, help="select spectral: nearest masks each mask links to.",
+                                    none="ceil(0.15 K), at least 3")
+    max_conductance: float = declare(0.1, ge=0, le=1, help="select spectral: keep the cut only at this "
+                                                           "conductance or below (1: always).")
 
 
 @dataclass
 class ExperimentConfig:
     """One federated run: data, model, population, threat, defense and execution."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: str = "cnn"
-    clients: int = 100
-    malicious_fraction: float = 0.2
-    # random: a seeded random set, so client ids say nothing about who is malicious | first: clients 0..f-1
-    # (after the split's seeded permutation; the paper presets keep it so their rows stay)
-    malicious_selection: str = "random"
-    cohort: int | None = None  # clients sampled per round (None: all N, full participation)
-    malicious_sampling: str | None = None  # pool | fixed (None: pool when cohort < clients)
-    dropout: float = 0.0  # probability that a sampled client fails to report
-    declared_f: int | None = None  # f that f-based defenses assume (None: round(cohort * malicious_fraction))
-    attack: str = "none"
-    attack_params: dict[str, Any] = field(default_factory=dict)
-    defense: str = "skymask"
-    defense_params: dict[str, Any] = field(default_factory=dict)
-    rounds: int = 30
-    seed: int = 0
-    eval_every: int = 1
-    train: TrainConfig = field(default_factory=TrainConfig)
-    skymask: SkyMaskConfig = field(default_factory=SkyMaskConfig)
-    device: str = "auto"  # auto | cpu | cuda
-    address: str | None = None  # Ray cluster address (None: local, or $RAY_ADDRESS)
-    connect_timeout_s: float = 30.0  # how long to wait for the cluster at ``address`` before giving up
-    workers: int | None = None  # client-pool actors (None: one per CPU core of the cluster)
-    workers_per_gpu: int | None = None  # client workers sharing each GPU (None: from model size and GPU memory)
-    out: str | None = None
+    data: DataConfig = declare(factory=DataConfig, help="The dataset and its split.")
+    model: str = declare("cnn", help="Model (`skymask-ray list` shows them).")
+    clients: int = declare(100, ge=2, help="Clients in the population.")
+    malicious_fraction: float = declare(0.2, ge=0, lt=1, help="Malicious fraction of the population.",
+                                        flag="--malicious")
+    malicious_selection: Literal["random", "first"] = declare(
+        "random", help="Who is malicious: random (a seeded random set, so client ids say nothing) or first "
+                       "(clients 0..f-1 after the split's seeded permutation; the paper presets keep it so their "
+                       "rows stay).")
+    cohort: int | None = declare(None, ge=2, help="Clients sampled per round (at most clients).",
+                                 none="all clients, every round")
+    malicious_sampling: Literal["pool", "fixed"] | None = declare(
+        None, help="pool: attackers live in the population and are sampled like anyone; fixed: every cohort holds "
+                   "round(cohort x fraction) attackers.", none="pool")
+    dropout: float = declare(0.0, ge=0, lt=1, help="Probability that a sampled client fails to report.")
+    declared_f: int | None = declare(None, ge=0, help="f given to f-based defenses (below the cohort).",
+                                     none="round(cohort x malicious fraction)")
+    attack: str = declare("none", help="Attack (`skymask-ray list` shows them).")
+    attack_params: dict[str, Any] = declare(factory=dict, help="The attack's parameters (`skymask-ray list`).")
+    defense: str = declare("skymask", help="Defense (`skymask-ray list` shows them).")
+    defense_params: dict[str, Any] = declare(factory=dict, help="The defense's parameters, and a pre-aggregator's "
+                                                                "(`skymask-ray list`).")
+    rounds: int = declare(30, ge=1, help="Federated rounds.")
+    seed: int = declare(0, ge=0, help="Seed of everything random (split, attackers, cohorts, training).")
+    eval_every: int = declare(1, ge=1, help="Evaluate the global model every this many rounds.")
+    train: TrainConfig = declare(factory=TrainConfig, help="Local training of the clients and the server.")
+    skymask: SkyMaskConfig = declare(factory=SkyMaskConfig, help="SkyMask's mask training and selection.")
+    device: Literal["auto", "cpu", "cuda"] = declare("auto", help="Where clients and the mask trainer compute.")
+    address: str | None = declare(None, help="Ray cluster address.", none="local, or $RAY_ADDRESS")
+    connect_timeout_s: float = declare(30.0, gt=0, help="Seconds to wait for the cluster at --address.",
+                                       flag="--connect-timeout")
+    workers: int | None = declare(None, ge=1, help="Client-pool actors.", none="one per CPU core")
+    workers_per_gpu: int | None = declare(
+        None, ge=1, help="Client workers sharing each GPU.",
+        none="from the model's size and the GPU's memory, at most one per CPU of its node; 4 if unknown")
+    out: str | None = declare(None, help="Run folder when none is given to the run (the CLI's --out always is).",
+                              none="results/run")
+
+    def validate(self) -> None:
+        """Cross-field: cohort <= clients, declared_f < cohort, and at least one benign client under attack."""
+        if self.cohort is not None and self.cohort > self.clients:
+            raise ValueError(f"cohort must be at most clients ({self.clients}), got {self.cohort!r}")
+        if self.declared_f is not None and self.declared_f >= self.cohort_size:
+            raise ValueError(f"declared_f must be below the cohort ({self.cohort_size}), got {self.declared_f!r}")
+        if self.attack != "none" and (self.num_malicious >= self.clients
+                                      or round(self.cohort_size * self.malicious_fraction) >= self.cohort_size):
+            raise ValueError(f"malicious_fraction {self.malicious_fraction:g} of {self.clients} clients makes every "
+                             f"client malicious (f = {self.num_malicious}); at least one benign client is needed")
 
     @property
     def num_malicious(self) -> int:
@@ -248,75 +304,10 @@ def assemble_config(
     return cfg
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
 def validate_fields(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check every field's type and range (no registry: names are checked by :mod:`skymask_ray.experiment`)."""
-    check_types(cfg)
-    d, t, s = cfg.data, cfg.train, cfg.skymask
-    _check(cfg.clients >= 2, f"clients must be an integer >= 2, got {cfg.clients!r}")
-    _check(0.0 <= cfg.malicious_fraction < 1.0, f"malicious_fraction must be in [0, 1), got {cfg.malicious_fraction!r}")
-    _check(cfg.rounds >= 1, f"rounds must be an integer >= 1, got {cfg.rounds!r}")
-    _check(cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
-    _check(cfg.eval_every >= 1, f"eval_every must be >= 1, got {cfg.eval_every!r}")
-    _check(cfg.malicious_selection in ("first", "random"), "malicious_selection must be 'first' or 'random'")
-    _check(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    _check(cfg.workers is None or cfg.workers >= 1, "workers must be >= 1")
-    _check(cfg.workers_per_gpu is None or cfg.workers_per_gpu >= 1, "workers_per_gpu must be >= 1")
-    _check(cfg.cohort is None or 2 <= cfg.cohort <= cfg.clients,
-           f"cohort must be an integer in [2, clients={cfg.clients}], got {cfg.cohort!r}")
-    _check(cfg.malicious_sampling in (None, "pool", "fixed"),
-           f"malicious_sampling must be pool or fixed, got {cfg.malicious_sampling!r}")
-    _check(0.0 <= cfg.dropout < 1.0, f"dropout must be in [0, 1), got {cfg.dropout!r}")
-    _check(cfg.declared_f is None or 0 <= cfg.declared_f < cfg.cohort_size,
-           f"declared_f must be in [0, cohort), got {cfg.declared_f!r}")
-    _check(cfg.connect_timeout_s > 0, f"connect_timeout_s must be > 0, got {cfg.connect_timeout_s!r}")
-    _check(d.data_dir is None or Path(d.data_dir).is_dir(), f"data directory {d.data_dir!r} does not exist")
-    _check(d.partition in ("bias", "dirichlet", "iid", "subject"), f"partition must be bias, dirichlet, iid or subject, got {d.partition!r}")
-    _check(0.0 <= d.bias <= 1.0, f"bias must be in [0, 1], got {d.bias!r}")
-    _check(d.alpha > 0, f"alpha must be > 0, got {d.alpha!r}")
-    _check(d.root_size >= 1, f"root_size must be an integer >= 1, got {d.root_size!r}")
-    _check(0.0 <= d.root_p <= 1.0, f"root_p must be in [0, 1], got {d.root_p!r}")
-    _check(d.samples_per_client is None or d.samples_per_client >= 1,
-           f"samples_per_client must be an integer >= 1, got {d.samples_per_client!r}")
-    _check(d.synthetic_train >= 1, f"synthetic_train must be an integer >= 1, got {d.synthetic_train!r}")
-    _check(d.synthetic_test >= 1, f"synthetic_test must be an integer >= 1, got {d.synthetic_test!r}")
-    _check(1 <= len(d.synthetic_shape) <= 3 and all(v >= 1 for v in d.synthetic_shape),
-           f"synthetic_shape must be 1 to 3 positive integers, got {list(d.synthetic_shape)!r}")
-    _check(d.synthetic_classes >= 2, f"synthetic_classes must be an integer >= 2, got {d.synthetic_classes!r}")
-    _check(t.local_epochs >= 1, f"local_epochs must be an integer >= 1, got {t.local_epochs!r}")
-    _check(t.local_steps is None or t.local_steps >= 1, "local_steps must be >= 1")
-    _check(t.batch_size >= 1, f"batch_size must be an integer >= 1, got {t.batch_size!r}")
-    _check(t.local_lr > 0, f"local_lr must be a finite number > 0, got {t.local_lr!r}")
-    _check(t.global_lr > 0, f"global_lr must be a finite number > 0, got {t.global_lr!r}")
-    _check(t.grad_clip is None or t.grad_clip > 0, "grad_clip must be > 0 or null")
-    _check(t.server_budget in ("matched", "epoch"), f"server_budget must be matched or epoch, got {t.server_budget!r}")
-    _check(t.client_exec in ("auto", "sequential", "vmap"), f"client_exec must be auto, sequential or vmap, got {t.client_exec!r}")
-    _check(t.vmap_chunk >= 1, "vmap_chunk must be >= 1")
-    _check(s.mask_epochs >= 1, "skymask.mask_epochs must be >= 1")
-    _check(s.optimizer in ("sgd", "adam"), f"skymask.optimizer must be sgd or adam, got {s.optimizer!r}")
-    _check(s.mask_lr is None or s.mask_lr > 0, "skymask.mask_lr must be > 0")
-    _check(s.mask_grad_clip is None or s.mask_grad_clip > 0, "skymask.mask_grad_clip must be > 0")
-    _check(s.mask_batch_size is None or s.mask_batch_size >= 1, "skymask.mask_batch_size must be >= 1")
-    _check(0.0 < s.threshold < 1.0, "skymask.threshold must be in (0, 1)")
-    _check(s.kernel in ("auto", "compiled", "eager"), f"skymask.kernel must be auto, compiled or eager, got {s.kernel!r}")
-    _check(s.fallback in ("server", "fedavg"), f"skymask.fallback must be server or fedavg, got {s.fallback!r}")
-    _check(s.select in SELECT_RULES,
-           f"skymask.select must be {', '.join(SELECT_RULES[:-1])} or {SELECT_RULES[-1]}, got {s.select!r}")
-    _check(-1.0 <= s.min_silhouette <= 1.0, f"skymask.min_silhouette must be in [-1, 1], got {s.min_silhouette!r}")
-    _check(s.gmm_restarts >= 1, f"skymask.gmm_restarts must be >= 1, got {s.gmm_restarts!r}")
-    _check(s.neighbors is None or s.neighbors >= 1, f"skymask.neighbors must be >= 1 or null, got {s.neighbors!r}")
-    _check(0.0 <= s.max_conductance <= 1.0, f"skymask.max_conductance must be in [0, 1], got {s.max_conductance!r}")
-    _check(s.shards is None or s.shards >= 1, "skymask.shards must be >= 1")
-    _check(s.shard_memory_gb > 0, "skymask.shard_memory_gb must be > 0")
-    _check(s.early_stop_step >= 0, "skymask.early_stop_step must be >= 0")
-    _check(cfg.attack == "none" or (cfg.num_malicious < cfg.clients
-                                    and round(cfg.cohort_size * cfg.malicious_fraction) < cfg.cohort_size),
-           f"malicious_fraction {cfg.malicious_fraction:g} of {cfg.clients} clients makes every client malicious "
-           f"(f = {cfg.num_malicious}); at least one benign client is needed")
+    """Every field's type, bound and choice as declared, then the cross-field rules (the sections' and
+    :meth:`ExperimentConfig.validate`); names are checked against the registries by :mod:`skymask_ray.experiment`."""
+    check(cfg)
     return cfg
 
 

@@ -19,6 +19,11 @@ a wrong type or an out-of-range value is one line naming the field, wherever it
 was declared. A ``validate()`` method, if the class has one, runs last: it is
 only for rules no annotation or bound can state (one field against another).
 A subclass that re-declares a field (a new default) must repeat its bounds.
+
+The experiment config declares its fields with :func:`declare`: the same bounds,
+plus the help text the command line shows (and, where it differs from
+``--<name>``, the option's flag), so a field is declared once; :func:`leaf_fields`
+walks such a declaration section by section and :func:`check` is its one check path.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import math
 import types
 import typing
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import ConfigError
 
@@ -36,6 +41,9 @@ P = TypeVar("P")
 T = TypeVar("T")
 
 BOUNDS = "bounds"  # the dataclass field metadata key :func:`bounded` sets
+HELP = "help"  # what the field is (the command line's help text), set by :func:`declare`
+NONE = "none"  # what None means for the field, where None is allowed
+FLAG = "flag"  # the command-line option of the field, where it is not --<name with dashes>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +83,37 @@ def bounded(default: T, *, ge: float | None = None, gt: float | None = None,
     """
     bounds = Bounds(ge=ge, gt=gt, le=le, lt=lt)
     return dataclasses.field(default=default, metadata={BOUNDS: bounds})  # type: ignore[return-value]
+
+
+def declare(default: Any = dataclasses.MISSING, *, help: str, factory: Callable[[], Any] | None = None,
+            ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            none: str | None = None, flag: str | None = None) -> Any:
+    """A documented dataclass field: ``default`` (or ``factory`` for a mapping or a section), the ``help``
+    text a user reads, bounds as in :func:`bounded` (only those given), what ``None`` means and the
+    command-line ``flag`` where it is not ``--<name>``."""
+    if not help or not help.strip():
+        raise TypeError("declare() needs the field's help text")
+    meta: dict[str, Any] = {HELP: help}
+    if any(b is not None for b in (ge, gt, le, lt)):
+        meta[BOUNDS] = Bounds(ge=ge, gt=gt, le=le, lt=lt)
+    if none is not None:
+        meta[NONE] = none
+    if flag is not None:
+        meta[FLAG] = flag
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def leaf_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:  # type: ignore[type-arg]
+    """(dotted name, field, annotation) of every field of the dataclass ``cls`` that is not a section
+    (a nested dataclass); sections are walked where they are declared."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
 
 
 def bounds_of(f: dataclasses.Field) -> Bounds | None:  # type: ignore[type-arg]
@@ -161,11 +200,27 @@ def parse_params(cls: type[P], values: dict[str, Any] | None, owner: str) -> P:
         obj = cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{owner}: {exc}") from None
-    check_types(obj, f"{owner}: ")
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as exc:
-            raise ConfigError(f"{owner}: {exc}") from None
+    check(obj, f"{owner}: ")
     return obj
+
+
+def check(obj: Any, where: str = "") -> None:
+    """The one check path of a declared dataclass: :func:`check_types` (types, bounds, Literal choices),
+    then the ``validate()`` of every section (innermost first) and of ``obj`` itself, for the rules that
+    relate one field to another. A ValueError from a ``validate()`` becomes one ConfigError line,
+    prefixed with ``where`` and the section's dotted path (so its message starts with the field's name)."""
+    check_types(obj, where)
+    _validate(obj, where)
+
+
+def _validate(obj: Any, where: str) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value, f"{where}{f.name}.")
+    rule = getattr(obj, "validate", None)
+    if rule is not None:
+        try:
+            rule()
+        except ValueError as exc:
+            raise ConfigError(f"{where}{exc}") from None

@@ -64,9 +64,9 @@ def test_config_defaults_come_from_experiment_config_and_set_no_click_default(co
     (which would override a --config file)."""
     cmd = cli.main.commands[command]
     options = {opt.name: (opt, text, ctx) for opt, text, ctx in shown_options(cmd)}
-    mapping = {**cli._OVERRIDES}
-    if command == "run":
-        mapping.update(clients="clients", malicious="malicious_fraction", attack="attack", defense="defense")
+    mapping = {name: dotted for name, dotted in cli.OVERRIDES.items()
+               if not (command == "bench" and dotted in cli.BENCH_GRID)}  # bench's axes: below
+    assert {"clients", "malicious", "attack", "defense"} <= set(mapping) or command == "bench"
     for name, dotted in mapping.items():
         opt, text, ctx = options[name]
         assert opt.get_default(ctx) in (None, UNSET), f"{opt.opts[0]} sets a click default"
@@ -74,6 +74,12 @@ def test_config_defaults_come_from_experiment_config_and_set_no_click_default(co
         value = config_value(dotted)
         if value is not None and not (command == "bench" and name == "rounds"):
             assert f"[default: {cli._yaml_text(value)} (from the config)]" in text, f"{opt.opts[0]}: {text!r}"
+    if command == "bench":
+        for o in cli.CONFIG_OPTIONS:
+            if o.dotted in cli.BENCH_GRID:
+                opt, text, ctx = options[o.name]
+                shown = ",".join(cli._yaml_text(v) for v in cli.BENCH_GRID[o.dotted])
+                assert opt.get_default(ctx) in (None, UNSET) and f"[default: {shown} without --grid]" in text
     # the defaults a newcomer asked for, spelled out
     run_help = CliRunner().invoke(cli.main, ["run", "-h"], terminal_width=200).output
     for flag, default in (("--rounds", "30"), ("--clients", "100"), ("--malicious", "0.2"), ("--attack", "none"),

@@ -7,7 +7,8 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skymask_ray.params import check_types
+from skymask_ray.config import ExperimentConfig
+from skymask_ray.params import check_types, leaf_fields
 from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError
 
@@ -15,17 +16,7 @@ ANY = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8), st.lists(st.integers(-3, 40), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
-FIELDS = {
-    "": ["model", "clients", "malicious_fraction", "malicious_selection", "attack", "defense", "rounds", "seed",
-         "eval_every", "device", "workers", "attack_params", "defense_params", "connect_timeout_s"],
-    "data": ["dataset", "partition", "bias", "alpha", "root_size", "root_p", "samples_per_client", "synthetic_train",
-             "synthetic_test", "synthetic_shape", "synthetic_classes"],
-    "train": ["local_epochs", "local_steps", "batch_size", "local_lr", "global_lr", "grad_clip", "server_budget",
-              "client_exec", "vmap_chunk"],
-    "skymask": ["mask_init", "mask_epochs", "optimizer", "mask_lr", "mask_grad_clip", "mask_batch_size",
-                "early_stop_step", "early_stop_delta", "threshold", "fallback", "shards", "shard_memory_gb", "kernel"],
-}
-PATHS = [(sec, name) for sec, names in FIELDS.items() for name in names]
+PATHS = [tuple(dotted.rpartition(".")[::2]) for dotted, _, _ in leaf_fields(ExperimentConfig)]  # every field
 BASE = {"data": {"dataset": "synthetic"}, "model": "mlp", "clients": 10}
 
 

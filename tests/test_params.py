@@ -19,7 +19,7 @@ from skymask_ray.config import ExperimentConfig
 from skymask_ray.defenses import DEFENSES, build_defense
 from skymask_ray.defenses.pre import PreParams
 from skymask_ray.errors import ConfigError
-from skymask_ray.params import Bounds, bounded, bounds_of, parse_params
+from skymask_ray.params import FLAG, HELP, NONE, Bounds, bounded, bounds_of, check, declare, leaf_fields, parse_params
 
 
 @dataclass
@@ -159,3 +159,61 @@ def test_a_remaining_validate_states_its_rule(owner, cls):
     check = cls.__dict__.get("validate")
     if check is not None:
         assert check.__doc__ and check.__doc__.strip()
+
+
+# ---- declare, leaf_fields and check: the experiment config's declarations ----------------------------
+
+
+@dataclass
+class Inner:
+    low: int = declare(1, ge=0, help="A lower end.")
+    high: int = declare(2, help="An upper end.", none="unused")
+
+    def validate(self) -> None:
+        """Cross-field: low <= high."""
+        if self.low > self.high:
+            raise ValueError(f"low must be <= high ({self.high}), got {self.low}")
+
+
+@dataclass
+class Outer:
+    inner: Inner = declare(factory=Inner, help="A section.")
+    mode: Literal["a", "b"] = declare("a", help="A choice.", flag="--the-mode")
+    calls: list[str] = dataclasses.field(default_factory=list, compare=False)
+
+    def validate(self) -> None:
+        """Records that it ran, after its section's."""
+        self.calls.append("outer")
+
+
+def test_declare_keeps_help_bounds_none_and_flag_in_the_field():
+    low, high = dataclasses.fields(Inner)
+    assert (low.metadata[HELP], bounds_of(low), low.metadata.get(NONE)) == ("A lower end.", Bounds(ge=0), None)
+    assert (bounds_of(high), high.metadata[NONE]) == (None, "unused")  # no bounds declared: none stored
+    assert dataclasses.fields(Outer)[1].metadata[FLAG] == "--the-mode"
+    assert Outer().inner == Inner() and Outer().inner is not Outer().inner
+    with pytest.raises(TypeError):
+        declare(1, help=" ")
+
+
+def test_leaf_fields_walk_sections_in_declaration_order():
+    assert [(d, h) for d, _, h in leaf_fields(Outer)] == [
+        ("inner.low", int), ("inner.high", int), ("mode", Literal["a", "b"]), ("calls", list[str])]
+
+
+@pytest.mark.parametrize("obj, message", [
+    (Outer(inner=Inner(low=-1)), "inner.low must be >= 0, got -1"),  # a bound, named by its dotted path
+    (Outer(mode="c"), "mode must be one of a, b, got 'c'"),
+    (Outer(inner=Inner(low=3)), "inner.low must be <= high (2), got 3"),  # a section's validate(), prefixed
+])
+def test_check_is_types_and_bounds_then_validate_with_the_sections_path(obj, message):
+    with pytest.raises(ConfigError) as info:
+        check(obj)
+    assert str(info.value) == message
+    assert obj.calls == []  # the outer rule never ran on a bad section
+
+
+def test_check_runs_the_sections_validate_before_the_outer_one():
+    obj = Outer()
+    check(obj, "cfg: ")
+    assert obj.calls == ["outer"]

@@ -492,7 +492,7 @@ def test_single_component_reaches_the_round_info():
     assert defense.aggregate(updates, ctx).info["single_component"] is False
     chosen = build_config(overrides={"skymask": {"select": "bic"}, "data": {"dataset": "synthetic"}})
     assert chosen.skymask.select == "bic"
-    with pytest.raises(ConfigError, match="skymask.select must be gmm2, bic, silhouette or spectral"):
+    with pytest.raises(ConfigError, match="skymask.select must be one of gmm2, bic, silhouette, spectral, got .bic3."):
         build_config(overrides={"skymask": {"select": "bic3"}, "data": {"dataset": "synthetic"}})
 
 
