@@ -29,7 +29,7 @@ import click
 import yaml
 
 from . import __version__
-from .config import PRESETS, ExperimentConfig, set_dotted
+from .config import PRESETS, ExperimentConfig, read_yaml, set_dotted
 from .defenses.base import can_reject
 from .experiment import build_config
 from .errors import ConfigError, UserError
@@ -263,7 +263,7 @@ def apply_sets(overrides: dict[str, Any], items: Iterable[str]) -> dict[str, Any
                               f"e.g. --set train.local_lr=0.1")
         _check_set_key(key, item)
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
         *heads, last = key.split(".")

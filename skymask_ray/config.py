@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -255,10 +256,24 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[last] = value
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading a number with an exponent but no dot (``1e-07``, as Python prints it)
+    as the float it is: YAML 1.1 makes it a string, and a config value copied from ``list`` was then refused."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document or scalar as config files, ``--set`` and ``--only`` read it (see :class:`_YamlLoader`)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (an empty file is an empty mapping); one-line errors otherwise."""
     try:
-        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        loaded = read_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {str(path)!r} is not a text (UTF-8) file") from None
     except yaml.YAMLError as exc:

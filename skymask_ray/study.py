@@ -48,7 +48,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import yaml
 
-from .config import ExperimentConfig, config_hash, load_yaml_mapping
+from .config import ExperimentConfig, config_hash, load_yaml_mapping, read_yaml
 from .errors import ConfigError
 from .experiment import build_config
 from .results import config_record, read_parquet
@@ -271,7 +271,7 @@ def parse_only(items: Iterable[str]) -> dict[str, list[Any]]:
     for item in items:
         key, sep, text = item.partition("=")
         try:
-            values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+            values = [read_yaml(v) for v in text.split(",") if v.strip()]
         except yaml.YAMLError:
             raise ConfigError(f"--only {item!r}: a value is not valid YAML") from None
         if not sep or not key.strip() or not values:

@@ -99,3 +99,19 @@ def test_equal_component_parameters_hash_alike_whatever_their_number_type():
     assert h("parameter", {"base": "min_max", "fraction": 1, "base_params": {"spread": 1}}) == \
         h("parameter", {"base": "min_max", "fraction": 1.0, "base_params": {"spread": 1.0}})
     assert h("none", {}, {"tau": 2}) == h("none", {}, {"tau": 2.0}) != h("none", {}, {"tau": 3})
+
+
+def test_an_exponent_without_a_dot_is_a_float_in_set_only_and_config_files(tmp_path):
+    from skymask_ray.cli import apply_sets
+    from skymask_ray.config import load_yaml_mapping
+    from skymask_ray.study import parse_only
+
+    overrides = apply_sets({}, ["skymask.mask_grad_clip=1e-07", "train.local_lr=5E-1", "attack=1e5x"])
+    assert overrides["skymask"]["mask_grad_clip"] == 1e-07 and overrides["train"]["local_lr"] == 0.5
+    assert overrides["attack"] == "1e5x"  # not a number: still a string
+    assert build_config(overrides={"skymask": {"mask_grad_clip": overrides["skymask"]["mask_grad_clip"]}}
+                        ).skymask.mask_grad_clip == 1e-07
+    assert parse_only(["skymask.mask_grad_clip=1e-07,1e-5"]) == {"skymask.mask_grad_clip": [1e-07, 1e-05]}
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("skymask: {mask_lr: 1e7}\nrounds: 3\n")
+    assert load_yaml_mapping(cfg_file, "config") == {"skymask": {"mask_lr": 1e7}, "rounds": 3}
