@@ -51,7 +51,7 @@ def run_child(population: int, cohort: int, samples: int, rounds: int, out: str)
     from skymask_ray.experiment import build_config
     from skymask_ray.recorders import FunctionCallback
     from skymask_ray.results import read_parquet
-    from skymask_ray.runtime import rss_mb
+    from skymask_ray.procfs import rss_mb
     from skymask_ray.simulation import Simulation
 
     over = {"clients": population, "data": {"samples_per_client": samples}, "attack": "min_max",

@@ -20,7 +20,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..clients.training import SGDSettings
 from ..config import SkyMaskConfig
-from ..runtime import MAX_RESTARTS, Layout
+from ..actors import MAX_RESTARTS
+from ..layout import Layout
 from .sharding import auto_shards, sharded_select, start_shard_workers
 from .trainer import MaskSelection, MaskTrainer, default_mask_lr, stack_updates
 
