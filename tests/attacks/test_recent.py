@@ -1,4 +1,5 @@
-"""Defining properties of poisonedfl, dba, neurotoxin and skymask_adaptive (attacks/recent.py)."""
+"""Defining properties of poisonedfl (attacks/model_poisoning.py), dba and neurotoxin (attacks/backdoor.py) and
+skymask_adaptive (attacks/adaptive.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from skymask_ray.attacks import ATTACKS
-from skymask_ray.attacks.recent import binomial_threshold, malicious_ids
+from skymask_ray.attacks.backdoor import malicious_ids
+from skymask_ray.attacks.model_poisoning import binomial_threshold
 from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError
 from skymask_ray.skymask.trainer import RootLoss

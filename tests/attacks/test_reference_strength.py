@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from skymask_ray.attacks import ATTACKS
-from skymask_ray.attacks.recent import binomial_threshold
+from skymask_ray.attacks.model_poisoning import binomial_threshold
 from skymask_ray.clients import pool
 from skymask_ray.clients.training import SGDSettings, client_generator
 
