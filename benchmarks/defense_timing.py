@@ -86,13 +86,14 @@ def run_one(name: str, n: int, repeats: int, queue: mp.Queue) -> None:
         t0 = time.perf_counter()
         agg = d.aggregate(x, _ctx(x, f, r + 2 + i, w, g0))
         times.append(time.perf_counter() - t0)
-    bad = torch.zeros(n, dtype=torch.bool)
-    bad[:f] = True
+    malicious = torch.zeros(n, dtype=torch.bool)
+    malicious[:f] = True
     rejected = ~agg.accepted.cpu()
     queue.put({
         "seconds": sorted(times)[len(times) // 2],
         "extra_peak_mb": peak_rss_mb() - base_rss,
-        "rejected_malicious": int((rejected & bad).sum()), "rejected_benign": int((rejected & ~bad).sum()),
+        "rejected_malicious": int((rejected & malicious).sum()),
+        "rejected_benign": int((rejected & ~malicious).sum()),
         "fallback": bool(agg.fallback),
     })
 

@@ -5,13 +5,13 @@ Needs a machine with a CUDA GPU; without one it says so in one line and exits 0 
 * **W1 with GPU client workers**: Fashion-MNIST, the paper's cnn (P = 139,960), ``--clients`` IID
   clients of ``--samples`` samples, 1 local epoch of plain SGD (lr 0.05, batch 32), FedAvg applied
   between rounds. The clients train on a :class:`~skymask_ray.clients.pool.ClientPool` of k workers
-  per GPU (``--workers-per-gpu``, default :func:`~skymask_ray.runtime.default_workers_per_gpu`, at
+  per GPU (``--workers-per-gpu``, default :func:`~skymask_ray.layout.default_workers_per_gpu`, at
   most one per CPU), each holding 1/k of a GPU and its clients' data on it, training with the vmap
   path (``client_exec: auto``). Every GPU of the machine hosts client workers (FedAvg needs no mask
   trainer). Rate = clients / seconds of ``pool.train`` per round (all rounds; rounds >= 2).
 * **CPU reference**: one CPU worker (one torch thread, sequential path) on ``--cpu-clients`` of the
   same clients; ``GPU rate per GPU / CPU rate per worker`` is what
-  :data:`skymask_ray.runtime.GPU_WORKER_WEIGHT` (clients shared between the kinds) estimates.
+  :data:`skymask_ray.layout.GPU_WORKER_WEIGHT` (clients shared between the kinds) estimates.
 * **One N = 500 SkyMask round**: the round's client training on the GPU workers (``--skymask-clients``
   clients of ``--skymask-samples`` samples), then SkyMask's mask step (g_0, 20-epoch mask training,
   clustering) on the GPU in this process with the stacked updates: its time and
@@ -47,7 +47,7 @@ ROOT_SIZE = 100
 
 def _no_gpu_line() -> str | None:
     """One line if this machine cannot run the check, else None."""
-    from skymask_ray.runtime import cuda_status
+    from skymask_ray.nodes import cuda_status
 
     ok, why = cuda_status()
     return None if ok else f"gpu_check: no CUDA GPU on this machine ({why}); nothing measured"
@@ -55,8 +55,8 @@ def _no_gpu_line() -> str | None:
 
 def _gpu_layout(k: int | None, model_params: int, vmap_chunk: int, clients: int):
     """k client workers per GPU on this machine's node, every GPU used (no trainer bundle)."""
-    from skymask_ray.runtime import GPU_WORKER_WEIGHT, Layout, NodePlan, cluster_nodes, default_workers_per_gpu, \
-        probe_gpus
+    from skymask_ray.layout import GPU_WORKER_WEIGHT, Layout, NodePlan, default_workers_per_gpu
+    from skymask_ray.nodes import cluster_nodes, probe_gpus
 
     node = next(n for n in probe_gpus(cluster_nodes()) if n.gpus >= 1)
     gpus = int(node.gpus)
@@ -118,7 +118,7 @@ def main(**options: Any) -> None:
     from skymask_ray.clients.training import SGDSettings, num_steps
     from skymask_ray.config import SkyMaskConfig
     from skymask_ray.models import ParamSpec, build_model
-    from skymask_ray.runtime import init_ray
+    from skymask_ray.ray_session import init_ray
     from skymask_ray.skymask.trainer import MaskTrainer, stack_updates
 
     x_t, y_t = load_train(a.data_dir)

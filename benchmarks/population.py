@@ -51,7 +51,7 @@ def run_child(population: int, cohort: int, samples: int, rounds: int, out: str)
     from skymask_ray.experiment import build_config
     from skymask_ray.recorders import FunctionCallback
     from skymask_ray.results import read_parquet
-    from skymask_ray.runtime import rss_mb
+    from skymask_ray.procfs import rss_mb
     from skymask_ray.simulation import Simulation
 
     over = {"clients": population, "data": {"samples_per_client": samples}, "attack": "min_max",
@@ -71,7 +71,7 @@ def run_child(population: int, cohort: int, samples: int, rounds: int, out: str)
     print(json.dumps({"setup_s": setup, "data_s": data_s, "round_s": [r["t_round"] for r in rows],
                       "pss_mb": max(r["mem_pss_mb"] for r in rows), "driver_rss_mb": rss_mb(),
                       "estimate_mb": estimate.total / MB, "seeded": seeded, "accuracy": rows[-1]["accuracy"],
-                      "malicious": [r["malicious_in_cohort"] for r in rows], "tpr": [r["tpr"] for r in rows],
+                      "malicious_in_cohort": [r["malicious_in_cohort"] for r in rows], "tpr": [r["tpr"] for r in rows],
                       "fpr": [r["fpr"] for r in rows]}), flush=True)
 
 
@@ -139,7 +139,7 @@ def main(populations: list[int], cohort: int, samples: int, rounds: int, repeats
         rows.append([label[n], "seeded" if fig["seeded"] else "table", f"{fig['setup_s']:.1f}",
                      _fmt(fig["setups"]), f"{fig['data_s']:.2f}", f"{fig['round1_s']:.2f}", f"{fig['steady_s']:.2f}",
                      f"{fig['pss_mb']:.0f}", f"{fig['driver_rss_mb']:.0f}", f"{fig['estimate_mb']:.0f}",
-                     f"{fig['accuracy']:.3f}", _fmt(fig["malicious"]), _fmt(fig["tpr"]), _fmt(fig["fpr"])])
+                     f"{fig['accuracy']:.3f}", _fmt(fig["malicious_in_cohort"]), _fmt(fig["tpr"]), _fmt(fig["fpr"])])
     table = markdown_table(["population", "clients", "set-up s", "set-up s, each run", "of it data + population s",
                             "round 1 s", "rounds 2+ s", "memory in use MB (PSS)", "driver RSS MB",
                             "pre-flight estimate MB", "final acc", "attackers per round", "TPR", "FPR"],

@@ -233,7 +233,7 @@ import logging, os, time
 t0 = time.perf_counter()
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray
-from skymask_ray.runtime import OBJECT_STORE_CAP_BYTES
+from skymask_ray.ray_session import OBJECT_STORE_CAP_BYTES
 total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 t1 = time.perf_counter()
 ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,

@@ -4,11 +4,12 @@ Layers, bottom to top; a module imports only from its own layer or below
 (``tests/test_layers.py`` checks this and that there are no import cycles):
 
 0. errors, registry, seeding, params, storage, linalg, kernels (implementations chosen by timing them),
-   progress, markdown: no domain knowledge
-1. config (typed dataclasses, no registries), runtime (Ray start, layout), local_nodes (the
-   autoscaler's node provider of the one-machine cluster), models, results (the round row),
-   population (cohorts, dropouts), run_folder (a run's files), context (what an attack / a
-   defense may read)
+   progress, markdown, procfs (this process's and machine's memory): no domain knowledge
+1. config (typed dataclasses, no registries), ray_session (starting or joining Ray), nodes (the
+   cluster's nodes and their CUDA probe), layout (the trainer's bundle and the client workers per
+   node), actors (restartable actors' arguments and failures), local_nodes (the autoscaler's node
+   provider of the one-machine cluster), models, results (the round row), population (cohorts,
+   dropouts), run_folder (a run's files), context (what an attack / a defense may read)
 2. data (datasets, partitions, seeded clients), evaluation
 3. clients (local training, the client pool), skymask (masks, the trainer actor, the server
    service), attacks, defenses: each family in a registry

@@ -97,7 +97,7 @@ def run_grid(
     """Run every cell not already complete into ``out/<cell>``; returns one summary row per cell."""
     import ray
 
-    from .runtime import init_ray
+    from .ray_session import init_ray
 
     if not cells:
         raise ConfigError("the study has no cells to run")

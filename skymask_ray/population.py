@@ -22,6 +22,34 @@ drawn from (seed, "dropout", round); attackers drop out too.
 Nothing here is held per client: the malicious set is the first f ids or
 the first f of a seeded pseudorandom permutation (O(1) either way), and a
 cohort is drawn in O(K), so a population of 10^8 costs what one of 10^5 does.
+
+Glossary: one word per meaning, in code, config and rows.
+
+* ``malicious``: *who* is malicious. Over given rows or client ids, a
+  boolean mask (``Attack.apply(updates, malicious, ctx)``,
+  ``AttackContext.malicious``, ``RoundResult.malicious``, the ``malicious``
+  column of ``masks.parquet``); over the whole population, a
+  :class:`MaliciousSet` (``Population.malicious``,
+  :func:`malicious_population`), which gives that mask for any ids
+  (:meth:`MaliciousSet.mask`, :meth:`Population.is_malicious`) without
+  listing the population.
+* ``malicious_fraction``: the share of the population that is malicious
+  (config field, row column, study key; the CLI's ``--malicious``).
+* ``num_malicious``: a count of malicious clients, f in formulas:
+  ``ExperimentConfig.num_malicious`` is the population's, round(N *
+  malicious_fraction) (``MaliciousSet.count``); ``AttackContext.num_malicious``
+  those among the round's rows. ``declared_f`` is not a count of anyone: the
+  f that f-based defenses are told to assume.
+* ``malicious_selection`` (first | random): which clients are malicious;
+  ``malicious_sampling`` (pool | fixed): how a cohort draws them.
+* ``malicious_ids``, :meth:`MaliciousSet.sorted_ids`: the attackers' ids,
+  listed; :meth:`MaliciousSet.rank`, :meth:`MaliciousSet.nth_malicious`:
+  their order.
+
+Two row columns keep older names because stored rows (committed studies,
+golden rows) use them: ``malicious`` is the population's count
+(``num_malicious``), and ``malicious_in_cohort`` the count in the round's
+cohort.
 """
 
 from __future__ import annotations
@@ -166,7 +194,7 @@ class Population:
     malicious: MaliciousSet
     cohort_size: int  # K
     sampling: str  # pool | fixed
-    fraction: float
+    malicious_fraction: float
     dropout: float
     seed: int
 
@@ -194,10 +222,11 @@ class Population:
         rng = numpy_rng(self.seed, "cohort", round_idx)
         if self.sampling == "pool":
             return np.sort(rng.choice(n, size=k, replace=False))
-        bad = self.malicious.count
-        f = min(int(round(k * self.fraction)), bad)
-        picked = np.concatenate([self.malicious.nth_malicious(rng.choice(bad, size=f, replace=False)),
-                                 self.malicious.nth_benign(rng.choice(n - bad, size=k - f, replace=False))])
+        num_malicious = self.malicious.count
+        in_cohort = min(int(round(k * self.malicious_fraction)), num_malicious)
+        picked = np.concatenate([
+            self.malicious.nth_malicious(rng.choice(num_malicious, size=in_cohort, replace=False)),
+            self.malicious.nth_benign(rng.choice(n - num_malicious, size=k - in_cohort, replace=False))])
         return np.sort(picked)
 
     def dropped(self, cohort: np.ndarray, round_idx: int) -> np.ndarray:

@@ -116,16 +116,6 @@ def estimate_memory(cfg: ExperimentConfig, train_bytes: int, test_bytes: int, tr
     return MemoryEstimate(driver, worker_mem, trainer, store, RAY_DAEMON_BYTES, causes)
 
 
-def available_memory() -> int:
-    """This machine's memory available to a new run now (MemAvailable), in bytes."""
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        return info.get("MemAvailable", info["MemTotal"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def check_fits(estimate: MemoryEstimate, available: int, where: str) -> None:
     """Refuse in one line (a :class:`ConfigError`) when ``estimate`` exceeds ``available`` bytes on ``where``."""
     if estimate.total <= available or os.environ.get("SKYMASK_MEMORY_CHECK", "1") == "0":

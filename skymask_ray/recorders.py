@@ -5,17 +5,20 @@ coordinates, the checkpoint, the config) after each round, following
 :mod:`skymask_ray.run_folder`'s rules: a new run commits to replacing an
 earlier run's files only once its first round is done.
 :class:`FunctionCallback` turns rows and set-up phases into calls of plain
-functions (the CLI's progress lines).
+functions (the CLI's progress lines). :class:`LayoutRecorder` writes where
+the run's work went (``OUT/_state/layout.json``) once its first round is done.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .config import ExperimentConfig, save_config
 from .results import MASK_SCHEMA, SCHEMA, ParquetLog
 from .run_folder import RunFolder
+from .storage import atomic_write_text
 
 if TYPE_CHECKING:
     from .simulation import RoundResult, Simulation
@@ -83,3 +86,27 @@ class FunctionCallback:
     def on_round_end(self, sim: "Simulation", result: "RoundResult") -> None:
         if self.round_fn is not None:
             self.round_fn(result.row.as_dict())
+
+
+class LayoutRecorder:
+    """A round-loop callback that writes the run's layout, kernel choices and set-up times (seconds per
+    phase, from the interpreter's start) to ``OUT/_state/layout.json`` after its first round.
+
+    Not at set-up: until the first round is done the folder may still hold an earlier run (whose
+    ``_state`` is removed when the new run commits), and a folder a run died in during set-up must
+    not look like it holds results. Readers of ``OUT`` with pandas/pyarrow skip ``_`` paths.
+    """
+
+    written = False
+
+    def on_setup(self, sim: "Simulation", phase: str) -> None:
+        pass
+
+    def on_round_end(self, sim: "Simulation", result: "RoundResult") -> None:
+        if self.written:
+            return
+        doc = {"from_round": int(result.row.round), **sim.layout.describe(), "kernels": dict(sim.kernels),
+               "setup_s": dict(sim.setup_s),
+               "worker_nodes": sim.clients.placement()}  # where each worker ran in that round (pending ones too)
+        atomic_write_text(sim.folder.state_dir / "layout.json", json.dumps(doc, indent=1) + "\n")
+        self.written = True

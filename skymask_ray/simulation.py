@@ -25,6 +25,7 @@ import ray
 import torch
 
 from . import __version__
+from .actors import ray_failure
 from .attacks import ATTACKS
 from .clients.pool import ClientBackend, ClientPool, LocalClients, sgd_settings
 from .clients.training import SGDSettings, client_mode, num_steps
@@ -36,14 +37,16 @@ from .defenses import build_defense
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
 from .kernels import tune_numpy_allocations
+from .layout import setup_layout
 from .linalg import finite_rows
 from .models import ParamSpec, buffers_of, build_model
 from .population import Population, malicious_population
-from .preflight import MemoryEstimate, available_memory, check_fits, estimate_memory, planned_workers
+from .preflight import MemoryEstimate, check_fits, estimate_memory, planned_workers
+from .procfs import available_memory, process_age_s, pss_mb, reset_peak_rss, rss_mb
+from .ray_session import init_ray, joins_cluster
+from .recorders import LayoutRecorder
 from .results import RoundRow, config_record, detection
 from .run_folder import Checkpoint, Mode, RunFolder
-from .runtime import (LayoutRecorder, init_ray, joins_cluster, process_age_s, pss_mb, ray_failure, reset_peak_rss,
-                      rss_mb, setup_layout)
 from .seeding import child_seed, numpy_rng, torch_generator
 from .skymask.service import ServerService
 

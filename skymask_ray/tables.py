@@ -181,7 +181,7 @@ def run_summaries(rows: pd.DataFrame) -> pd.DataFrame:
         single = g["single_component"].fillna(False).astype(bool) if "single_component" in g else pd.Series(False)
         quiet = g[pd.to_numeric(g.get("malicious_in_cohort"), errors="coerce") == 0] if "malicious_in_cohort" in g \
             else g.iloc[0:0]
-        attackers = _finite(g["malicious_in_cohort"]) if "malicious_in_cohort" in g else np.array([])
+        num_malicious = _finite(g["malicious_in_cohort"]) if "malicious_in_cohort" in g else np.array([])
         rejected = (pd.to_numeric(g["tp"], errors="coerce").fillna(0) + pd.to_numeric(g["fp"], errors="coerce").fillna(0))
         rec.update({
             "cell": cell, "seed": int(g["seed"].iloc[-1]), "defense": g["defense"].iloc[-1],
@@ -189,8 +189,8 @@ def run_summaries(rows: pd.DataFrame) -> pd.DataFrame:
             "tpr": _mean(tpr), "fpr": _mean(fpr), "fpr_no_attacker": _mean(quiet["fpr"]) if len(quiet) else math.nan,
             "rounds_run": len(g), "one_cluster": int(single.sum()),
             "imperfect_rounds": int(((tpr.notna() & (tpr < 1)) | (fpr.notna() & (fpr > 0))).sum()),
-            "attackers_min": float(attackers.min()) if attackers.size else math.nan,
-            "attackers_max": float(attackers.max()) if attackers.size else math.nan,
+            "attackers_min": float(num_malicious.min()) if num_malicious.size else math.nan,
+            "attackers_max": float(num_malicious.max()) if num_malicious.size else math.nan,
             "fallbacks": int(g["fallback"].fillna(False).astype(bool).sum()),
             "rejects": bool((rejected > 0).any() or single.any()),
         })

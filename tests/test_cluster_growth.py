@@ -19,8 +19,10 @@ from skymask_ray.clients import pool as pool_module
 from skymask_ray.clients.pool import ClientPool
 from skymask_ray.errors import RunError
 from skymask_ray.experiment import build_config
+from skymask_ray.layout import PENDING, plan_layout
 from skymask_ray.models import ParamSpec, build_model
-from skymask_ray.runtime import PENDING, NodeInfo, joins_cluster, plan_layout
+from skymask_ray.nodes import NodeInfo
+from skymask_ray.ray_session import joins_cluster
 
 HEAD = NodeInfo("h" * 51 + "00000", "10.0.0.1", 1)  # `ray start --head --num-cpus 1`
 FAKE_GPU = "torch 2.x: no CUDA device visible"

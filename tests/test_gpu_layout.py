@@ -24,16 +24,16 @@ from ray.util.placement_group import remove_placement_group
 from skymask_ray.clients.pool import ClientPool
 from skymask_ray.errors import ConfigError, RunError
 from skymask_ray.experiment import build_config
-from skymask_ray.runtime import (
+from skymask_ray.layout import (
     GPU_WORKER_WEIGHT,
     Layout,
-    NodeInfo,
     NodePlan,
     default_workers_per_gpu,
     plan_layout,
     setup_layout,
     trainer_node_of,
 )
+from skymask_ray.nodes import NodeInfo
 from skymask_ray.simulation import Simulation, run_experiment
 
 GB = 1024**3

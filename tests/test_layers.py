@@ -16,9 +16,9 @@ ROOT = Path(skymask_ray.__file__).parent
 # layer of each top-level module or subpackage, bottom (0) to top, as the package docstring documents
 LAYERS = {
     "errors": 0, "registry": 0, "seeding": 0, "params": 0, "storage": 0, "linalg": 0, "kernels": 0, "progress": 0,
-    "markdown": 0,
-    "config": 1, "runtime": 1, "local_nodes": 1, "models": 1, "results": 1, "population": 1, "run_folder": 1,
-    "context": 1,
+    "markdown": 0, "procfs": 0,
+    "config": 1, "ray_session": 1, "nodes": 1, "layout": 1, "actors": 1, "local_nodes": 1, "models": 1, "results": 1,
+    "population": 1, "run_folder": 1, "context": 1,
     "data": 2, "evaluation": 2,
     "clients": 3, "skymask": 3, "attacks": 3, "defenses": 3,
     "experiment": 4, "simulation": 4, "recorders": 4, "preflight": 4,

@@ -9,10 +9,10 @@ import sys
 import pytest
 import ray
 
+from skymask_ray.actors import out_of_memory, ray_failure
 from skymask_ray.errors import ConfigError, RunError
 from skymask_ray.experiment import build_config
 from skymask_ray.preflight import GB, KNOBS, check_fits, estimate_memory
-from skymask_ray.runtime import out_of_memory, ray_failure
 
 FMNIST = {"train_bytes": 60000 * 784 * 4 + 60000 * 8, "test_bytes": 10000 * 784 * 4 + 80000, "train_samples": 60000}
 CNN_P = 139_960

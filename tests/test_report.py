@@ -57,21 +57,21 @@ def write_run(
     rows = []
     for r in range(1, rounds + 1):
         evaluated = r % eval_every == 0 or r == rounds
-        malicious = round(n * fraction) if cohort is None or r > 1 else 0
-        tp = malicious if defense == "skymask" else 0
+        num_malicious = round(n * fraction) if cohort is None or r > 1 else 0
+        tp = num_malicious if defense == "skymask" else 0
         fp = int(rng.integers(0, 2)) if defense == "skymask" else 0
         row = _row(
-            round=r, clients=clients, malicious_fraction=fraction, malicious=malicious, defense=defense,
+            round=r, clients=clients, malicious_fraction=fraction, malicious=num_malicious, defense=defense,
             seed=seed, accuracy=0.9 - 0.6 * 0.6**r + 0.02 * rng.random() if evaluated else None,
             loss=2.0 / r if evaluated else None,
             backdoor_success=0.05 * r if backdoor and evaluated else None,
-            tp=tp, fp=fp, tn=n - malicious - fp, fn=malicious - tp,
-            tpr=tp / malicious if malicious else None,
-            fpr=fp / (n - malicious), accepted=n - tp - fp, fallback=r == 1 and defense == "skymask",
+            tp=tp, fp=fp, tn=n - num_malicious - fp, fn=num_malicious - tp,
+            tpr=tp / num_malicious if num_malicious else None,
+            fpr=fp / (n - num_malicious), accepted=n - tp - fp, fallback=r == 1 and defense == "skymask",
             t_clients=0.01 * clients, t_server=0.1, t_attack=0.01, t_defense=0.02 * clients, t_eval=0.05,
             t_round=0.03 * clients + rng.random(), peak_rss_mb=300.0 + 4 * clients + r,
             mem_pss_mb=200.0 + 2 * clients + r,
-            cohort=n, malicious_in_cohort=malicious, config=config_record(config) if config else None,
+            cohort=n, malicious_in_cohort=num_malicious, config=config_record(config) if config else None,
         )
         writer.append(row)
         rows.append(row)
@@ -81,11 +81,11 @@ def write_run(
             records.append(dict(round=r, index=0, pc1=1.0, pc2=0.2, label=0, malicious=False, accepted=True,
                                 is_server=True))
             for k in range(clients):
-                bad = k < malicious
-                centre = (-2.0, 1.0) if bad else (1.0, 0.0)
+                malicious = k < num_malicious
+                centre = (-2.0, 1.0) if malicious else (1.0, 0.0)
                 records.append(dict(round=r, index=k + 1, pc1=centre[0] + 0.3 * rng.standard_normal(),
-                                    pc2=centre[1] + 0.3 * rng.standard_normal(), label=int(bad),
-                                    malicious=bad, accepted=not bad and k != clients - 1, is_server=False))
+                                    pc2=centre[1] + 0.3 * rng.standard_normal(), label=int(malicious),
+                                    malicious=malicious, accepted=not malicious and k != clients - 1, is_server=False))
         pq.write_table(pa.Table.from_pylist(records, schema=MASK_SCHEMA), out / "masks.parquet")
     return out / "rounds.parquet", rows
 

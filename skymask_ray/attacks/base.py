@@ -20,7 +20,8 @@ Attacks with state across rounds (PoisonedFL) implement :meth:`Attack.state_dict
 and :meth:`Attack.load_state_dict` (tensors and plain types only). State that follows
 the global model advances in :meth:`Attack.begin_round`, which the round loop calls
 every round, whether or not the cohort holds an attacker (``apply`` runs only when it
-does).
+does); :func:`round_start` gives what it records (last round's aggregate, this round's
+weights).
 
 Attackers that train with their own learning rate or epochs (DBA, Neurotoxin: their
 reference code's poison lr and epochs) say so in :meth:`Attack.poison_sgd`; the client
@@ -124,3 +125,20 @@ def benign_stats(updates: torch.Tensor, malicious: torch.Tensor) -> tuple[torch.
         raise ValueError("model-poisoning attacks need at least one benign update to read")
     std = benign.std(dim=0, unbiased=True) if len(benign) > 1 else torch.zeros_like(benign[0])
     return benign, benign.mean(dim=0), std
+
+
+def previous_aggregate(prev_weights: torch.Tensor | None, weights: torch.Tensor, global_lr: float,
+                       like: torch.Tensor) -> torch.Tensor | None:
+    r"""The aggregate the server applied last round, :math:`(w_{t-1} - w_t)/\eta` (None in the first round)."""
+    if prev_weights is None:
+        return None
+    w = weights.to(like.device, like.dtype)
+    return (prev_weights.to(like.device, like.dtype) - w) / global_lr
+
+
+def round_start(prev_weights: torch.Tensor | None, weights: torch.Tensor, global_lr: float
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """What :meth:`Attack.begin_round` records: (last round's aggregate or None, this round's weights),
+    both on the CPU."""
+    w = weights.detach().cpu()
+    return previous_aggregate(prev_weights, w, global_lr, w), w.clone()

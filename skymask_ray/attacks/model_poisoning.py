@@ -1,12 +1,23 @@
 r"""Model-poisoning attacks: the malicious rows of the N x P update matrix are crafted, not trained.
 
 Every attack here has ``trains = False`` (the round loop skips the malicious
-clients' local SGD), reads only the benign rows (the omniscient threat model
-of the papers) and writes the malicious rows in place, so the defense still
-sees N updates (SPEC section 11). Updates follow the convention
-:math:`g_k = w_t - w_k`.
+clients' local SGD) and writes the malicious rows in place, so the defense
+still sees N updates (SPEC section 11). Updates follow the convention
+:math:`g_k = w_t - w_k` and the server steps :math:`w_{t+1} = w_t -
+\eta\,\mathrm{AGG}` with :math:`\eta` = ``train.global_lr``; where a paper
+writes model changes (:math:`\Delta = w_k - w_t`, added to the model), the
+formulas are translated and what the model does is the same.
 
-``spread`` (every attack here, default 0): with :math:`\sigma` the benign
+Two kinds:
+
+* one-round attacks on :class:`ModelPoisoning` (lie, min_max, min_sum,
+  fang_trim, fang_krum, sign_flip, ipm, gaussian): each round they read only
+  the benign rows (the omniscient threat model of the papers);
+* ``poisonedfl`` (:class:`PoisonedFL`): reads no benign update, but keeps
+  state across rounds (a fixed sign vector, its own previous update, the
+  global model's history).
+
+``spread`` (every :class:`ModelPoisoning` attack, default 0): with :math:`\sigma` the benign
 per-coordinate standard deviation, attacker k adds its own noise
 :math:`e_k = \text{spread}\cdot\sigma\odot\xi_k`, :math:`\xi_k \sim
 \mathcal{N}(0, I)` drawn from ``ctx.generator``, so attackers are not
@@ -23,21 +34,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 
 from ..linalg import krum_scores, pairwise_sq_distances
 from ..params import bounded
-from .base import Attack, benign_stats, register_attack
+from ..seeding import torch_generator
+from .base import Attack, benign_stats, register_attack, round_start
 
 if TYPE_CHECKING:
+    from ..config import ExperimentConfig
     from ..context import AttackContext
 
 
 @dataclass
 class SpreadParams:
-    """Parameters every model-poisoning attack shares."""
+    """Parameters every :class:`ModelPoisoning` attack shares."""
 
     spread: float = bounded(0.0, ge=0)  # per-attacker noise, in units of the benign per-coordinate std
 
@@ -128,7 +141,6 @@ class ShejwalkarParams(SpreadParams):
     deviation: Literal["unit_vec", "sign", "std"] = "unit_vec"
     gamma_init: float = bounded(10.0, gt=0)
     tol: float = bounded(1e-5, gt=0)
-
 
 
 def deviation_vector(kind: str, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -398,3 +410,152 @@ class Gaussian(ModelPoisoning):
         xi = torch.randn(f, mu.numel(), generator=ctx.generator, device=ctx.generator.device)
         rows = self.p.mean + self.p.std * xi.to(device=mu.device, dtype=mu.dtype)
         return rows if noise is None else rows + noise
+
+
+def _tensor_or_none(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach().cpu().clone()
+
+
+@dataclass
+class PoisonedFLParams:
+    scaling_factor: float = bounded(8.0, gt=0)  # c: lambda_t = c * |previous aggregate| (authors' scripts: --sf 8)
+    window: int = bounded(50, ge=1)  # rounds between two progress checks (reference code: e % 50 == 0)
+    decay: float = bounded(0.7, gt=0, le=1)  # c <- decay * c when the model did not move along s over the window
+    min_scaling: float = bounded(0.5, ge=0)  # ... unless decay * c would fall below this (reference code)
+    # progress = aligned signs above the binomial(P, 1/2) quantile (k_99)
+    confidence: float = bounded(0.99, ge=0.5, lt=1)
+
+
+def binomial_threshold(d: int, confidence: float) -> float:
+    """The ``confidence`` quantile of Binomial(d, 1/2) (scipy's ``binom.ppf``).
+
+    The reference code hard-codes it for its four model sizes (k_95, k_99; e.g. 70415 at 99 % for
+    d = 139,960); this reproduces all eight of those numbers exactly, for any d."""
+    from scipy.stats import binom
+
+    return float(binom.ppf(confidence, d, 0.5))
+
+
+@register_attack("poisonedfl")
+class PoisonedFL(Attack):
+    r"""PoisonedFL (Xie, Fang and Gong, "Model Poisoning Attacks to Federated Learning via
+    Multi-Round Consistency", CVPR 2025, arXiv 2404.15611; reference code github.com/xyq7/PoisonedFL,
+    ``byzantine.poisonedfl``). No knowledge of the benign updates is used.
+
+    A random sign vector :math:`s \in \{-1, 1\}^P` is drawn once (seeded by the run seed) and every
+    malicious client pushes the model along it in every round, so that the attack accumulates
+    across rounds instead of cancelling. With :math:`h_t = (w_{t-1} - w_t)/\eta` the aggregate the
+    server applied last round and :math:`m_{t-1}` the malicious update of the previous round:
+
+    .. math::
+
+        v_t = \Bigl|\, h_t - m_{t-1}\,\frac{\|h_t\|}{\|m_{t-1}\|} \Bigr|, \qquad
+        g_m = -\lambda_t\,\frac{v_t}{\|v_t\|} \odot s, \qquad \lambda_t = c_t \|h_t\|
+
+    (the reference code's magnitude vector: last round's global change with the attack's own
+    share removed; :math:`m_{t-1}` is the update the attackers sent the last time any of them was
+    sampled, :math:`m_0 = 0`). Every attacker sends the same :math:`g_m`. The minus sign
+    is this simulator's convention: the server's step :math:`-\eta g_m` moves the model along
+    :math:`+s`. Every ``window`` rounds the attack checks its progress: it counts the coordinates
+    where :math:`\mathrm{sign}(w_t - w_{\text{start}})` equals :math:`s` (a coordinate that did
+    not move counts with the sign of :math:`w_t`, as in the reference code); below the
+    ``confidence`` quantile of Binomial(P, 1/2) the model has not gone the attack's way
+    significantly, and :math:`c \leftarrow` ``decay`` :math:`\cdot c` unless that would fall
+    below ``min_scaling``. The first round has no history: the malicious rows are zero (the
+    reference code sends zero updates then).
+
+    Rounds are the run's rounds, not the attackers' (the reference's loop): :meth:`begin_round`,
+    called every round whether or not the cohort holds an attacker, records :math:`h_t`, counts
+    the round, runs the progress check in rounds :math:`e = \text{window}, 2\,\text{window},
+    \ldots` (0-based) and restarts the window; as in the reference the window's start is the
+    model after the window's first round (the reference stores it once round :math:`e` with
+    :math:`e \bmod \text{window} = 0` is aggregated), so a check sees window - 1 rounds of
+    change. Only :math:`m` waits for a round with attackers.
+
+    Defaults are the reference code's: c = 8 (its scripts' ``--sf 8``), window 50, decay 0.7,
+    floor 0.5, confidence 0.99. State (:meth:`state_dict`): s, c, the round count, the previous
+    global weights, the previous malicious update and the weights at the start of the window.
+    Not composable: s and the window live in the whole model's coordinates.
+    """
+
+    Params = PoisonedFLParams
+    trains = False
+    composable = False
+
+    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        super().__init__(params, cfg, num_classes)
+        self.sign: torch.Tensor | None = None  # (P,) int8, +1/-1: the direction the model is pushed
+        self.scaling = float(self.p.scaling_factor)
+        self.rounds = 0  # rounds begun so far (every round of the run, attackers sampled or not)
+        self.prev_weights: torch.Tensor | None = None  # the global weights the latest round began from
+        self.history: torch.Tensor | None = None  # h_t: the aggregate applied in the round before this one
+        self.prev_update: torch.Tensor | None = None  # the malicious row sent the last time attackers were sampled
+        self.window_start: torch.Tensor | None = None
+        self.last_aligned: int | None = None  # diagnostics of the latest progress check
+
+    def sign_vector(self, p: int) -> torch.Tensor:
+        """s, drawn once from the run seed (int8 +1/-1)."""
+        if self.sign is None or self.sign.numel() != p:
+            gen = torch_generator(self.cfg.seed, "attack", "poisonedfl", "sign")
+            self.sign = torch.where(torch.randn(p, generator=gen) >= 0, 1, -1).to(torch.int8)
+        return self.sign
+
+    def check_progress(self, w: torch.Tensor) -> None:
+        """The window starts at the weights of round e (0-based) = 1, window + 1, ...; in round e = window,
+        2 window, ... c shrinks when the model did not move along s significantly since then (the
+        reference's order, see the class docstring)."""
+        e = self.rounds
+        if e > 0 and (e - 1) % self.p.window == 0:
+            self.window_start = w.detach().cpu().clone()
+        if e > 0 and e % self.p.window == 0 and self.window_start is not None:
+            total = w - self.window_start.to(w.device, w.dtype)
+            total = torch.where(total == 0, w, total)
+            s = self.sign_vector(w.numel()).to(w.device)
+            aligned = int((torch.sign(total).to(torch.int8) == s).sum())
+            self.last_aligned = aligned
+            if aligned < binomial_threshold(w.numel(), self.p.confidence) and \
+                    self.scaling * self.p.decay >= self.p.min_scaling:
+                self.scaling *= self.p.decay
+
+    def begin_round(self, round_idx: int, global_weights: torch.Tensor) -> None:
+        """Every round: h from the previous round's weights, the progress check, the round count."""
+        self.history, self.prev_weights = round_start(self.prev_weights, global_weights, self.cfg.train.global_lr)
+        self.check_progress(self.prev_weights)
+        self.rounds += 1
+
+    def apply(self, updates: torch.Tensor, malicious: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
+        if not malicious.any():
+            return updates
+        p = updates.shape[1]
+        s = self.sign_vector(p).to(updates.device, updates.dtype)
+        h = None if self.history is None else self.history.to(updates.device, updates.dtype)
+        out = updates.clone()
+        if h is None:
+            row = torch.zeros(p, dtype=updates.dtype, device=updates.device)
+        else:
+            h_norm = h.norm()
+            v = h
+            if self.prev_update is not None:
+                m = self.prev_update.to(updates.device, updates.dtype)
+                v = h - m * h_norm / (m.norm() + 1e-9)
+            v = v.abs()
+            row = -self.scaling * h_norm * v / (v.norm() + 1e-9) * s
+        out[malicious] = row
+        self.prev_update = row.detach().cpu().clone()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sign": _tensor_or_none(self.sign), "scaling": float(self.scaling), "rounds": int(self.rounds),
+            "prev_weights": _tensor_or_none(self.prev_weights), "prev_update": _tensor_or_none(self.prev_update),
+            "window_start": _tensor_or_none(self.window_start),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sign = state.get("sign")
+        self.scaling = float(state.get("scaling", self.p.scaling_factor))
+        self.rounds = int(state.get("rounds", 0))
+        self.prev_weights = state.get("prev_weights")
+        self.prev_update = state.get("prev_update")
+        self.window_start = state.get("window_start")
+        self.history = None  # the next begin_round derives it from prev_weights

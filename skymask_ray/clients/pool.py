@@ -45,14 +45,16 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..actors import MAX_RESTARTS, ByRef, out_of_memory, ray_failure
 from ..config import ExperimentConfig
 from ..data.shards import ClientShards, ShardTable
 from ..errors import RunError
 from ..kernels import tune_numpy_allocations
+from ..layout import GROW_TIMEOUT_S, Layout
 from ..linalg import from_readonly
 from ..models import ParamSpec, build_model
-from ..runtime import (GROW_TIMEOUT_S, MAX_RESTARTS, ByRef, Layout, out_of_memory, pss_mb, ray_failure, require_cuda,
-                       rss_mb, short_id)
+from ..nodes import require_cuda, short_id
+from ..procfs import pss_mb, rss_mb
 from ..seeding import torch_generator
 from .training import SGDSettings, client_generator, client_mode, train_sequential, train_vmap
 

@@ -18,9 +18,10 @@ import torch
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..actors import MAX_RESTARTS
 from ..clients.training import SGDSettings
 from ..config import SkyMaskConfig
-from ..runtime import MAX_RESTARTS, Layout
+from ..layout import Layout
 from .masked import auto_shards
 from .sharding import sharded_select, start_shard_workers
 from .trainer import MaskSelection, MaskTrainer, default_mask_lr, stack_updates

@@ -264,13 +264,13 @@ class MaskTrainer:
 
     def rss_mb(self) -> float:
         """Peak resident memory of this process (MB)."""
-        from ..runtime import rss_mb
+        from ..procfs import rss_mb
 
         return rss_mb()
 
     def memory_mb(self) -> tuple[float, float]:
         """(peak RSS, PSS now) of this process in MB."""
-        from ..runtime import pss_mb, rss_mb
+        from ..procfs import pss_mb, rss_mb
 
         return rss_mb(), pss_mb()
 

@@ -53,9 +53,9 @@ def make_ctx(updates: torch.Tensor, malicious: torch.Tensor, spec: ParamSpec | N
     )
 
 
-def make_cfg(attack: str = "none", params: dict | None = None, clients: int = 10, fraction: float = 0.2,
+def make_cfg(attack: str = "none", params: dict | None = None, clients: int = 10, malicious_fraction: float = 0.2,
              **overrides) -> ExperimentConfig:
-    cfg = ExperimentConfig(clients=clients, malicious_fraction=fraction, attack=attack,
+    cfg = ExperimentConfig(clients=clients, malicious_fraction=malicious_fraction, attack=attack,
                            attack_params=dict(params or {}), **overrides)
     cfg.data.dataset = "synthetic"
     return cfg

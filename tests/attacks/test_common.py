@@ -31,7 +31,7 @@ def test_output_is_n_by_p_and_benign_rows_are_untouched(name, fraction):
     n = 20
     world = TinyWorld(n=n, f=int(round(n * fraction)))
     params = {"search_steps": 1} if name == "adaptive" else {}
-    cfg = make_cfg(name, params, clients=n, fraction=fraction, model="lr")
+    cfg = make_cfg(name, params, clients=n, malicious_fraction=fraction, model="lr")
     cfg.skymask.mask_epochs = 3
     attack = ATTACKS.get(name)(params, cfg, 3)
     updates = world.updates.clone()
@@ -48,7 +48,7 @@ def test_output_is_n_by_p_and_benign_rows_are_untouched(name, fraction):
 @pytest.mark.parametrize("name", ALL)
 def test_no_malicious_clients_is_identity(name):
     world = TinyWorld(n=6, f=0)
-    cfg = make_cfg(name, clients=6, fraction=0.0, model="lr")
+    cfg = make_cfg(name, clients=6, malicious_fraction=0.0, model="lr")
     attack = ATTACKS.get(name)(None, cfg, 3)
     assert torch.equal(attack.apply(world.updates, world.malicious, world.ctx()), world.updates)
 

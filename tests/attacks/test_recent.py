@@ -1,4 +1,5 @@
-"""Defining properties of poisonedfl, dba, neurotoxin and skymask_adaptive (attacks/recent.py)."""
+"""Defining properties of poisonedfl (attacks/model_poisoning.py), dba and neurotoxin (attacks/backdoor.py) and
+skymask_adaptive (attacks/adaptive.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from skymask_ray.attacks import ATTACKS
-from skymask_ray.attacks.recent import binomial_threshold, malicious_ids
+from skymask_ray.attacks.backdoor import malicious_ids
+from skymask_ray.attacks.model_poisoning import binomial_threshold
 from skymask_ray.experiment import build_config
 from skymask_ray.errors import ConfigError
 from skymask_ray.skymask.trainer import RootLoss
@@ -152,7 +154,7 @@ def bar_mask(part: int, h: int = 12, w: int = 12) -> torch.Tensor:
 
 @pytest.mark.parametrize("client", [0, 1, 2, 3, 4, 5, 6])
 def test_dba_attacker_stamps_only_its_part(client):
-    attack = build("dba", clients=10, fraction=0.7, malicious_selection="first")  # malicious 0..6
+    attack = build("dba", clients=10, malicious_fraction=0.7, malicious_selection="first")  # malicious 0..6
     assert attack.trains and attack.target == 2
     x, y = torch.zeros(64, 1, 12, 12), torch.arange(64) % 10
     x2, y2 = attack.poison_data(x, y, torch.Generator().manual_seed(0), client=client)
@@ -208,7 +210,8 @@ def test_dba_through_the_client_worker_call_site():
     from skymask_ray.clients.pool import ClientWorker
     from skymask_ray.data import ShardTable
 
-    cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, fraction=0.75, model="mlp", malicious_selection="first")
+    cfg = make_cfg("dba", {"poison_fraction": 1.0}, clients=4, malicious_fraction=0.75, model="mlp",
+                   malicious_selection="first")
     x = np.zeros((16, 1, 12, 12), dtype=np.float32)
     y = (np.arange(16) % 10).astype(np.int64)
     idx = [np.arange(4 * k, 4 * k + 4) for k in range(3)]
@@ -223,7 +226,7 @@ def test_poison_data_takes_the_client_keyword_everywhere():
     x, y = torch.zeros(8, 1, 12, 12), torch.arange(8) % 10
     for name in ["label_flip", "scaling", "lie_backdoor", "neurotoxin", "none"]:
         build(name).poison_data(x, y, torch.Generator().manual_seed(0), client=3)
-    wrapped = build("parameter", {"base": "dba", "base_params": {"poison_fraction": 1.0}}, fraction=0.5,
+    wrapped = build("parameter", {"base": "dba", "base_params": {"poison_fraction": 1.0}}, malicious_fraction=0.5,
                     malicious_selection="first")  # client 2 is the attacker of rank 2: DBA part 2
     x2, _ = wrapped.poison_data(x, y, torch.Generator().manual_seed(0), client=2)
     assert torch.equal(x2[0, 0] == 1.0, bar_mask(2))
@@ -306,7 +309,7 @@ def weighted_distance(rows, mu, s):
 def test_skymask_adaptive_stays_within_its_bound_with_maximal_strength(quantile):
     world = TinyWorld(n=12, f=4, seed=1)
     params = {"bound_quantile": quantile, "max_alpha": 50.0}
-    cfg = make_cfg("skymask_adaptive", params, clients=12, fraction=4 / 12, model="lr")
+    cfg = make_cfg("skymask_adaptive", params, clients=12, malicious_fraction=4 / 12, model="lr")
     attack = ATTACKS.get("skymask_adaptive")(params, cfg, 3)
     ctx = world.ctx()
     out = attack.apply(world.updates, world.malicious, ctx)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from skymask_ray.attacks import ATTACKS
-from skymask_ray.attacks.recent import binomial_threshold
+from skymask_ray.attacks.model_poisoning import binomial_threshold
 from skymask_ray.clients import pool
 from skymask_ray.clients.training import SGDSettings, client_generator
 
@@ -20,7 +20,7 @@ from .helpers import make_cfg, make_ctx, make_updates
 @pytest.mark.parametrize("mode", ["sequential", "vmap"])
 @pytest.mark.parametrize("name,lr,epochs", [("dba", 0.05, 10), ("neurotoxin", 0.02, 10)])
 def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epochs, mode, monkeypatch):
-    cfg = make_cfg(name, None, clients=4, fraction=0.5, model="mlp", malicious_selection="first")
+    cfg = make_cfg(name, None, clients=4, malicious_fraction=0.5, model="mlp", malicious_selection="first")
     cfg.train.client_exec = mode
     attack = ATTACKS.get(name)(None, cfg, 10)
     assert attack.poison_sgd() == {"lr": lr, "epochs": epochs, "steps": None}
@@ -98,7 +98,7 @@ def reference_poisonedfl(weights: list[torch.Tensor], attackers: list[bool], sig
 def test_poisonedfl_state_after_rounds_without_attackers_equals_the_references():
     p, lr, window = 400, 0.5, 3
     updates, mal = make_updates(6, 2, p, seed=8, dtype=torch.float32)
-    cfg = make_cfg("poisonedfl", {"window": window, "scaling_factor": 2.0}, clients=6, fraction=2 / 6)
+    cfg = make_cfg("poisonedfl", {"window": window, "scaling_factor": 2.0}, clients=6, malicious_fraction=2 / 6)
     attack = ATTACKS.get("poisonedfl")(cfg.attack_params, cfg, 10)
     sign = attack.sign_vector(p).to(torch.float32)
     attackers = [True, False, True, False, False, True, True, False, False, False, True, False, True]

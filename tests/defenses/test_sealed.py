@@ -18,7 +18,7 @@ from skymask_ray.context import DefenseContext
 from skymask_ray.defenses import DEFENSES, build_defense
 from skymask_ray.experiment import build_config
 from skymask_ray.models import ParamSpec
-from skymask_ray.population import Population, malicious_population
+from skymask_ray.population import MaliciousSet, Population, malicious_population
 
 from .helpers import make_ctx
 
@@ -75,12 +75,13 @@ def reachable(root: Any, name: str) -> Iterator[tuple[str, Any]]:
         stack.extend((path + step, child) for step, child in _children(obj))
 
 
-def leaks(root: Any, name: str, mask: np.ndarray) -> list[str]:
-    """Paths from ``root`` to ground truth: the config, the population, the true count, the mask, the run seed."""
-    ids = np.flatnonzero(mask)
+def leaks(root: Any, name: str, malicious: MaliciousSet) -> list[str]:
+    """Paths from ``root`` to ground truth: the config, the population or its malicious set, the true count,
+    the malicious mask over the population or the attackers' ids, the run seed."""
+    mask, ids = malicious.mask(np.arange(malicious.size)), malicious.sorted_ids()
     found = []
     for path, obj in reachable(root, name):
-        if isinstance(obj, (ExperimentConfig, Population)):
+        if isinstance(obj, (ExperimentConfig, Population, MaliciousSet)):
             found.append(f"{path}: {type(obj).__name__}")
         elif isinstance(obj, int) and not isinstance(obj, bool) and obj in (SEED, TRUE_F):
             found.append(f"{path} = {obj}")
@@ -106,7 +107,7 @@ def _cfg(name: str, params: dict[str, Any]) -> ExperimentConfig:
 def test_no_path_from_a_defense_reaches_the_truth(name, pre):
     cfg = _cfg(name, {} if pre is None else {"pre": pre})
     assert cfg.num_malicious == TRUE_F and cfg.cohort_size == K
-    mask = malicious_population(N, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
+    malicious = malicious_population(N, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
     spec = ParamSpec(("w",), (torch.Size([P]),), (0,), P)
     d = build_defense(cfg, spec)
     assert d.settings.declared_f == DECLARED and d.settings.seed != SEED
@@ -116,20 +117,24 @@ def test_no_path_from_a_defense_reaches_the_truth(name, pre):
             x = torch.randn(K, P, generator=g)
             d.aggregate(x, make_ctx(x, DECLARED, round=r, server_update=x.mean(0),
                                     client_ids=torch.arange(K) * 7))
-    assert leaks(d, "defense", mask) == []
+    assert leaks(d, "defense", malicious) == []
 
 
 def test_the_walk_finds_a_config_held_by_a_defense():
     """The check can fail: a defense that kept the config (as every defense did before) is caught."""
     cfg = _cfg("fedavg", {})
-    mask = malicious_population(N, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
+    malicious = malicious_population(N, cfg.num_malicious, cfg.malicious_selection, cfg.seed)
     d = build_defense(cfg)
     d.kept = {"note": [cfg]}
-    assert "defense.kept['note'][0]: ExperimentConfig" in leaks(d, "defense", mask)
-    seed, ids = cfg.seed, np.flatnonzero(mask)
+    assert "defense.kept['note'][0]: ExperimentConfig" in leaks(d, "defense", malicious)
+    seed, ids = cfg.seed, malicious.sorted_ids()
     d.kept = lambda: seed + len(ids)  # a closure over the run seed and the attacker ids
-    assert sorted(leaks(d, "defense", mask)) == ["defense.kept.__closure__[0]: the malicious mask or ids",
-                                                 f"defense.kept.__closure__[1] = {SEED}"]
+    assert sorted(leaks(d, "defense", malicious)) == ["defense.kept.__closure__[0]: the malicious mask or ids",
+                                                      f"defense.kept.__closure__[1] = {SEED}"]
+    mask = torch.from_numpy(malicious.mask(np.arange(N)))
+    d.kept = {"who": mask, "set": malicious}  # the mask over the population (a tensor), the set itself
+    found = leaks(d, "defense", malicious)
+    assert "defense.kept['who']: the malicious mask or ids" in found and "defense.kept['set']: MaliciousSet" in found
 
 
 def test_the_round_context_carries_no_run_seed():
@@ -170,8 +175,8 @@ def test_no_path_from_a_real_round_context_reaches_the_truth(ray_cluster, tmp_pa
 
         sim.defense.aggregate = spy
         sim.run_round(1)
-        mask = sim.population.malicious
+        malicious = sim.population.malicious
         sim.defense.aggregate = own
         assert len(seen) == 1 and seen[0].mask_selector is not None
-        assert leaks(seen[0], "ctx", mask) == []
-        assert leaks(sim.defense, "defense", mask) == []
+        assert leaks(seen[0], "ctx", malicious) == []
+        assert leaks(sim.defense, "defense", malicious) == []

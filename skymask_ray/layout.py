@@ -1,90 +1,24 @@
-"""Starting or joining Ray, placing the mask trainer and the client workers on its nodes (CPUs and GPUs)."""
+"""Where a run's work goes: the mask trainer's bundle and the client workers, planned per node and reserved.
+
+:func:`plan_layout` is a pure function of the nodes (:mod:`skymask_ray.nodes`);
+:func:`setup_layout` reads and probes the live nodes, reserves the trainer's
+bundle in a placement group and plans the client workers around it.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import re
-import resource
-import socket
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .errors import ConfigError, RunError
+from .nodes import NodeInfo, cluster_nodes, node_label, probe_gpus
 
 log = logging.getLogger(__name__)
-
-OBJECT_STORE_CAP_BYTES = 8 * 1024**3
-
-
-def wait_for_address(address: str, timeout_s: float) -> None:
-    """Block until something accepts TCP connections at ``address`` (host:port or ray://host:port).
-
-    ``ray.init`` retries an unreachable address for minutes with repeated
-    warnings; probing first turns that into one line after ``timeout_s``.
-    ``auto`` and ``local`` are left to Ray (it fails fast when no cluster runs).
-    """
-    if address in ("auto", "local"):
-        return
-    parts = urlsplit(address if "://" in address else f"//{address}")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host, port = None, None
-    if not host or port is None:
-        raise ConfigError(f"Ray address {address!r} is not host:port, ray://host:port, auto or local")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=min(5.0, timeout_s)):
-                return
-        except OSError:
-            if time.monotonic() >= deadline:
-                raise RunError(
-                    f"no Ray cluster answers at {address} (waited {timeout_s:.0f}s); start one (`ray start --head` "
-                    f"or `ray up cluster/cluster.yaml`), fix --address, or drop it to run locally") from None
-            time.sleep(0.5)
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> bool:
-    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray; returns True if this call started it.
-
-    A local start has no dashboard, a capped object store, and authentication
-    mode pinned (``RAY_AUTH_MODE``, default ``disabled``) so driver and workers agree.
-    Joining waits at most ``connect_timeout_s`` for the cluster to answer.
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        wait_for_address(address, connect_timeout_s)
-        try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        except ConnectionError as exc:
-            raise RunError(f"could not join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
-        return True
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    ray.init(
-        address="local",  # always a fresh local instance, never a stray one found on the machine
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=int(min(OBJECT_STORE_CAP_BYTES, 0.3 * total)),
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    return True
-
-
-# ----- where the work goes: nodes, the mask trainer's bundle, the client workers ---------------
 
 DEFAULT_WORKERS_PER_GPU = 4  # client workers per GPU when its memory (or the model's size) is unknown
 MAX_WORKERS_PER_GPU = 8  # the default's ceiling: processes time-slice a GPU (no MPS), a few hide each other's gaps
@@ -98,22 +32,6 @@ estimate: ``python -m benchmarks.gpu_check`` prints the measured rates to set it
 GROW_TIMEOUT_S = 600.0
 """How long client workers that the nodes present cannot hold wait for nodes the autoscaler adds (a
 cloud node boots and installs in minutes) before the run stops with one line."""
-PROBE_TIMEOUT_S = 60.0  # a GPU node whose probe has not run by then counts as "CUDA unknown"
-PROBE_GPU = 0.01  # the probe's GPU request: enough for Ray to expose the GPU, fits beside anything
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """One Ray node as the planner sees it (from ``ray.nodes()``, plus the CUDA probe for GPU nodes)."""
-
-    node_id: str
-    ip: str
-    cpus: float
-    gpus: float = 0.0
-    cuda: bool | None = None  # torch on this node can compute on its GPU (None: not probed, or no answer)
-    gpu_memory: int | None = None  # bytes of one of its GPUs (from the probe)
-    gpu_name: str = ""  # the probe's device name, else Ray's accelerator_type
-    note: str = ""  # why CUDA is not usable there
 
 
 @dataclass(frozen=True)
@@ -135,29 +53,9 @@ class NodePlan:
     weight: float  # each worker's share of the clients relative to a CPU worker's
 
 
-def short_id(node_id: str) -> str:
-    """A Ray node id short enough for a log line: its last 6 hex digits (the fake nodes of a one-machine
-    cluster, fff...f00001, differ only there)."""
-    return node_id[-6:]
-
-
-def node_label(node_id: str, ip: str, ips: list[str]) -> str:
-    """How lines name a node: its IP, with its :func:`short_id` where nodes share the IP (one machine)."""
-    return ip if ips.count(ip) <= 1 else f"{ip}/{short_id(node_id)}"
-
-
 PENDING = NodePlan("", "", 0.0, 0.0, None, "", None, False, 0, "cpu", 1.0, 0.0, 1.0)
 """The plan of a client worker that no node present can hold: one CPU, on no node in particular. Ray
 queues it, and on an autoscaling cluster the queued request is the demand that adds a node for it."""
-
-
-def joins_cluster(address: str | None) -> bool:
-    """Does a run with this ``--address`` (else $RAY_ADDRESS) join a running cluster, rather than start Ray here?
-
-    Only a joined cluster can have an autoscaler, so only there may workers wait for nodes (:func:`plan_layout`).
-    """
-    address = address or os.environ.get("RAY_ADDRESS")
-    return bool(address) and address != "local"
 
 
 @dataclass
@@ -372,100 +270,6 @@ def plan_layout(requested_workers: int | None, clients: int, device: str, nodes:
                   trainer_node, device, ks[0] if len(ks) == 1 else workers_per_gpu if ks else None, notes, pending)
 
 
-def cluster_nodes() -> list[NodeInfo]:
-    """The live nodes of the Ray cluster with their total CPUs and GPUs (``ray.nodes()``)."""
-    out = []
-    for n in ray.nodes():
-        if not n.get("Alive", False):
-            continue
-        res = n.get("Resources", {}) or {}
-        acc = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), "")
-        out.append(NodeInfo(str(n["NodeID"]), str(n.get("NodeManagerAddress", "?")), float(res.get("CPU", 0.0)),
-                            float(res.get("GPU", 0.0)), gpu_name=acc))
-    return out
-
-
-def cuda_status() -> tuple[bool, str]:
-    """Can torch in this process compute on a CUDA GPU? (ok, why not): a real kernel runs, not just a flag."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ok = torch.cuda.is_available()
-    if not ok:
-        said = next((str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()), "")
-        if torch.version.cuda is None:
-            said = said or "a CPU-only build"
-        return False, f"torch {torch.__version__}: {said or 'no CUDA device visible'}"[:300]
-    try:
-        (torch.ones(2, device="cuda") * 2).sum().item()
-    except Exception as exc:  # noqa: BLE001 - a driver/architecture mismatch surfaces here as any error
-        return False, f"torch {torch.__version__}: {str(exc).strip().splitlines()[0][:200]}"
-    return True, ""
-
-
-def _cuda_probe() -> dict[str, Any]:
-    """Run on a GPU node (as a task holding a sliver of its GPU): what torch there can do with it."""
-    import torch
-
-    ok, why = cuda_status()
-    props = torch.cuda.get_device_properties(0) if ok else None
-    return {"cuda": ok, "note": why, "memory": int(props.total_memory) if props else None,
-            "name": props.name if props else ""}
-
-
-_PROBED: dict[str, dict[str, Any]] = {}  # node id -> probe answer (a node's CUDA does not change while it lives)
-
-
-def probe_gpus(nodes: list[NodeInfo], timeout_s: float = PROBE_TIMEOUT_S) -> list[NodeInfo]:
-    """``nodes`` with ``cuda``/``gpu_memory``/``gpu_name`` filled in for GPU nodes, by one tiny task per node.
-
-    The task asks for ``PROBE_GPU`` of a GPU on that node (so Ray exposes the GPU to it, as to a worker)
-    and no CPU; its process exits after it (no CUDA context left on the GPU). Answers are kept per node
-    for this process; a node whose probe does not run within ``timeout_s`` (its GPUs all held) stays
-    ``cuda=None``. Call before the trainer's bundle is reserved.
-    """
-    todo = [n for n in nodes if n.gpus > 0 and n.node_id not in _PROBED]
-    if todo:
-        task = ray.remote(max_calls=1)(_cuda_probe)
-        refs = {n.node_id: task.options(num_cpus=0, num_gpus=PROBE_GPU, max_retries=0,
-                                        scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
-                .remote() for n in todo}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-        for node_id, ref in refs.items():
-            if ref not in ready:
-                ray.cancel(ref, force=True)
-                continue
-            try:
-                _PROBED[node_id] = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                first = str(exc).strip().splitlines()
-                _PROBED[node_id] = {"cuda": False, "note": f"the probe failed: {first[0][:200] if first else exc}",
-                                    "memory": None, "name": ""}
-    out = []
-    for n in nodes:
-        got = _PROBED.get(n.node_id)
-        if n.gpus <= 0:
-            out.append(n)
-        elif got is None:
-            out.append(replace(n, cuda=None, note=f"the CUDA probe did not run within {timeout_s:.0f}s"))
-        else:
-            out.append(replace(n, cuda=bool(got["cuda"]), note=got["note"], gpu_memory=got["memory"],
-                               gpu_name=got["name"] or n.gpu_name))
-    return out
-
-
-def require_cuda(what: str) -> None:
-    """Stop with one line naming this node if torch here cannot use the GPU Ray assigned to ``what``."""
-    ok, why = cuda_status()
-    if not ok:
-        raise RunError(f"{what} on node {ray.util.get_node_ip_address()} was given a GPU by Ray, but torch there "
-                       f"cannot use CUDA ({why}); fix that node's NVIDIA driver or torch build (cluster/README.md), "
-                       f"or pass --device cpu")
-
-
 def reserve_trainer(layout: Layout, timeout_s: float = 120.0) -> PlacementGroup:
     """A placement group holding the mask trainer's bundle; a clear error if it cannot be placed."""
     pg = placement_group([layout.trainer_bundle], strategy="PACK")
@@ -512,128 +316,3 @@ def setup_layout(requested_workers: int | None, clients: int, device: str, *, wo
         log.warning(note)
     log.info("layout: %s", layout.summary())
     return layout, pg
-
-
-class LayoutRecorder:
-    """A round-loop callback that writes the run's layout, kernel choices and set-up times (seconds per
-    phase, from the interpreter's start) to ``OUT/_state/layout.json`` after its first round.
-
-    Not at set-up: until the first round is done the folder may still hold an earlier run (whose
-    ``_state`` is removed when the new run commits), and a folder a run died in during set-up must
-    not look like it holds results. Readers of ``OUT`` with pandas/pyarrow skip ``_`` paths.
-    """
-
-    written = False
-
-    def on_setup(self, sim: Any, phase: str) -> None:
-        pass
-
-    def on_round_end(self, sim: Any, result: Any) -> None:
-        if self.written:
-            return
-        from .storage import atomic_write_text
-
-        doc = {"from_round": int(result.row.round), **sim.layout.describe(), "kernels": dict(sim.kernels),
-               "setup_s": dict(sim.setup_s),
-               "worker_nodes": sim.clients.placement()}  # where each worker ran in that round (pending ones too)
-        atomic_write_text(sim.folder.state_dir / "layout.json", json.dumps(doc, indent=1) + "\n")
-        self.written = True
-
-
-def _proc_kb(path: str, field: str) -> float | None:
-    """A ``field: N kB`` value of a /proc file of this process, in MB (None where it is missing)."""
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def rss_mb() -> float:
-    """Peak resident set size of this process in MB (VmHWM; ru_maxrss where /proc is missing)."""
-    peak = _proc_kb("/proc/self/status", "VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def pss_mb() -> float:
-    """Proportional set size of this process now, in MB: shared pages divided among their users.
-
-    Summed over the run's processes it counts shared pages (torch's libraries, Ray's object store)
-    once, unlike summed peak RSS. 0 where /proc/self/smaps_rollup is missing.
-    """
-    return _proc_kb("/proc/self/smaps_rollup", "Pss") or 0.0
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (Linux: /proc), 0 where that cannot be read.
-
-    Taken when a run's set-up begins, it is what the interpreter and the imports cost before.
-    """
-    try:
-        with open("/proc/self/stat") as fh:
-            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as fh:
-            uptime = float(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return round(max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK")), 3)
-
-
-def reset_peak_rss() -> None:
-    """Reset this process's peak-RSS mark (Linux), so a run in a long-lived process measures only itself."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-@dataclass(frozen=True)
-class ByRef:
-    """An object-store value handed to an actor *inside* an argument, so Ray does not resolve it.
-
-    Actors that restart must not take object-store values as top-level constructor
-    arguments (Ray logs an ERROR for each such actor): the driver keeps the ref
-    alive and the actor fetches it in its constructor, on every (re)start.
-    """
-
-    ref: "ray.ObjectRef"
-
-    def get(self, timeout_s: float = 600.0) -> object:
-        return ray.get(self.ref, timeout=timeout_s)
-
-
-def fetch(value: object) -> object:
-    """``value`` itself, or the object behind a :class:`ByRef`."""
-    return value.get() if isinstance(value, ByRef) else value
-
-
-MAX_RESTARTS = 3  # a worker that dies is restarted (and its task retried) this many times, then the run stops
-
-
-_OOM = re.compile(r"out of memory|low on memory|memory monitor|OutOfMemory|\bOOM\b", re.IGNORECASE)
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Was this Ray failure an out-of-memory kill (Ray's memory monitor, or the kernel's OOM killer as Ray saw it)?"""
-    return isinstance(exc, ray.exceptions.OutOfMemoryError) or bool(_OOM.search(str(exc)))
-
-
-def ray_failure(exc: BaseException, phase: str, who: str) -> RunError:
-    """One line for a Ray failure during ``phase`` in ``who``: an out-of-memory kill says so, with the
-    node's memory where Ray reported it, and names the knobs that lower the run's memory; anything else
-    (a dead actor, a lost node) gives its type and first line. Ray's own report is several screens."""
-    text = str(exc)
-    pid = re.search(r"\bpid[=:]\s*(\d+)", text)
-    ip = re.search(r"\b(?:ip|IP)[=:]\s*([0-9a-fA-F.:]+[0-9a-fA-F])", text)
-    where = who + "".join(f", {k} {m.group(1)}" for k, m in (("pid", pid), ("node", ip)) if m)
-    if out_of_memory(exc):
-        used = re.search(r"was (\d+(?:\.\d+)?GB / \d+(?:\.\d+)?GB)", text)
-        node = f" (node memory {used.group(1)})" if used else ""
-        return RunError(f"{phase}: {where} was killed for lack of memory{node}; lower --workers, --cohort or "
-                        "--samples-per-client, or run on a machine (or cluster) with more memory")
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return RunError(f"{phase}: {where} failed ({type(exc).__name__}: {first[:160]})")
