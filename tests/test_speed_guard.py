@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -62,3 +63,9 @@ def test_short_speed_guard_passes_on_this_machine(tmp_path):
     after = (ROOT / "benchmarks" / "results" / "speed_guard.md").stat().st_mtime_ns \
         if (ROOT / "benchmarks" / "results" / "speed_guard.md").exists() else None
     assert before == after
+
+
+def test_the_short_guard_allows_its_headroom_and_no_more():
+    near = speed_guard.Ratio("mask_step", 1.7, 1.0, "")
+    assert not near.ok and dataclasses.replace(near, headroom=speed_guard.SHORT_HEADROOM).ok
+    assert not speed_guard.Ratio("gram", 100.0, 1.0, "", headroom=speed_guard.SHORT_HEADROOM).ok
