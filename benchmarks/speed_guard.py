@@ -44,8 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import click
@@ -312,7 +311,7 @@ def main(short: bool, write: bool | None) -> None:
     ratios = [gram_ratio(k, p), mask_step_ratio(k, p), client_path_ratio(8 if short else 50, 50, 10),
               client_round_ratio(200 if short else 1000, 50, 3 if short else 6), setup_ratio(SETUP_RUN)]
     if short:
-        ratios = [dataclasses.replace(r, headroom=SHORT_HEADROOM) for r in ratios]
+        ratios = [replace(r, headroom=SHORT_HEADROOM) for r in ratios]
     extra = ""
     if not short:
         share, info = server_share_ratio()

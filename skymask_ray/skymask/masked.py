@@ -103,20 +103,6 @@ COMPILE_MIN_ENTRIES = 2**23
 PROBE_ENTRIES = 2**24  # K x rows of a mask-step probe: 64 MB per float32 matrix, beyond the caches as the real state is
 
 
-class CompiledOnFirstCall:
-    """``torch.compile(f)`` (dynamic shapes) made when first called: a kernel only some runs use costs the
-    others nothing (the gradient alone serves Adam; compiling it took 1.7 s of the trainer's set-up)."""
-
-    def __init__(self, f: Callable[..., torch.Tensor]) -> None:
-        self.f = f
-        self.compiled: Callable[..., torch.Tensor] | None = None
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None:
-            self.compiled = torch.compile(self.f, dynamic=True)
-        return self.compiled(*args)
-
-
 @functools.cache
 @torch.no_grad()
 def compiled_kernels(device_type: str) -> RowKernels | None:
@@ -125,12 +111,12 @@ def compiled_kernels(device_type: str) -> RowKernels | None:
     The SGD step and the sums compile right away on 2048 x 512 rows: inductor
     picks its loop strategy from the first call's sizes (37 x 5 rows gave a
     kernel 2x slower on the 501-wide rows of N = 500), and the kernels then
-    serve every shape; the Adam-only gradient compiles on first use.
+    serve every shape. The Adam-only gradient is left to compile on its first
+    call (``torch.compile`` compiles lazily; warming it took 1.7 s of set-up).
     Returns None, with a warning, where compilation does not work (no C++
     compiler on a CPU node, no Triton on a GPU node); callers then run eager.
     """
-    kernels = RowKernels(torch.compile(_row_sums, dynamic=True), CompiledOnFirstCall(_row_grad),
-                         torch.compile(_row_sgd, dynamic=True), compiled=True)
+    kernels = RowKernels(*(torch.compile(f, dynamic=True) for f in (_row_sums, _row_grad, _row_sgd)), compiled=True)
     # inductor imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on import when a CUDA
     # build of torch runs on a machine without a GPU: true and harmless for a CPU kernel, so not shown
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
@@ -293,19 +279,22 @@ class MaskShard:
     pass) bounds the eager path's temporaries; the compiled path has none.
     """
 
+    STATE = ("rows", "m", "s")  # the workspace buffers a shard takes, each P x K float32: updates, masks, sigma(m)
+
     def __init__(self, updates: torch.Tensor, w: torch.Tensor, cfg: SkyMaskConfig, lr: float,
                  block: int | None = None, kernels: RowKernels | None = None, workspace: Workspace | None = None,
                  name: str = "") -> None:
         """``workspace``: where the K x P state lives (a new one if None); ``name`` tells shards sharing one apart."""
         ws = workspace or Workspace()
         k, p = updates.shape
+        rows, m, s = (ws.take(name + part, (p, k), updates.device) for part in self.STATE)
         # K x P in, stored P x K (coordinate-major); only read, never written; row 0 of the K axis = the server's g_0
-        self.rows = ws.take(name + "rows", (p, k), updates.device).copy_(updates.T)  # the names: STATE
+        self.rows = rows.copy_(updates.T)
         self.w = w
         self.cfg = cfg
         self.lr = lr
-        self._m = ws.take(name + "m", (p, k), updates.device).fill_(float(cfg.mask_init))
-        self._s = ws.take(name + "s", (p, k), updates.device)  # sigma(m): written with the sums, read by the next step
+        self._m = m.fill_(float(cfg.mask_init))
+        self._s = s  # sigma(m): written with the sums, read by the next step's gradient
         self.kernels = kernels or row_kernels(cfg.kernel, self.rows.device.type, k, p)[0]
         width = block or (p if self.kernels.compiled else max(16, 2**21 // max(k, 1)))  # eager: ~8 MB blocks
         self.blocks = column_blocks(k, p, budget=k * width)
@@ -314,8 +303,6 @@ class MaskShard:
         self._lr_clip = tuple(torch.tensor(float(v), device=self._m.device) for v in (lr, clip))  # kernel inputs
         self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self.opt = torch.optim.Adam([self._m], lr=lr) if cfg.optimizer == "adam" else None
-
-    STATE = ("rows", "m", "s")  # the workspace buffers a shard takes, each P x K float32
 
     @classmethod
     def reserve(cls, workspace: Workspace, k: int, p: int, device: torch.device, name: str = "") -> None:
