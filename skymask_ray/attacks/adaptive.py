@@ -66,6 +66,25 @@ if TYPE_CHECKING:
     from ..context import AttackContext
 
 
+class OnBaseAttack(Attack):
+    """An attack that builds its rows on another registered attack: Params hold ``base`` and ``base_params``,
+    :meth:`resolve` says which bases it accepts, and the base is checked and built with its own config."""
+
+    @classmethod
+    def resolve(cls, p: Any) -> type[Attack]:
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        p = parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
+        cls.resolve(p).check(dataclasses.replace(cfg, attack=p.base, attack_params=p.base_params))
+
+    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        super().__init__(params, cfg, num_classes)
+        base_cfg = dataclasses.replace(cfg, attack=self.p.base, attack_params=self.p.base_params)
+        self.base = self.resolve(self.p)(self.p.base_params, base_cfg, num_classes)
+
+
 @dataclass
 class AdaptiveParams:
     base: str = "min_max"
@@ -82,7 +101,7 @@ class AdaptiveParams:
 
 
 @register_attack("adaptive")
-class Adaptive(Attack):
+class Adaptive(OnBaseAttack):
     """SkyMask-aware search; see the module docstring for the threat model and the search."""
 
     Params = AdaptiveParams
@@ -100,16 +119,6 @@ class Adaptive(Attack):
                 f"attack 'adaptive': base {p.base!r} must be a model-poisoning attack (min_max, lie, ...)"
             )
         return base_cls
-
-    @classmethod
-    def check(cls, cfg: "ExperimentConfig") -> None:
-        p = parse_params(cls.Params, cfg.attack_params, "attack 'adaptive'")
-        cls.resolve(p).check(dataclasses.replace(cfg, attack=p.base, attack_params=p.base_params))
-
-    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
-        super().__init__(params, cfg, num_classes)
-        base_cfg = dataclasses.replace(cfg, attack=self.p.base, attack_params=self.p.base_params)
-        self.base = self.resolve(self.p)(self.p.base_params, base_cfg, num_classes)
 
     def server_update(self, ctx: "AttackContext") -> torch.Tensor:
         """g_0 of the attacker's simulation: the server's, or its own stand-in (``server_steps``)."""
@@ -202,7 +211,7 @@ class SkyMaskAdaptiveParams:
 
 
 @register_attack("skymask_adaptive")
-class SkyMaskAdaptive(Attack):
+class SkyMaskAdaptive(OnBaseAttack):
     r"""An adaptive attack on SkyMask's clustering that trains no masks: it hides the poison in
     the coordinates SkyMask's masks cannot see and bounds it, in closed form, where they can.
 
@@ -266,16 +275,6 @@ class SkyMaskAdaptive(Attack):
                 f"attack 'skymask_adaptive': base {p.base!r} must be a plain model-poisoning attack (ipm, min_max, ...)"
             )
         return base_cls
-
-    @classmethod
-    def check(cls, cfg: "ExperimentConfig") -> None:
-        p = parse_params(cls.Params, cfg.attack_params, "attack 'skymask_adaptive'")
-        cls.resolve(p).check(dataclasses.replace(cfg, attack=p.base, attack_params=p.base_params))
-
-    def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
-        super().__init__(params, cfg, num_classes)
-        base_cfg = dataclasses.replace(cfg, attack=self.p.base, attack_params=self.p.base_params)
-        self.base = self.resolve(self.p)(self.p.base_params, base_cfg, num_classes)
 
     def sensitivity(self, mu: torch.Tensor, ctx: "AttackContext") -> torch.Tensor:
         """|dL/dW| at w_t - mu on the attacker's clean data, or a stand-in (see the class docstring)."""
