@@ -46,6 +46,14 @@ class BackdoorParams:
     trigger_value: float = 1.0
     poison_lr: float | None = bounded(None, gt=0)  # the attackers' local learning rate (None: train.local_lr)
     poison_epochs: int | None = bounded(None, ge=1)  # the attackers' local epochs (None: like the honest clients)
+    # the attackers' lr as a multiple of train.local_lr; given, it replaces poison_lr (None: poison_lr decides)
+    poison_lr_scale: float | None = bounded(None, gt=0)
+
+
+def one_poison_lr(name: str, params: dict[str, Any] | None) -> None:
+    """ConfigError if ``params`` give both an absolute ``poison_lr`` and a ``poison_lr_scale``: one lr, one way."""
+    if isinstance(params, dict) and params.get("poison_lr") is not None and params.get("poison_lr_scale") is not None:
+        raise ConfigError(f"attack {name!r}: give poison_lr (absolute) or poison_lr_scale (x train.local_lr), not both")
 
 
 class Backdoor(Attack):
@@ -55,6 +63,7 @@ class Backdoor(Attack):
     trains = True
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
+        one_poison_lr(self.name, params)
         super().__init__(params, cfg, num_classes)
         if self.p.target >= num_classes:
             raise ConfigError(f"attack {self.name!r}: target {self.p.target} is outside the {num_classes} classes")
@@ -78,10 +87,18 @@ class Backdoor(Attack):
         y[chosen] = self.target
         return x, y
 
+    @classmethod
+    def check(cls, cfg: "ExperimentConfig") -> None:
+        one_poison_lr(cls.name, cfg.attack_params)
+        super().check(cfg)
+
     def poison_sgd(self) -> dict[str, Any]:
-        """``poison_lr`` and ``poison_epochs`` where set (epochs replace ``train.local_steps`` too)."""
+        """The attackers' lr (``poison_lr_scale`` x ``train.local_lr``, else ``poison_lr``) and
+        ``poison_epochs`` where set (epochs replace ``train.local_steps`` too)."""
         out: dict[str, Any] = {}
-        if self.p.poison_lr is not None:
+        if self.p.poison_lr_scale is not None:
+            out["lr"] = float(self.p.poison_lr_scale) * self.cfg.train.local_lr
+        elif self.p.poison_lr is not None:
             out["lr"] = float(self.p.poison_lr)
         if self.p.poison_epochs is not None:
             out.update(epochs=int(self.p.poison_epochs), steps=None)

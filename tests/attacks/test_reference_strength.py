@@ -13,6 +13,7 @@ from skymask_ray.attacks import ATTACKS
 from skymask_ray.attacks.model_poisoning import binomial_threshold
 from skymask_ray.clients import pool
 from skymask_ray.clients.training import SGDSettings, client_generator
+from skymask_ray.errors import ConfigError
 
 from .helpers import make_cfg, make_ctx, make_updates
 
@@ -62,6 +63,27 @@ def test_other_backdoors_train_like_the_honest_clients_unless_asked():
     assert asked.poison_sgd() == {"lr": 0.05, "epochs": 15, "steps": None}
     plain = ATTACKS.get("dba")({"poison_lr": None, "poison_epochs": None}, make_cfg("dba"), 10)
     assert plain.poison_sgd() == {}
+
+
+@pytest.mark.parametrize("name", ["dba", "neurotoxin", "scaling"])
+def test_poison_lr_scale_is_a_multiple_of_the_honest_lr_and_replaces_the_default(name):
+    cfg = make_cfg(name)
+    cfg.train.local_lr = 0.3
+    attack = ATTACKS.get(name)({"poison_lr_scale": 0.5}, cfg, 10)
+    assert attack.poison_sgd()["lr"] == pytest.approx(0.15)
+    cfg.train.local_lr = 0.1  # read when the settings are made, from the run's own honest lr
+    assert attack.poison_sgd()["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("name", ["dba", "neurotoxin"])
+def test_an_absolute_and_a_relative_poison_lr_together_are_refused(name):
+    params = {"poison_lr": 0.05, "poison_lr_scale": 0.5}
+    with pytest.raises(ConfigError, match="poison_lr .*or poison_lr_scale"):
+        ATTACKS.get(name)(params, make_cfg(name), 10)
+    cfg = make_cfg(name)
+    cfg.attack_params = params
+    with pytest.raises(ConfigError, match="not both"):
+        ATTACKS.get(name).check(cfg)
 
 
 def reference_poisonedfl(weights: list[torch.Tensor], attackers: list[bool], sign: torch.Tensor, c: float,
