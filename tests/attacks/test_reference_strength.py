@@ -19,11 +19,13 @@ from .helpers import make_cfg, make_ctx, make_updates
 
 
 @pytest.mark.parametrize("mode", ["sequential", "vmap"])
-@pytest.mark.parametrize("name,lr,epochs", [("dba", 0.05, 10), ("neurotoxin", 0.02, 10)])
-def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, lr, epochs, mode, monkeypatch):
+@pytest.mark.parametrize("name,scale,epochs", [("dba", 0.5, 10), ("neurotoxin", 4.0, 10)])
+def test_backdoor_attackers_train_with_the_reference_lr_and_epochs(name, scale, epochs, mode, monkeypatch):
+    """The references' poison lr as a multiple of their own honest lr (DBA 0.05 / 0.1, Neurotoxin 0.04 / 0.01)."""
     cfg = make_cfg(name, None, clients=4, malicious_fraction=0.5, model="mlp", malicious_selection="first")
     cfg.train.client_exec = mode
     attack = ATTACKS.get(name)(None, cfg, 10)
+    lr = scale * cfg.train.local_lr
     assert attack.poison_sgd() == {"lr": lr, "epochs": epochs, "steps": None}
     attackers = pool.sgd_settings(cfg, **attack.poison_sgd())
     honest = pool.sgd_settings(cfg)
@@ -61,8 +63,17 @@ def test_other_backdoors_train_like_the_honest_clients_unless_asked():
         assert ATTACKS.get(name)(None, make_cfg(name), 10).poison_sgd() == {}
     asked = ATTACKS.get("scaling")({"poison_lr": 0.05, "poison_epochs": 15}, make_cfg("scaling"), 10)
     assert asked.poison_sgd() == {"lr": 0.05, "epochs": 15, "steps": None}
-    plain = ATTACKS.get("dba")({"poison_lr": None, "poison_epochs": None}, make_cfg("dba"), 10)
+    plain = ATTACKS.get("dba")({"poison_lr_scale": None, "poison_epochs": None}, make_cfg("dba"), 10)
     assert plain.poison_sgd() == {}
+
+
+@pytest.mark.parametrize("name", ["dba", "neurotoxin"])
+def test_an_absolute_poison_lr_given_alone_replaces_the_default_scale(name):
+    cfg = make_cfg(name)
+    attack = ATTACKS.get(name)({"poison_lr": 0.05}, cfg, 10)
+    assert attack.poison_sgd()["lr"] == 0.05 and attack.p.poison_lr_scale is None
+    cfg.attack_params = {"poison_lr": 0.05}
+    ATTACKS.get(name).check(cfg)  # the default scale is not "given" beside it
 
 
 @pytest.mark.parametrize("name", ["dba", "neurotoxin", "scaling"])
@@ -171,5 +182,5 @@ def test_the_round_loop_advances_poisonedfl_every_round_and_hands_dba_its_traini
     cfg = build_config(overrides={**base, "attack": "dba", "data": {"dataset": "synthetic", "synthetic_train": 400,
                                                                      "synthetic_test": 50, "root_size": 20}})
     with Simulation(cfg, tmp_path / "dba", local_clients=True) as sim:
-        assert sim.clients.worker.poison_sgd == SGDSettings(lr=0.05, batch_size=16, epochs=10, steps=None,
-                                                            grad_clip=None)
+        assert sim.clients.worker.poison_sgd == SGDSettings(lr=0.5 * cfg.train.local_lr, batch_size=16, epochs=10,
+                                                            steps=None, grad_clip=None)
