@@ -56,7 +56,7 @@ import torch
 
 from ..clients.training import SGDSettings, train_sequential
 from ..errors import ConfigError
-from ..params import bounded, parse_params
+from ..params import bounded
 from ..skymask.select import select_masks
 from ..skymask.trainer import LocalShards, RootLoss, default_mask_lr, stack_updates, train_masks
 from .base import ATTACKS, Attack, benign_stats, register_attack
@@ -76,7 +76,7 @@ class OnBaseAttack(Attack):
 
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
-        p = parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
+        p = cls.parse(cfg.attack_params)
         cls.resolve(p).check(dataclasses.replace(cfg, attack=p.base, attack_params=p.base_params))
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ..errors import ConfigError
-from ..params import bounded, parse_params
+from ..params import bounded
 from ..population import malicious_population
 from .base import Attack, benign_stats, register_attack, round_start
 from .model_poisoning import paper_z
@@ -44,7 +44,7 @@ class BackdoorParams:
     poison_fraction: float = bounded(0.5, gt=0, le=1)  # share of each malicious client's samples that get the trigger
     trigger_size: int = bounded(5, ge=1)
     trigger_value: float = 1.0
-    poison_lr: float | None = bounded(None, gt=0)  # the attackers' local learning rate (None: train.local_lr)
+    poison_lr: float | None = bounded(None, gt=0)  # the attackers' absolute lr (None: poison_lr_scale, else local_lr)
     poison_epochs: int | None = bounded(None, ge=1)  # the attackers' local epochs (None: like the honest clients)
     # the attackers' lr as a multiple of train.local_lr (None: poison_lr decides); a poison_lr given alone replaces it
     poison_lr_scale: float | None = bounded(None, gt=0)
@@ -67,7 +67,7 @@ class Backdoor(Attack):
     trains = True
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
-        super().__init__(one_poison_lr(self.name, params), cfg, num_classes)
+        super().__init__(params, cfg, num_classes)
         if self.p.target >= num_classes:
             raise ConfigError(f"attack {self.name!r}: target {self.p.target} is outside the {num_classes} classes")
         self.target = self.p.target
@@ -91,8 +91,8 @@ class Backdoor(Attack):
         return x, y
 
     @classmethod
-    def check(cls, cfg: "ExperimentConfig") -> None:
-        parse_params(cls.Params, one_poison_lr(cls.name, cfg.attack_params), f"attack {cls.name!r}")
+    def parse(cls, params: dict[str, Any] | None) -> Any:
+        return super().parse(one_poison_lr(cls.name, params))
 
     def poison_sgd(self) -> dict[str, Any]:
         """The attackers' lr (``poison_lr_scale`` x ``train.local_lr``, else ``poison_lr``) and

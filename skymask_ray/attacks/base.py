@@ -63,14 +63,19 @@ class Attack:
     composable: ClassVar[bool] = True  # may run on a coordinate subset inside a fine-grained wrapper
 
     def __init__(self, params: dict[str, Any] | None, cfg: "ExperimentConfig", num_classes: int = 10) -> None:
-        self.p = parse_params(self.Params, params, f"attack {self.name!r}")
+        self.p = self.parse(params)
         self.cfg = cfg
         self.num_classes = num_classes
 
     @classmethod
+    def parse(cls, params: dict[str, Any] | None) -> Any:
+        """``params`` as this attack's ``Params`` (raises ConfigError): the one path of building and checking."""
+        return parse_params(cls.Params, params, f"attack {cls.name!r}")
+
+    @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
         """Validate ``cfg.attack_params`` for this attack (raises ConfigError)."""
-        parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
+        cls.parse(cfg.attack_params)
 
     @classmethod
     def trains_with(cls, params: dict[str, Any] | None) -> bool:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from ..errors import ConfigError
-from ..params import bounded, parse_params
+from ..params import bounded
 from ..seeding import torch_generator
 from .base import ATTACKS, Attack, register_attack
 
@@ -61,7 +61,7 @@ class FineGrainedParams:
 def _poisons_data(cls: type[Attack], params: dict[str, Any] | None) -> bool:
     """Does ``cls`` transform the malicious clients' data (so their trained updates are not honest)?"""
     if issubclass(cls, FineGrained):
-        p = parse_params(cls.Params, params, f"attack {cls.name!r}")
+        p = cls.parse(params)
         return _poisons_data(ATTACKS.get(p.base), p.base_params)
     return cls.poison_data is not Attack.poison_data
 
@@ -91,13 +91,13 @@ class FineGrained(Attack):
 
     @classmethod
     def trains_with(cls, params: dict[str, Any] | None) -> bool:
-        p = parse_params(cls.Params, params, f"attack {cls.name!r}")
+        p = cls.parse(params)
         base_cls, rest = cls.resolve(p)
         return rest == "own" or base_cls.trains_with(p.base_params)
 
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
-        p = parse_params(cls.Params, cfg.attack_params, f"attack {cls.name!r}")
+        p = cls.parse(cfg.attack_params)
         base_cls, _ = cls.resolve(p)
         base_cls.check(dataclasses.replace(cfg, attack=p.base, attack_params=p.base_params))
 
