@@ -103,7 +103,7 @@ SET_ONLY = frozenset({
     "skymask.mask_init", "skymask.mask_epochs", "skymask.optimizer", "skymask.mask_lr", "skymask.mask_grad_clip",
     "skymask.mask_batch_size", "skymask.early_stop_step", "skymask.early_stop_delta", "skymask.threshold",
     "skymask.fallback", "skymask.shard_memory_gb", "skymask.kernel", "skymask.select", "skymask.min_silhouette",
-    "skymask.gmm_restarts", "skymask.neighbors", "skymask.max_conductance",
+    "skymask.gmm_restarts", "skymask.neighbors", "skymask.max_conductance", "skymask.keep_gram",
 })
 
 

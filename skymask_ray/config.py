@@ -114,6 +114,9 @@ class SkyMaskConfig:
                                     none="ceil(0.15 K), at least 3")
     max_conductance: float = declare(0.1, ge=0, le=1, help="select spectral: keep the cut only at this "
                                                            "conductance or below (1: always).")
+    keep_gram: bool = declare(False, help="Hand each round's Gram matrix of the binary masks ((K+1) x (K+1), row 0 "
+                                          "the server) to round callbacks as info['mask_gram'], to re-cluster it "
+                                          "offline; it never reaches the results folder.")
 
 
 @dataclass
@@ -366,7 +369,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     d = to_dict(cfg)
     for key in ("out", "address", "workers", "connect_timeout_s", "rounds"):  # rounds: a run may be extended
         d.pop(key, None)
-    d["skymask"].pop("kernel", None)  # how the mask step runs, not what it computes
+    for key in ("kernel", "keep_gram"):  # how the mask step runs and what it hands back, not what it computes
+        d["skymask"].pop(key, None)
     for key in ("attack_params", "defense_params"):  # free mappings: 1 from --set and 1.0 from YAML are one value
         d[key] = _ints_as_floats(d[key])
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -91,7 +91,7 @@ class Defense:
 
     def __init__(self, settings: DefenseSettings) -> None:
         params, self.pre = split_pre(settings.params, f"defense {self.name!r}")
-        self.p = parse_params(self.Params, params, f"defense {self.name!r}")
+        self.p = self.parse(params)
         self.settings = settings
         if self.pre is not None:
             self.aggregate = self._pre_then_aggregate  # type: ignore[method-assign]  (this instance only)
@@ -110,9 +110,15 @@ class Defense:
             cls.check = classmethod(check)  # type: ignore[assignment]
 
     @classmethod
+    def parse(cls, params: dict[str, Any] | None) -> Any:
+        """``params`` (pre-aggregation keys already split off) as this defense's ``Params`` (raises
+        ConfigError): the one path of building and checking them."""
+        return parse_params(cls.Params, params, f"defense {cls.name!r}")
+
+    @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
         """Validate ``cfg.defense_params`` and the defense's assumptions on N and f."""
-        parse_params(cls.Params, check_pre(cfg, f"defense {cls.name!r}").defense_params, f"defense {cls.name!r}")
+        cls.parse(check_pre(cfg, f"defense {cls.name!r}").defense_params)
 
     def _pre_then_aggregate(self, updates: torch.Tensor, ctx: "DefenseContext") -> "Aggregate":
         """Pre-aggregate, run this defense's own ``aggregate`` on the mixed rows, map the answer back."""
@@ -212,7 +218,7 @@ class BoundedDefense(Defense):
 
     @classmethod
     def check(cls, cfg: "ExperimentConfig") -> None:
-        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        p = cls.parse(cfg.defense_params)
         cls.resolve_f(cfg.cohort_size, cls.f_of(p, cfg.num_declared_f), p.degrade, cls.f_label(p))
 
     @classmethod

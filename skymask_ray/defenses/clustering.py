@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..linalg import centred_gram, pairwise_sq_distances
-from ..params import bounded, parse_params
+from ..params import bounded
 from .base import Aggregate, Defense, mean_of, register_defense
 from .statistics import coordinate_median
 
@@ -74,7 +74,7 @@ class Flame(Defense):
 
     @classmethod
     def check(cls, cfg) -> None:
-        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        p = cls.parse(cfg.defense_params)
         if p.min_cluster_size is not None and p.min_cluster_size > cfg.cohort_size:
             raise ConfigError(
                 f"defense 'flame' needs min_cluster_size <= N; got {p.min_cluster_size} with N={cfg.cohort_size}"
@@ -191,7 +191,7 @@ class DivideAndConquer(Defense):
 
     @classmethod
     def check(cls, cfg) -> None:
-        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        p = cls.parse(cfg.defense_params)
         if cfg.cohort_size - int(p.c * cfg.num_declared_f) < 1:
             raise ConfigError(
                 f"defense 'dnc' drops c*f = {int(p.c * cfg.num_declared_f)} updates, which needs c*f < N (N={cfg.cohort_size})"

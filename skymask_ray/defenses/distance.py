@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError
 from ..linalg import coordinate_blocks, krum_scores, pairwise_sq_distances
-from ..params import bounded, parse_params
+from ..params import bounded
 from .base import Aggregate, BoundedDefense, DegradeParams, mean_of, register_defense
 from .statistics import median_along_rows
 
@@ -68,7 +68,7 @@ class MultiKrum(BoundedDefense):
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        p = parse_params(cls.Params, cfg.defense_params, f"defense {cls.name!r}")
+        p = cls.parse(cfg.defense_params)
         if p.m is not None and p.m > cfg.cohort_size:
             raise ConfigError(f"defense 'multi_krum' averages m updates, which needs m <= N; got m={p.m}, N={cfg.cohort_size}")
 

@@ -45,6 +45,8 @@ class SkyMask(Defense):
             "single_component": sel.single_component,
             **sel.timings,
         }
+        if sel.gram is not None:
+            info["mask_gram"] = sel.gram
         if accepted.any():
             return Aggregate(mean_of(updates, accepted), accepted, None, info)
         if self.settings.fallback == "fedavg":

@@ -109,6 +109,7 @@ class MaskSelection:
     degenerate: bool
     timings: dict[str, float] = field(default_factory=dict)
     single_component: bool = False  # skymask.select bic chose one component: everyone accepted
+    gram: np.ndarray | None = None  # (N+1, N+1) Gram of the binary masks, only under skymask.keep_gram
 
 
 class RootLoss:
@@ -191,7 +192,7 @@ def train_and_select(
     return MaskSelection(
         accepted=result.benign[1:].copy(), coords=result.coords, labels=result.labels, losses=losses,
         on_fraction=on, degenerate=result.degenerate, single_component=result.single_component,
-        timings={"t_mask_train": t1 - t0, "t_mask_cluster": t2 - t1},
+        timings={"t_mask_train": t1 - t0, "t_mask_cluster": t2 - t1}, gram=gram if cfg.keep_gram else None,
     )
 
 
