@@ -1,17 +1,20 @@
 """The ``spectral`` rule's neighbour count, chosen on development Gram matrices only (issue 32).
 
-``record`` runs the development cells of benchmarks/PROTOCOL.md (preset paper-fmnist: Fashion-MNIST
-cnn, 100 clients, bias 0.5; lie and min_max at 20 % with distinct attackers (spread 1), and no
-attack; seeds 0-2; 10 rounds; skymask.select spectral at its defaults; attacker ids a seeded random
-set) with ``skymask.keep_gram`` and keeps every round's Gram matrix of the binary masks (row 0 the
-server) and which rows are attackers, in benchmarks/results/dev_grams.parquet. Each cell is added to
-the file as it ends; cells already in it are skipped.
+``record`` runs the development cells with ``skymask.keep_gram`` and keeps every round's Gram matrix
+of the binary masks (row 0 the server) and which rows are attackers, in
+benchmarks/results/dev_grams.parquet: preset paper-fmnist (Fashion-MNIST cnn, bias 0.5), lie and
+min_max at 20 % with distinct attackers (spread 1) and no attack, seeds 0-2, 10 rounds,
+skymask.select spectral at its defaults, attacker ids a seeded random set; N = 100 (the protocol's
+development base), and N = 1000 with cohorts of 50 and 200 and pool attackers. The cohort cells use
+the held-out set's population with development seeds: by the protocol's rule 3 the held-out
+cohort results became development data the moment a change targeted them, and a new held-out set
+is fixed for the rerun. Each cell is added to the file as it ends; cells in it are skipped.
 
 ``analyse`` re-clusters every recorded round as the server would (:func:`cluster_from_gram`, the
-round's own random state) at cohort sizes K: all 100 clients, and ``--draws`` random sub-samples
-of K clients a round (the server's row always kept), so a cohort's attacker count varies as it does
-under pool sampling. Each neighbour rule is scored by mean TPR and FPR over rounds and draws. It
-prints the table and writes benchmarks/results/spectral_neighbours.md.
+round's own random state): cohort cells at their K, and the 100 clients also as ``--draws`` random
+sub-samples of K clients a round (the server's row always kept). Each neighbour rule is scored by
+mean TPR and FPR over rounds and draws; the table is printed and written to
+benchmarks/results/spectral_neighbours.md.
 
     python -m benchmarks.spectral_neighbours record
     python -m benchmarks.spectral_neighbours analyse [--sizes 25,50,100] [--draws 10]
@@ -34,15 +37,20 @@ from skymask_ray.markdown import markdown_table
 from skymask_ray.results import read_parquet, write_rows
 
 GRAMS = results_path("dev_grams.parquet")
-CONDITIONS = (("lie", 0.2), ("min_max", 0.2), ("none", 0.2))
+ATTACKS = (("lie", 0.2), ("min_max", 0.2), ("none", 0.2))
+POPULATIONS = ((100, None), (1000, 50), (1000, 200))  # (clients, cohort): the base, then cohorts drawn from 1000
 SEEDS = (0, 1, 2)
-SCHEMA = pa.schema([("attack", pa.string()), ("malicious_fraction", pa.float64()), ("seed", pa.int64()),
+SCHEMA = pa.schema([("attack", pa.string()), ("malicious_fraction", pa.float64()), ("clients", pa.int64()),
+                    ("cohort", pa.int64()), ("seed", pa.int64()),
                     ("round", pa.int64()), ("row", pa.int64()), ("client", pa.int64()), ("malicious", pa.bool_()),
                     ("gram", pa.list_(pa.float32()))])
 
 
 # ----- record ---------------------------------------------------------------------------------
-def gram_rows(attack: str, fraction: float, seed: int, result: Any) -> list[dict[str, Any]]:
+Cell = tuple[str, float, int, "int | None", int]  # attack, malicious fraction, clients, cohort, seed
+
+
+def gram_rows(cell: Cell, result: Any) -> list[dict[str, Any]]:
     """One row per mask of a finished round's Gram: the server's (row 0, client -1), then each valid client's."""
     gram = np.asarray(result.info["mask_gram"], dtype=np.float32)
     positions = result.valid.nonzero().flatten().tolist()
@@ -50,20 +58,26 @@ def gram_rows(attack: str, fraction: float, seed: int, result: Any) -> list[dict
     malicious = [False] + [bool(result.malicious[i]) for i in positions]
     if gram.shape != (len(clients), len(clients)):
         raise RuntimeError(f"Gram {gram.shape} does not match {len(clients)} masks")
-    return [{"attack": attack, "malicious_fraction": fraction, "seed": seed, "round": int(result.row.round), "row": j,
-             "client": c, "malicious": m, "gram": gram[j].tolist()} for j, (c, m) in enumerate(zip(clients, malicious))]
+    key = dict(zip(("attack", "malicious_fraction", "clients", "cohort", "seed"), cell))
+    return [{**key, "round": int(result.row.round), "row": j, "client": c, "malicious": m, "gram": gram[j].tolist()}
+            for j, (c, m) in enumerate(zip(clients, malicious))]
 
 
-def record_cell(attack: str, fraction: float, seed: int, rounds: int) -> list[dict[str, Any]]:
-    """Run one development cell with ``skymask.keep_gram`` on; every round's Gram rows."""
+def record_cell(cell: Cell, rounds: int) -> list[dict[str, Any]]:
+    """Run one development cell with ``skymask.keep_gram`` on; every round's Gram rows. Cohorts draw their
+    attackers from the population (``malicious_sampling: pool``) and evaluate every 5 rounds, as in the
+    population studies."""
     import tempfile
 
     from skymask_ray.experiment import build_config
     from skymask_ray.simulation import Simulation
 
-    over: dict[str, Any] = {"clients": 100, "malicious_fraction": fraction, "malicious_selection": "random",
+    attack, fraction, clients, cohort, seed = cell
+    over: dict[str, Any] = {"clients": clients, "malicious_fraction": fraction, "malicious_selection": "random",
                             "attack": attack, "defense": "skymask", "rounds": rounds, "seed": seed,
                             "skymask": {"select": "spectral", "keep_gram": True}}
+    if cohort is not None:
+        over.update({"cohort": cohort, "malicious_sampling": "pool", "eval_every": 5})
     if attack != "none":
         over["attack_params"] = {"spread": 1.0}
     cfg = build_config(preset="paper-fmnist", overrides=over)
@@ -74,7 +88,7 @@ def record_cell(attack: str, fraction: float, seed: int, rounds: int) -> list[di
             pass
 
         def on_round_end(self, sim: Any, result: Any) -> None:
-            rows.extend(gram_rows(attack, fraction, seed, result))
+            rows.extend(gram_rows(cell, result))
 
     with tempfile.TemporaryDirectory() as folder, Simulation(cfg, Path(folder) / "run", callbacks=[Keep()]) as sim:
         sim.run()
@@ -83,16 +97,17 @@ def record_cell(attack: str, fraction: float, seed: int, rounds: int) -> list[di
 
 def record(path: Path, rounds: int) -> None:
     done = read_parquet(path) if path.exists() else SCHEMA.empty_table()
-    have = {(a, f, s) for a, f, s in zip(*(done.column(c).to_pylist() for c in ("attack", "malicious_fraction", "seed")))}
+    have = set(zip(*(done.column(c).to_pylist() for c in ("attack", "malicious_fraction", "clients", "cohort", "seed"))))
     for seed in SEEDS:
-        for attack, fraction in CONDITIONS:
-            if (attack, fraction, seed) in have:
-                continue
-            t0 = time.perf_counter()
-            new = pa.Table.from_pylist(record_cell(attack, fraction, seed, rounds), schema=SCHEMA)
-            done = pa.concat_tables([done, new])
-            write_rows(done, path)
-            print(f"{attack} {fraction:.0%} seed {seed}: {rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
+        for clients, cohort in POPULATIONS:
+            for attack, fraction in ATTACKS:
+                cell = (attack, fraction, clients, cohort, seed)
+                if cell in have:
+                    continue
+                t0 = time.perf_counter()
+                done = pa.concat_tables([done, pa.Table.from_pylist(record_cell(cell, rounds), schema=SCHEMA)])
+                write_rows(done, path)
+                print(f"{cell}: {rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 # ----- analyse --------------------------------------------------------------------------------
@@ -101,6 +116,7 @@ class Round:
     """One recorded round: the Gram (row 0 the server) and which client rows are attackers."""
 
     attack: str
+    population: str  # "N = 100" or "N = 1000, cohorts of K"
     seed: int
     round: int
     gram: np.ndarray
@@ -109,29 +125,55 @@ class Round:
 
 def load_rounds(path: Path) -> list[Round]:
     t = read_parquet(path).to_pandas()
+    t["population"] = [f"N = {n}" if c is None or np.isnan(c) else f"N = {n}, cohorts of {int(c)}"
+                       for n, c in zip(t["clients"], t["cohort"])]
     out = []
-    for (attack, seed, r), g in t.groupby(["attack", "seed", "round"], sort=True):
+    for (attack, population, seed, r), g in t.groupby(["attack", "population", "seed", "round"], sort=True):
         g = g.sort_values("row")
-        out.append(Round(attack, int(seed), int(r), np.stack(g["gram"].to_numpy()).astype(np.float64),
+        out.append(Round(attack, population, int(seed), int(r), np.stack(g["gram"].to_numpy()).astype(np.float64),
                          g["malicious"].to_numpy()[1:]))
     return out
 
 
-def fixed(fraction: float) -> Callable[[int], int]:
-    """The neighbour count ceil(fraction K), at least 3."""
-    return lambda k: max(3, math.ceil(fraction * k))
+Rule = Callable[[np.ndarray, int], np.ndarray]  # (sub-Gram with the server's row 0, random state) -> benign
 
 
-RULES: dict[str, Callable[[int], int]] = {f"ceil({c:g} K)": fixed(c) for c in (0.06, 0.08, 0.1, 0.12, 0.15, 0.2)}
+def fixed(fraction: float) -> Rule:
+    """The shipped rule with the neighbour count ceil(fraction K), at least 3."""
+    from skymask_ray.skymask.select import cluster_from_gram
+
+    return lambda g, state: cluster_from_gram(g, state, rule="spectral",
+                                              neighbors=max(3, math.ceil(fraction * len(g)))).benign
 
 
-def score(rnd: Round, rows: np.ndarray, neighbors: int) -> tuple[float, float]:
-    """TPR and FPR of the server's spectral selection on the Gram restricted to client rows ``rows``."""
-    from skymask_ray.skymask.select import cluster_from_gram, cluster_state
+def scan(low: float, high: float, max_conductance: float = 0.1) -> Rule:
+    """The cut at the largest neighbour count in [ceil(low K), ceil(high K)] whose cut is clean (conductance at
+    most ``max_conductance``); none clean: the silhouette fallback. A group of a masks is cut cleanly only with
+    fewer than about a neighbours, so the largest clean count adapts to the attackers in the cohort."""
+    from skymask_ray.skymask.select import cluster_from_gram, spectral_split
+
+    def rule(g: np.ndarray, state: int) -> np.ndarray:
+        k = len(g)
+        for n in range(min(k - 1, math.ceil(high * k)), max(3, math.ceil(low * k)) - 1, -1):
+            side, cut = spectral_split(g, state, n)
+            if cut <= max_conductance:
+                return side
+        return cluster_from_gram(g, state, rule="silhouette").benign
+
+    return rule
+
+
+RULES: dict[str, Rule] = {**{f"ceil({c:g} K)": fixed(c) for c in (0.06, 0.08, 0.1, 0.12, 0.15, 0.2)},
+                          **{f"largest clean in [{lo:g} K, {hi:g} K]": scan(lo, hi)
+                             for lo, hi in ((0.08, 0.2), (0.1, 0.2), (0.12, 0.25))}}
+
+
+def score(rnd: Round, rows: np.ndarray, rule: Rule) -> tuple[float, float]:
+    """TPR and FPR of ``rule`` on the round's Gram restricted to client rows ``rows`` (and the server's)."""
+    from skymask_ray.skymask.select import cluster_state
 
     idx = np.concatenate([[0], rows + 1])
-    sub = rnd.gram[np.ix_(idx, idx)]
-    benign = cluster_from_gram(sub, cluster_state(rnd.seed, rnd.round), rule="spectral", neighbors=neighbors).benign[1:]
+    benign = rule(rnd.gram[np.ix_(idx, idx)], cluster_state(rnd.seed, rnd.round))[1:]
     mal = rnd.malicious[rows]
     tpr = float((~benign & mal).sum() / mal.sum()) if mal.any() else math.nan
     fpr = float((~benign & ~mal).sum() / (~mal).sum())
@@ -139,19 +181,23 @@ def score(rnd: Round, rows: np.ndarray, neighbors: int) -> tuple[float, float]:
 
 
 def analyse(path: Path, sizes: list[int], draws: int) -> list[list[str]]:
+    """Mean TPR/FPR of every rule per (attack, population, K): cohort cells at their own K, the full
+    population of 100 also sub-sampled to each of ``sizes`` below it (``draws`` cohorts a round)."""
     rounds = load_rounds(path)
     table = []
     for attack in sorted({r.attack for r in rounds}):
-        mine = [r for r in rounds if r.attack == attack]
-        for k in sizes:
-            rng = np.random.default_rng(k)
-            samples = [(r, np.sort(rng.choice(len(r.malicious), size=k, replace=False)) if k < len(r.malicious)
-                        else np.arange(len(r.malicious))) for r in mine for _ in range(draws if k < len(r.malicious) else 1)]
-            for name, rule in RULES.items():
-                got = np.array([score(r, rows, rule(k + 1)) for r, rows in samples])  # K + 1 masks with the server's
-                table.append([attack, str(k), name, str(rule(k + 1)), str(len(samples)),
-                              f"{np.nanmean(got[:, 0]):.2f}" if attack != "none" else "-", f"{got[:, 1].mean():.3f}"])
-                print(" | ".join(table[-1]), flush=True)
+        for population in sorted({r.population for r in rounds}):
+            mine = [r for r in rounds if r.attack == attack and r.population == population]
+            n = len(mine[0].malicious) if mine else 0
+            for k in sorted({n, *(k for k in sizes if k < n and "cohort" not in population)}) if mine else []:
+                rng = np.random.default_rng(k)
+                samples = [(r, np.arange(n)) for r in mine] if k == n else \
+                    [(r, np.sort(rng.choice(n, size=k, replace=False))) for r in mine for _ in range(draws)]
+                for name, rule in RULES.items():
+                    got = np.array([score(r, rows, rule) for r, rows in samples])
+                    table.append([attack, population, str(k), name, str(len(samples)),
+                                  f"{np.nanmean(got[:, 0]):.2f}" if attack != "none" else "-", f"{got[:, 1].mean():.3f}"])
+                    print(" | ".join(table[-1]), flush=True)
     return table
 
 
@@ -173,10 +219,11 @@ def record_cmd(rounds: int, grams: Path) -> None:
 @click.option("--grams", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=GRAMS)
 def analyse_cmd(sizes: list[int], draws: int, grams: Path) -> None:
     table = analyse(grams, sizes, draws)
-    head = ["attack (20 %)", "K", "rule", "neighbours", "rounds x draws", "mean TPR", "mean FPR"]
+    head = ["attack (20 %)", "population", "K", "neighbour rule (K masks with the server's)", "rounds x draws", "mean TPR", "mean FPR"]
     text = (f"# The spectral rule's neighbour count on development Gram matrices\n\n"
             f"Made by `{command_line(__file__)}` from {grams.name} (development cells only: Fashion-MNIST cnn, "
-            f"100 clients, bias 0.5, seeds 0-2, 10 rounds).\n\n" + markdown_table(head, table) + "\n")
+            f"bias 0.5, seeds 0-2, 10 rounds; N = 100, and cohorts of 1000 with pool attackers, which became development "
+            f"data when a change targeted them after the held-out cohorts were seen).\n\n" + markdown_table(head, table) + "\n")
     print(write_result(results_path("spectral_neighbours.md"), text))
 
 
