@@ -37,3 +37,18 @@ def test_held_out_cells_use_no_development_seed_and_the_current_rule_defaults():
         assert c.attack in ("none", "poisonedfl") or c.attack_params == {"spread": 1.0}
         moved = [c.data.dataset != "fmnist", c.data.partition != "bias", c.clients != 100]
         assert sum(moved) <= 1  # one axis at a time from the development base
+
+
+def test_the_second_held_out_set_uses_fresh_seeds_and_cohort_sizes_no_development_run_saw():
+    """Protocol rule 3: the first set's cohorts of 50 and 200 became development data when spectral's
+    neighbour count was changed for them, so the second set holds out new seeds and new cohort sizes."""
+    second = [c.config for c in load_study(FILE.with_name("held_out_2.yaml")).expand()]
+    assert len(second) == 162
+    assert {c.seed for c in second} == {6, 7, 8}
+    assert not {c.seed for c in second} & ({c.seed for c in cells()} | DEVELOPMENT_SEEDS)
+    assert {(c.clients, c.cohort_size) for c in second} == {(100, 100), (1000, 30), (1000, 100)}
+    assert {c.skymask.select for c in second} == {"gmm2", "spectral"}
+    for c in second:
+        assert c.skymask == dataclasses.replace(SkyMaskConfig(), select=c.skymask.select)
+        assert c.malicious_selection == "random" and c.rounds == 10
+        assert sum([c.data.dataset != "fmnist", c.data.partition != "bias", c.clients != 100]) <= 1
