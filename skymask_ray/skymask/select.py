@@ -72,6 +72,14 @@ each in its own direction, not each other's neighbours (1 % of their 5 nearest m
 in round 1). The server's side is the one holding most of the server's own nearest masks: under lie
 ~20 attackers count the server's mask among their neighbours (both sit near the mean update), and
 the embedding's label of the server followed them in 6 of 30 rounds of seed 2.
+Cohorts (N = 1000, K = 50 and 200, pool attackers, seeds 0-2; development Grams re-clustered by
+``benchmarks/spectral_neighbours.py``, recorded with ``skymask.keep_gram``): the rule misses the rounds
+in which the attackers are not each other's nearest masks, under lie 57-60 % of the rounds, those with
+few attackers in the cohort, whose z (from K and the cohort's attackers) is 0.20-0.55 against 0.47-0.77
+where they group: their common shift is no larger than their own noise. No neighbour count from
+0.06 K to 0.2 K, nor the largest count in a range whose cut is clean, catches them (TPR 0.00 in those
+rounds), and fewer neighbours cut class groups off without an attack (FPR up to 0.25), so
+ceil(0.15 K) stays (``benchmarks/results/spectral_neighbours.md``).
 """
 
 from __future__ import annotations
