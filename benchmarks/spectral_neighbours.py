@@ -34,7 +34,7 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import command_line, comma_list, results_path, write_result
+from benchmarks.common import command_line, comma_list, invocation, results_path, write_result
 from skymask_ray.markdown import markdown_table
 from skymask_ray.results import read_parquet, write_rows
 
@@ -95,8 +95,21 @@ def record_cell(cell: Cell, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def read_grams(path: Path) -> pa.Table:
+    """The rows :func:`record` wrote to ``path`` (anything else is a ClickException: one clear line)."""
+    try:
+        table = read_parquet(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    missing = [c for c in SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise click.ClickException(f"{path} holds no recorded Grams (columns {', '.join(missing)} missing); "
+                                   f"`{invocation(__file__)} record` writes them")
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
 def record(path: Path, rounds: int) -> None:
-    done = read_parquet(path) if path.exists() else SCHEMA.empty_table()
+    done = read_grams(path) if path.exists() else SCHEMA.empty_table()
     have = set(zip(*(done.column(c).to_pylist() for c in ("attack", "malicious_fraction", "clients", "cohort", "seed"))))
     for seed in SEEDS:
         for clients, cohort in POPULATIONS:
@@ -124,7 +137,8 @@ class Round:
 
 
 def load_rounds(path: Path) -> list[Round]:
-    t = read_parquet(path).to_pandas()
+    """Every recorded round of ``path``."""
+    t = read_grams(path).to_pandas()
     t["population"] = [f"N = {n}" if c is None or np.isnan(c) else f"N = {n}, cohorts of {int(c)}"
                        for n, c in zip(t["clients"], t["cohort"])]
     out = []
@@ -275,7 +289,7 @@ def main() -> None:
 
 
 @main.command("record")
-@click.option("--rounds", type=int, default=10)
+@click.option("--rounds", type=click.IntRange(min=1), default=10)
 @click.option("--grams", type=click.Path(dir_okay=False, path_type=Path), default=GRAMS)
 def record_cmd(rounds: int, grams: Path) -> None:
     record(grams, rounds)
@@ -283,9 +297,11 @@ def record_cmd(rounds: int, grams: Path) -> None:
 
 @main.command("analyse")
 @click.option("--sizes", callback=comma_list(int), default="25,50,100", help="Cohort sizes K (clients).")
-@click.option("--draws", type=int, default=10, help="Sub-samples of each round at K below the population.")
+@click.option("--draws", type=click.IntRange(min=1), default=10, help="Sub-samples of each round at K below the population.")
 @click.option("--grams", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=GRAMS)
 def analyse_cmd(sizes: list[int], draws: int, grams: Path) -> None:
+    if any(k < 3 for k in sizes):
+        raise click.BadParameter(f"cohort sizes must be >= 3 (a split needs 3 masks), got {sizes}", param_hint="--sizes")
     table = analyse(grams, sizes, draws)
     summary, verdict = choose(table)
     near = neighbourhoods(grams)
