@@ -209,10 +209,9 @@ def score(rnd: Round, rows: np.ndarray, rule: Rule) -> tuple[float, float]:
     return tpr, fpr
 
 
-def analyse(path: Path, sizes: list[int], draws: int) -> list[list[str]]:
+def analyse(rounds: list[Round], sizes: list[int], draws: int) -> list[list[str]]:
     """Mean TPR/FPR of every rule per (attack, population, K): cohort cells at their own K, the full
     population of 100 also sub-sampled to each of ``sizes`` below it (``draws`` cohorts a round)."""
-    rounds = load_rounds(path)
     table = []
     for attack in sorted({r.attack for r in rounds}):
         for population in sorted({r.population for r in rounds}):
@@ -260,14 +259,14 @@ def attackers_near(rnd: Round, nearest: int = 5) -> float:
     return float(rnd.malicious[near[rnd.malicious]].mean())
 
 
-def neighbourhoods(path: Path) -> list[list[str]]:
+def neighbourhoods(rounds: list[Round]) -> list[list[str]]:
     """Per attacked population: how often the attackers are each other's nearest masks, and the shipped
     rule's TPR in those rounds and in the others: what a neighbour count can and cannot reach. Under lie
     also the range of the paper's z in each kind of round (from the cohort and its attackers): the
     attackers' common shift, in benign stds, beside their own noise of one std (spread 1)."""
     from skymask_ray.attacks.model_poisoning import paper_z
 
-    rounds = [r for r in load_rounds(path) if r.attack != "none"]
+    rounds = [r for r in rounds if r.attack != "none"]
     shipped = fixed(0.15)
     table = []
     for key in sorted({(r.attack, r.population) for r in rounds}):
@@ -302,9 +301,10 @@ def record_cmd(rounds: int, grams: Path) -> None:
 def analyse_cmd(sizes: list[int], draws: int, grams: Path) -> None:
     if any(k < 3 for k in sizes):
         raise click.BadParameter(f"cohort sizes must be >= 3 (a split needs 3 masks), got {sizes}", param_hint="--sizes")
-    table = analyse(grams, sizes, draws)
+    rounds = load_rounds(grams)  # read and rebuilt once for both tables
+    table = analyse(rounds, sizes, draws)
     summary, verdict = choose(table)
-    near = neighbourhoods(grams)
+    near = neighbourhoods(rounds)
     head = ["attack (20 %)", "population", "K", "neighbour rule (K masks with the server's)", "rounds x draws", "mean TPR", "mean FPR"]
     text = (f"# The spectral rule's neighbour count on development Gram matrices\n\n"
             f"Made by `{command_line(__file__)}` from {grams.name} (development cells only: Fashion-MNIST cnn, "
