@@ -37,6 +37,7 @@ import pyarrow as pa
 from benchmarks.common import command_line, comma_list, invocation, results_path, write_result
 from skymask_ray.markdown import markdown_table
 from skymask_ray.results import read_parquet, write_rows
+from skymask_ray.skymask.select import NEIGHBOUR_FRACTION
 
 GRAMS = results_path("dev_grams.parquet")
 ATTACKS = (("lie", 0.2), ("min_max", 0.2), ("none", 0.2))
@@ -164,11 +165,11 @@ Rule = Callable[[np.ndarray, int], np.ndarray]  # (sub-Gram with the server's ro
 
 
 def fixed(fraction: float) -> Rule:
-    """The shipped rule with the neighbour count ceil(fraction K), at least 3."""
-    from skymask_ray.skymask.select import cluster_from_gram
+    """The shipped rule with the neighbour count ceil(fraction K), at least 3 (:func:`neighbour_count`)."""
+    from skymask_ray.skymask.select import cluster_from_gram, neighbour_count
 
     return lambda g, state: cluster_from_gram(g, state, rule="spectral",
-                                              neighbors=max(3, math.ceil(fraction * len(g)))).benign
+                                              neighbors=neighbour_count(len(g), None, fraction)).benign
 
 
 def scan(low: float, high: float, max_conductance: float = 0.1) -> Rule:
@@ -188,13 +189,14 @@ def scan(low: float, high: float, max_conductance: float = 0.1) -> Rule:
     return rule
 
 
-RULES: dict[str, Rule] = {**{f"ceil({c:g} K)": fixed(c) for c in (0.06, 0.08, 0.1, 0.12, 0.15, 0.2)},
+SHIPPED = f"ceil({NEIGHBOUR_FRACTION:g} K)"
+RULES: dict[str, Rule] = {**{f"ceil({c:g} K)": fixed(c) for c in sorted({0.06, 0.08, 0.1, 0.12, NEIGHBOUR_FRACTION, 0.2})},
                           **{f"largest clean in [{lo:g} K, {hi:g} K]": scan(lo, hi)
                              for lo, hi in ((0.08, 0.2), (0.1, 0.2), (0.12, 0.25), (0.15, 0.25))}}
 CHOICE = ("Chosen before seeds 1-2 were analysed: the rule with the highest mean TPR over the attacked "
           "populations (lie and min_max at 20 %; N = 100, cohorts of 50 and 200) among those whose mean FPR stays "
           "at or below 0.05 in every population, attacked or not (sub-sampled cohorts included); the shipped "
-          "ceil(0.15 K) unless another beats it by more than 0.05 TPR.")
+          f"{SHIPPED} unless another beats it by more than 0.05 TPR.")
 
 
 def score(rnd: Round, rows: np.ndarray, rule: Rule) -> tuple[float, float]:
@@ -209,7 +211,27 @@ def score(rnd: Round, rows: np.ndarray, rule: Rule) -> tuple[float, float]:
     return tpr, fpr
 
 
-def analyse(rounds: list[Round], sizes: list[int], draws: int) -> list[list[str]]:
+@dataclass(frozen=True)
+class Score:
+    """One rule's mean TPR (NaN with no attack) and FPR on one (attack, population, K); ``own``: K is the
+    population's own size (not a sub-sample)."""
+
+    attack: str
+    population: str
+    k: int
+    rule: str
+    samples: int
+    tpr: float
+    fpr: float
+    own: bool
+
+    def row(self) -> list[str]:
+        """The table row: TPR to 2 decimals, FPR to 3."""
+        return [self.attack, self.population, str(self.k), self.rule, str(self.samples),
+                "-" if math.isnan(self.tpr) else f"{self.tpr:.2f}", f"{self.fpr:.3f}"]
+
+
+def analyse(rounds: list[Round], sizes: list[int], draws: int) -> list[Score]:
     """Mean TPR/FPR of every rule per (attack, population, K): cohort cells at their own K, the full
     population of 100 also sub-sampled to each of ``sizes`` below it (``draws`` cohorts a round)."""
     table = []
@@ -223,28 +245,27 @@ def analyse(rounds: list[Round], sizes: list[int], draws: int) -> list[list[str]
                     [(r, np.sort(rng.choice(n, size=k, replace=False))) for r in mine for _ in range(draws)]
                 for name, rule in RULES.items():
                     got = np.array([score(r, rows, rule) for r, rows in samples])
-                    table.append([attack, population, str(k), name, str(len(samples)),
-                                  f"{np.nanmean(got[:, 0]):.2f}" if attack != "none" else "-", f"{got[:, 1].mean():.3f}"])
-                    print(" | ".join(table[-1]), flush=True)
+                    tpr = float(np.nanmean(got[:, 0])) if attack != "none" else math.nan
+                    table.append(Score(attack, population, k, name, len(samples), tpr, float(got[:, 1].mean()), k == n))
+                    print(" | ".join(table[-1].row()), flush=True)
     return table
 
 
-def choose(table: list[list[str]]) -> tuple[list[list[str]], str]:
+def choose(table: list[Score]) -> tuple[list[list[str]], str]:
     """Each rule's mean TPR over the attacked populations at their own K, its largest FPR anywhere, and the
-    rule :data:`CHOICE` picks from them."""
-    shipped = "ceil(0.15 K)"
+    rule :data:`CHOICE` picks from them, decided on the unrounded means."""
     summary, score_of = [], {}
     for name in RULES:
-        mine = [r for r in table if r[3] == name]
-        own = [float(r[5]) for r in mine if r[0] != "none" and (r[2] == "100" or f"cohorts of {r[2]}" in r[1])]
-        worst = max(mine, key=lambda r: float(r[6]))
-        ok = float(worst[6]) <= 0.05
-        score_of[name] = (statistics.fmean(own), ok)
-        summary.append([name, f"{statistics.fmean(own):.3f}", f"{float(worst[6]):.3f} ({worst[0]}, {worst[1]}, K = {worst[2]})",
+        mine = [s for s in table if s.rule == name]
+        own = statistics.fmean(s.tpr for s in mine if s.attack != "none" and s.own)
+        worst = max(mine, key=lambda s: s.fpr)
+        ok = worst.fpr <= 0.05
+        score_of[name] = (own, ok)
+        summary.append([name, f"{own:.3f}", f"{worst.fpr:.3f} ({worst.attack}, {worst.population}, K = {worst.k})",
                         "yes" if ok else "no"])
     best = max((n for n, (_, ok) in score_of.items() if ok), key=lambda n: score_of[n][0], default=None)
-    if best is None or best == shipped or score_of[best][0] <= score_of[shipped][0] + 0.05:
-        return summary, f"Chosen: {shipped}, unchanged" + (f" (best qualifying rule: {best})." if best else ".")
+    if best is None or best == SHIPPED or score_of[best][0] <= score_of[SHIPPED][0] + 0.05:
+        return summary, f"Chosen: {SHIPPED}, unchanged" + (f" (best qualifying rule: {best})." if best else ".")
     return summary, f"Chosen: {best}."
 
 
@@ -267,7 +288,7 @@ def neighbourhoods(rounds: list[Round]) -> list[list[str]]:
     from skymask_ray.attacks.model_poisoning import paper_z
 
     rounds = [r for r in rounds if r.attack != "none"]
-    shipped = fixed(0.15)
+    shipped = fixed(NEIGHBOUR_FRACTION)
     table = []
     for key in sorted({(r.attack, r.population) for r in rounds}):
         mine = [r for r in rounds if (r.attack, r.population) == key]
@@ -312,7 +333,7 @@ def analyse_cmd(sizes: list[int], draws: int, grams: Path) -> None:
             f"data when a change targeted them after the held-out cohorts were seen).\n\n{CHOICE}\n\n"
             + markdown_table(["neighbour rule", "mean TPR (attacked, own K)", "largest mean FPR (where)",
                               "FPR <= 0.05 everywhere"], summary) + f"\n\n{verdict}\n\n"
-            + markdown_table(head, table) + "\n\nWhere the attackers form their own neighbourhood (at least half of "
+            + markdown_table(head, [s.row() for s in table]) + "\n\nWhere the attackers form their own neighbourhood (at least half of "
             "their 5 nearest client masks are attackers') and the shipped rule's TPR there and elsewhere "
             "(rounds in brackets):\n\n"
             + markdown_table(["attack (20 %)", "population", "rounds", "attackers a round",

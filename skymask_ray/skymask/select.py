@@ -141,9 +141,12 @@ def mask_distances(gram: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d[:, None] + d[None, :] - 2.0 * g, 0.0))
 
 
-def neighbour_count(k: int, neighbors: int | None) -> int:
-    """The neighbours each mask links to: ``neighbors`` (None: ceil(0.15 K), at least 3), at most K - 1."""
-    return min(k - 1, neighbors if neighbors is not None else max(3, math.ceil(0.15 * k)))
+NEIGHBOUR_FRACTION = 0.15  # the default neighbour count's share of K (module doc)
+
+
+def neighbour_count(k: int, neighbors: int | None, fraction: float = NEIGHBOUR_FRACTION) -> int:
+    """The neighbours each mask links to: ``neighbors`` (None: ceil(fraction K), at least 3), at most K - 1."""
+    return min(k - 1, neighbors if neighbors is not None else max(3, math.ceil(fraction * k)))
 
 
 def nearest_neighbours(gram: np.ndarray, neighbors: int | None = None) -> np.ndarray:
