@@ -25,7 +25,7 @@ from skymask_ray.results import read_parquet
 from skymask_ray.tables import run_summaries
 
 ROWS = results_path("held_out.parquet")
-CONDITION = ["data.dataset", "data.partition", "clients", "cohort", "attack", "malicious_fraction"]
+CONDITION = ["data.dataset", "data.partition", "data.alpha", "clients", "cohort", "attack", "malicious_fraction"]
 PAPER = "gmm2"
 
 
@@ -56,23 +56,25 @@ def verdict(table: pd.DataFrame) -> tuple[list[list[str]], str]:
         raise click.ClickException("some condition lacks a rule's runs: the held-out rows are incomplete")
     if PAPER not in ok:
         raise click.ClickException(f"the rows hold no {PAPER} runs to compare against")
-    summary, better = [], []
+    summary, better = [], {}
     for rule in ok.columns:
         mine, paper = ok[rule].astype(bool), ok[PAPER].astype(bool)
         wins, losses = int((mine & ~paper).sum()), int((~mine & paper).sum())
         summary.append([rule, f"{int(mine.sum())} of {len(mine)}", str(wins), str(losses),
                         f"{table.loc[table['skymask.select'] == rule, 'fpr'].max():.3f}"])
         if rule != PAPER and wins > 0 and losses == 0:
-            better.append(rule)
+            better[rule] = int(mine.sum())
     if better:
-        return summary, f"Default: {', '.join(better)} (meets the targets wherever {PAPER} does, and more)."
+        best = max(better, key=better.get)
+        return summary, f"Default: {best} (meets the targets wherever {PAPER} does, and in {better[best]} conditions)."
     return summary, f"Default: {PAPER}, unchanged (no rule meets the targets wherever {PAPER} does and more)."
 
 
 def condition_text(row: pd.Series) -> str:
     """A condition as one phrase: dataset, partition, population, attack and fraction."""
     cohort = "" if pd.isna(row["cohort"]) or row["cohort"] >= row["clients"] else f", cohorts of {row['cohort']:g}"
-    return (f"{row['data.dataset']} {row['data.partition']}, N = {row['clients']:g}{cohort}, {row['attack']} "
+    alpha = "" if pd.isna(row["data.alpha"]) else f" {row['data.alpha']:g}"
+    return (f"{row['data.dataset']} {row['data.partition']}{alpha}, N = {row['clients']:g}{cohort}, {row['attack']} "
             f"{100 * row['malicious_fraction']:g} %")
 
 

@@ -17,7 +17,7 @@ def _table(results: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
     rows = []
     for rule, scores in results.items():
         for i, (tpr, fpr) in enumerate(scores):
-            rows.append({"data.dataset": "fmnist", "data.partition": "bias", "clients": 100 * (i + 1), "cohort": math.nan,
+            rows.append({"data.dataset": "fmnist", "data.partition": "bias", "data.alpha": math.nan, "clients": 100 * (i + 1), "cohort": math.nan,
                          "attack": "none" if math.isnan(tpr) else "lie", "malicious_fraction": 0.2,
                          "skymask.select": rule, "tpr": tpr, "fpr": fpr, "seeds": 3})
     table = pd.DataFrame(rows)
@@ -35,6 +35,9 @@ def test_a_rule_becomes_the_default_only_if_it_meets_the_targets_wherever_gmm2_d
     summary, decision = verdict(better)
     assert decision.startswith("Default: spectral")
     assert ["spectral", "2 of 2", "1", "0", "0.010"] in summary
+    two = _table({"gmm2": [(math.nan, 0.3), (0.5, 0.0)], "silhouette": [(math.nan, 0.01), (0.5, 0.0)],
+                  "spectral": [(math.nan, 0.01), (1.0, 0.0)]})
+    assert verdict(two)[1].startswith("Default: spectral (")  # both dominate: the one meeting more targets
     traded = _table({"gmm2": [(math.nan, 0.3), (1.0, 0.0)], "spectral": [(math.nan, 0.01), (0.07, 0.0)]})
     assert verdict(traded)[1].startswith("Default: gmm2, unchanged")
 
