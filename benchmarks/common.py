@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import click
+import pyarrow as pa
 
+from skymask_ray.results import read_parquet
 from skymask_ray.storage import atomic_write_text
 
 BENCH = Path(__file__).resolve().parent
@@ -42,6 +44,14 @@ def write_result(path: str | Path, text: str) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(p, text)
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """A Parquet file a script reads; one that is not readable Parquet is a ClickException (one clear line)."""
+    try:
+        return read_parquet(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def module_name(script: str | Path) -> str:

@@ -19,9 +19,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from benchmarks.common import command_line, results_path, script, write_result
+from benchmarks.common import command_line, read_table, results_path, script, write_result
 from skymask_ray.markdown import markdown_table
-from skymask_ray.results import read_parquet
 from skymask_ray.tables import run_summaries
 
 ROWS = results_path("held_out.parquet")
@@ -30,7 +29,8 @@ PAPER = "gmm2"
 
 
 def conditions(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean TPR/FPR over the seeds of each (condition, rule): a run counts once, its rounds averaged first."""
+    """Mean TPR/FPR over the seeds of each (condition, rule), the condition also as one phrase
+    (:func:`condition_text`): a run counts once, its rounds averaged first."""
     if not {"cell", "round", "config", "tpr", "fpr"} <= set(rows.columns):
         raise click.ClickException("these are not a study's result rows (no cell, round, config, tpr or fpr column)")
     runs = run_summaries(rows)
@@ -38,8 +38,9 @@ def conditions(rows: pd.DataFrame) -> pd.DataFrame:
     if missing or set(runs["defense"]) != {"skymask"}:
         raise click.ClickException("not a selection-rule study: every run must be SkyMask's, with "
                                    + ", ".join([*CONDITION, "skymask.select"]) + " recorded")
-    return (runs.groupby([*CONDITION, "skymask.select"], dropna=False)
-            .agg(tpr=("tpr", "mean"), fpr=("fpr", "mean"), seeds=("seed", "nunique")).reset_index())
+    table = (runs.groupby([*CONDITION, "skymask.select"], dropna=False)
+             .agg(tpr=("tpr", "mean"), fpr=("fpr", "mean"), seeds=("seed", "nunique")).reset_index())
+    return table.assign(condition=table.apply(condition_text, axis=1))
 
 
 def meets(frame: pd.DataFrame, tpr: float, fpr: float) -> pd.Series:
@@ -50,8 +51,7 @@ def meets(frame: pd.DataFrame, tpr: float, fpr: float) -> pd.Series:
 def verdict(table: pd.DataFrame) -> tuple[list[list[str]], str]:
     """Each rule's conditions met, where it meets them and the paper's rule does not (and the reverse), and
     the default the decision rule gives."""
-    ok = table.assign(condition=table.apply(condition_text, axis=1)).pivot(
-        index="condition", columns="skymask.select", values="ok")
+    ok = table.pivot(index="condition", columns="skymask.select", values="ok")
     if ok.isna().any().any():
         raise click.ClickException("some condition lacks a rule's runs: the held-out rows are incomplete")
     if PAPER not in ok:
@@ -85,11 +85,7 @@ def condition_text(row: pd.Series) -> str:
 @click.option("--set", "which", type=click.Choice(["held-out", "development"]), default="held-out",
               help="The protocol's set the rows come from, named in the output's first line.")
 def main(tpr: float, fpr: float, rows: Path, which: str) -> None:
-    try:
-        frame = read_parquet(rows).to_pandas()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    table = conditions(frame)
+    table = conditions(read_table(rows).to_pandas())
     table["ok"] = meets(table, tpr, fpr)
     summary, decision = verdict(table)
     low, high = table["seeds"].min(), table["seeds"].max()
@@ -103,7 +99,7 @@ def main(tpr: float, fpr: float, rows: Path, which: str) -> None:
                               f"missed where {PAPER} meets them", "largest mean FPR"], summary)
             + f"\n\n{decision}\n\nEvery condition a rule misses:\n\n"
             + markdown_table(["condition", "rule", "mean TPR", "mean FPR"],
-                             [[condition_text(r), r["skymask.select"], "-" if r["attack"] == "none" else f"{r['tpr']:.3f}",
+                             [[r["condition"], r["skymask.select"], "-" if r["attack"] == "none" else f"{r['tpr']:.3f}",
                                f"{r['fpr']:.3f}"] for _, r in misses.iterrows()]) + "\n")
     print(write_result(results_path(f"{rows.stem}_verdict.md"), text))
 

@@ -34,9 +34,9 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import command_line, comma_list, invocation, results_path, write_result
+from benchmarks.common import command_line, comma_list, invocation, read_table, results_path, write_result
 from skymask_ray.markdown import markdown_table
-from skymask_ray.results import read_parquet, write_rows
+from skymask_ray.results import write_rows
 from skymask_ray.skymask.select import NEIGHBOUR_FRACTION
 
 GRAMS = results_path("dev_grams.parquet")
@@ -98,10 +98,7 @@ def record_cell(cell: Cell, rounds: int) -> list[dict[str, Any]]:
 
 def read_grams(path: Path) -> pa.Table:
     """The rows :func:`record` wrote to ``path`` (anything else is a ClickException: one clear line)."""
-    try:
-        table = read_parquet(path)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    table = read_table(path)
     missing = [c for c in SCHEMA.names if c not in table.column_names]
     if missing:
         raise click.ClickException(f"{path} holds no recorded Grams (columns {', '.join(missing)} missing); "

@@ -8,8 +8,8 @@ import click
 import pandas as pd
 import pytest
 
-from benchmarks.held_out_verdict import CONDITION, ROWS, conditions, meets, verdict
-from skymask_ray.results import read_parquet
+from benchmarks.common import read_table
+from benchmarks.held_out_verdict import CONDITION, ROWS, condition_text, conditions, meets, verdict
 
 
 def _table(results: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
@@ -21,6 +21,7 @@ def _table(results: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
                          "attack": "none" if math.isnan(tpr) else "lie", "malicious_fraction": 0.2,
                          "skymask.select": rule, "tpr": tpr, "fpr": fpr, "seeds": 3})
     table = pd.DataFrame(rows)
+    table["condition"] = table.apply(condition_text, axis=1)
     table["ok"] = meets(table, 0.95, 0.05)
     return table
 
@@ -51,6 +52,6 @@ def test_missing_runs_are_an_error_not_a_miss():
 
 
 def test_committed_held_out_rows_hold_every_condition_for_every_rule_over_three_seeds():
-    table = conditions(read_parquet(ROWS).to_pandas())
+    table = conditions(read_table(ROWS).to_pandas())
     assert len(table) == 27 * 3 and set(table["skymask.select"]) == {"gmm2", "silhouette", "spectral"}
     assert (table["seeds"] == 3).all() and not table.duplicated([*CONDITION, "skymask.select"]).any()
