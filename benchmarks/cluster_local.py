@@ -12,9 +12,12 @@
    --working-dir . -- skymask-ray bench --grid ... --out ...``) with only its file names changed, on
    ``benchmarks/studies/cluster_local.yaml`` (3 cells, ``workers: 3``): the pool the head cannot hold
    is demand for which the autoscaler adds a CPU node.
-4. Once the log shows the second cell's first round done, kills one CPU worker node hosting a client
-   worker (its raylet, the raylet's processes and its log monitor, with SIGKILL, as a lost machine) at a
-   moment that worker's process computes, i.e. trains its clients.
+4. Once the second cell's run folder holds its first round (its checkpoint, read on disk: the job's log
+   reaches ``ray job submit`` seconds late), kills one CPU worker node hosting a client worker (its
+   raylet, the raylet's processes and its log monitor, with SIGKILL, as a lost machine) at a moment that
+   worker's process computes, i.e. trains its clients, and at the latest when the cell starts its last
+   round. The checks ask for the kill between the cell's first and last round's end, and for the pool's
+   restart line in a round after the kill.
 5. When the job is done: reads the nodes (start and end times), the retried training tasks, each
    cell's layout, stops the cluster and checks that none of its processes is left; then runs the same
    study on a single-node local Ray and compares every non-timing column of every row.
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +52,9 @@ import yaml
 
 from benchmarks.common import ROOT, STUDIES, command_line, results_path, script
 from skymask_ray.markdown import markdown_table
+from skymask_ray.run_folder import RunFolder
 from skymask_ray.storage import atomic_write_text
+from skymask_ray.study import Cell, load_study
 
 CONFIG = ROOT / "cluster" / "cluster-local.yaml"
 README = ROOT / "cluster" / "README.md"
@@ -56,6 +62,7 @@ STUDY = STUDIES / "cluster_local.yaml"
 SCHEDULE = "0 2 * * 1 "  # the README's crontab entry starts with its schedule
 DEFAULT_GCS_PORT = 6379  # where the provider's worker nodes look for the head unless told otherwise
 OBJECT_STORE = 200 * 1024**2
+KILL_IN = 2  # the study's cell in which a node is lost: skymask's, whose rounds are the longest
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CELL_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\S+)")
 ROUND_LINE = re.compile(r"^\s+round\s+(\d+) \|")
@@ -360,6 +367,8 @@ class Kill:
     cell: int
     while_training: bool  # its client worker's process was computing just before
     pids: list[int]
+    rounds_done: int  # the cell's rounds its checkpoint held when the node was killed
+    cell_rounds: int  # the cell's rounds in all
 
 
 def cpu_worker_node(url: str) -> tuple[str, list[int]] | None:
@@ -382,12 +391,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_until_busy(pids: list[int], timeout_s: float, window_s: float = 0.1) -> bool:
+def wait_until_busy(pids: list[int], give_up: Callable[[], bool], window_s: float = 0.1) -> bool:
     """Wait until one of ``pids`` computes (more than half a core over ``window_s``): a client worker computes
-    only while it trains its clients. False if none did within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
+    only while it trains its clients. False once ``give_up()`` says so before any did."""
     before = {p: cpu_seconds(p) for p in pids}
-    while time.monotonic() < deadline:
+    while not give_up():
         time.sleep(window_s)
         now = {p: cpu_seconds(p) for p in pids}
         if any(now[p] - before[p] > 0.5 * window_s for p in pids):
@@ -396,31 +404,43 @@ def wait_until_busy(pids: list[int], timeout_s: float, window_s: float = 0.1) ->
     return False
 
 
-def run_job(cluster: LocalCluster, command: str, log: Path, t0: float, kill_in_cell: int,
+def rounds_done(results: Path, cell: str) -> int:
+    """Rounds of run folder ``cell`` under ``results/<date>/`` that its checkpoint holds (0 before its first).
+
+    The job writes them on this machine as each round ends, so this is where the study is now; its log
+    reaches ``ray job submit`` seconds late, and late by more on a busy machine."""
+    metas = [RunFolder(p).checkpoint_meta() for p in results.glob(f"*/{cell}") if p.is_dir()]
+    return max((int(m["round"]) for m in metas if m), default=0)
+
+
+def run_job(cluster: LocalCluster, command: str, results: Path, t0: float, kill_in: int, cell: Cell,
             timeout_s: float) -> tuple[int, float, list[tuple[float, str]], Kill | None]:
-    """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker once the
-    log shows the first round of cell ``kill_in_cell`` done, at a moment its worker computes (trains: see
-    :func:`wait_until_busy`; at most 60 s later). Returns the command's exit status, its wall time, the log lines
-    and the kill."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    tail = LogTail(log, t0)
+    """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker once
+    ``cell`` (the study's ``kill_in``-th) has a round done and at least one to go, at a moment that worker
+    computes (trains: see :func:`wait_until_busy`). Once the cell is on its last round, the node is killed
+    without waiting (that round's calls still find it gone); once the cell is done, it is not killed.
+    Returns the command's exit status, its wall time, the log lines (``results/cron.log``) and the kill."""
+    results.mkdir(parents=True, exist_ok=True)
+    tail = LogTail(results / "cron.log", t0)
     tail.start()
     started = time.time()
     job = subprocess.Popen(["bash", "-c", command], env=cluster_env(cluster.ray), start_new_session=True)
+    total = cell.config.rounds
     kill = None
     try:
         while job.poll() is None:
             if time.time() - started > timeout_s:
                 raise TimeoutError(f"the job did not finish within {timeout_s:.0f}s")
-            cells = progress_of(tail.snapshot())
-            if kill is None and len(cells) == kill_in_cell and cells[-1].rounds:
-                victim = cpu_worker_node(cluster.url)
-                if victim is not None:
-                    node_id, workers = victim
-                    pids = cluster.node_processes(node_id)
-                    busy = wait_until_busy(workers, timeout_s=60.0)
+            done = rounds_done(results, cell.name)
+            if kill is None and 1 <= done < total and (victim := cpu_worker_node(cluster.url)) is not None:
+                node_id, workers = victim
+                pids = cluster.node_processes(node_id)
+                busy = wait_until_busy(workers, lambda: job.poll() is not None
+                                       or rounds_done(results, cell.name) >= total - 1)
+                done = rounds_done(results, cell.name)
+                if job.poll() is None and done < total:
                     cluster.kill(pids)
-                    kill = Kill(node_id, "worker.cpu", time.time() - t0, kill_in_cell, busy, pids)
+                    kill = Kill(node_id, "worker.cpu", time.time() - t0, kill_in, busy, pids, done, total)
             time.sleep(0.2)
     finally:
         if job.poll() is None:
@@ -499,7 +519,8 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, timeout_s:
         rec["submitted_s"] = time.time() - t0
         if single_alongside:
             single = single_node_run(study, work / "single", work / "single.log")
-        rc, wall, lines, kill = run_job(cluster, command, results / "cron.log", t0, 2, timeout_s)
+        rc, wall, lines, kill = run_job(cluster, command, results, t0, KILL_IN, load_study(study).expand()[KILL_IN - 1],
+                                        timeout_s)
         rec.update(exit_status=rc, job_wall_s=wall, log=[[round(t, 1), line] for t, line in lines],
                    kill=None if kill is None else kill.__dict__)
         rec["job"] = job_info(cluster.url, lines)
@@ -567,14 +588,13 @@ def checks(rec: dict[str, Any]) -> dict[str, bool]:
                        if n["gpus"] >= 1 and not n["trainer"] and n["device"] == "cpu" and n["workers"] >= 1]
     kill = rec.get("kill")
     restarts = [RESTART_LINE.search(line) for line in log]
-    cell = kill_cell(rec)
     return {
         "job succeeded (exit status 0, status SUCCEEDED)": rec.get("exit_status") == 0
         and rec.get("job", {}).get("status", "").endswith("SUCCEEDED"),
         "workers beyond the head were pending demand, and a CPU node came for them": bool(pending_cells and grown),
-        "a worker node was killed in the middle of a cell":
-            bool(cell and cell.rounds and cell.rounds[0][1] < kill["t"] < cell.rounds[-1][1]),
-        "the pool logged the restart with its round": any(restarts),
+        "a worker node was killed in the middle of a cell": bool(kill and 1 <= kill["rounds_done"] < kill["cell_rounds"]),
+        "the pool logged the restart with its round": bool(kill) and any(
+            m and kill["rounds_done"] < int(m.group(1)) <= kill["cell_rounds"] for m in restarts),
         "mask trainer's GPU bundle on a (fake) GPU node": bool(trainer_on_gpu),
         "another GPU node's client workers fell back to CPU, with the warning": bool(gpu_cpu_workers)
         and any(FALLBACK_NOTE in line and "WARNING" in line for line in log),
@@ -661,7 +681,8 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
                 if kill["while_training"] else "though its client worker's process was not seen computing")
         lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s (its "
                   f"raylet, the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL) in "
-                  f"cell {kill['cell']} (`{cell.name if cell else '?'}`), {when}. The cluster marked the node dead at "
+                  f"cell {kill['cell']} (`{cell.name if cell else '?'}`) with {kill['rounds_done']} of its "
+                  f"{kill['cell_rounds']} rounds done, {when}. The cluster marked the node dead at "
                   f"{_s(dead)} s. What the job logged about its client worker:", ""]
         found = [(m, line.split(": ", 1)[-1]) for _, line in log if (m := RESTART_LINE.search(line))]
         lines += [f"- {text}" for _, text in found] or ["- (no restart line)"]
@@ -681,7 +702,8 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
                       "\"unavailable\", before the cluster marks its node dead, and the pool makes it again (Ray's "
                       "retries anew) until it finds the node gone and replaces the worker."]
     else:
-        lines.append("No node was killed (no CPU worker node hosted a client worker in the cell).")
+        lines.append(f"No node was killed: no CPU worker node hosting a client worker of cell "
+                     f"{KILL_IN} was found (the state API) while the cell had a round to go.")
     job = rec.get("job", {})
     lines += ["", "## The job", "",
               f"`ray job submit` exit status {rec.get('exit_status')}, job {job.get('submission_id')} "

@@ -4,9 +4,9 @@ The benchmark starts ``cluster/cluster-local.yaml`` (Ray's autoscaler, fake node
 cron line of ``cluster/README.md``, kills a worker node in the middle of a cell, compares the rows with a
 one-node run and checks that no process of the cluster is left; every check it makes must hold. To keep
 it to minutes (the whole suite has a budget), the study is the benchmark's with 4 local epochs instead of
-8, and the one-node run goes while the job runs. The node is killed once the job's log shows the second
-cell's first round, which reaches the log seconds late: that cell must have rounds left by then, hence
-SkyMask's (the mask step makes its rounds the longest) and 4 rounds.
+8, and the one-node run goes while the job runs. The node is killed once the second cell's checkpoint holds
+a round, while its worker trains or at the latest on the cell's last round: SkyMask's cell (the mask
+step makes its rounds the longest), with 6 rounds so that a busy machine still leaves it rounds to go.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def test_readme_cron_line_is_the_one_the_benchmark_runs():
 
 def test_study_survives_a_lost_node_on_the_local_autoscaling_cluster(tmp_path):
     doc = yaml.safe_load(STUDY.read_text())
-    doc["base"]["train"]["local_epochs"] = 4  # the rounds, and skymask (the 2nd cell: its rounds are the longest)
+    doc["base"]["train"]["local_epochs"] = 4
+    doc["base"]["rounds"] = 6
     study = tmp_path / "cluster_local_short.yaml"
     study.write_text(yaml.safe_dump(doc))
     port = free_port(8265)  # the cron line's port, unless something here holds it
