@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from benchmarks.common import ROOT, STUDIES, command_line, results_path, script
 from skymask_ray.markdown import markdown_table
 from skymask_ray.run_folder import RunFolder
 from skymask_ray.storage import atomic_write_text
-from skymask_ray.study import Cell, load_study
+from skymask_ray.study import load_study
 
 CONFIG = ROOT / "cluster" / "cluster-local.yaml"
 README = ROOT / "cluster" / "README.md"
@@ -338,24 +338,9 @@ class LogTail(threading.Thread):
             return list(self.lines)
 
 
-@dataclass
-class CellProgress:
-    """Where the study is, from the log: the cell running (1-based) and the rounds it finished, with times."""
-
-    cell: int = 0
-    name: str = ""
-    rounds: list[tuple[int, float]] = field(default_factory=list)
-    started: float = 0.0
-
-
-def progress_of(lines: list[tuple[float, str]]) -> list[CellProgress]:
-    cells: list[CellProgress] = []
-    for t, line in lines:
-        if m := CELL_LINE.match(line):
-            cells.append(CellProgress(int(m.group(1)), m.group(3), [], t))
-        elif (m := ROUND_LINE.match(line)) and cells:
-            cells[-1].rounds.append((int(m.group(1)), t))
-    return cells
+def cell_names(lines: list[tuple[float, str]]) -> list[str]:
+    """The cells in the order the log started them."""
+    return [m.group(3) for _, line in lines if (m := CELL_LINE.match(line))]
 
 
 # ----- the run ---------------------------------------------------------------------------------------
@@ -413,19 +398,20 @@ def rounds_done(results: Path, cell: str) -> int:
     return max((int(m["round"]) for m in metas if m), default=0)
 
 
-def run_job(cluster: LocalCluster, command: str, results: Path, t0: float, kill_in: int, cell: Cell,
+def run_job(cluster: LocalCluster, command: str, results: Path, t0: float, study: Path, kill_in: int,
             timeout_s: float) -> tuple[int, float, list[tuple[float, str]], Kill | None]:
     """Run the cron command (it waits for the job), killing a CPU worker node that hosts a client worker once
-    ``cell`` (the study's ``kill_in``-th) has a round done and at least one to go, at a moment that worker
+    the study's ``kill_in``-th cell has a round done and at least one to go, at a moment that worker
     computes (trains: see :func:`wait_until_busy`). Once the cell is on its last round, the node is killed
     without waiting (that round's calls still find it gone); once the cell is done, it is not killed.
     Returns the command's exit status, its wall time, the log lines (``results/cron.log``) and the kill."""
+    cell = load_study(study).expand()[kill_in - 1]
+    total = cell.config.rounds
     results.mkdir(parents=True, exist_ok=True)
     tail = LogTail(results / "cron.log", t0)
     tail.start()
     started = time.time()
     job = subprocess.Popen(["bash", "-c", command], env=cluster_env(cluster.ray), start_new_session=True)
-    total = cell.config.rounds
     kill = None
     try:
         while job.poll() is None:
@@ -519,8 +505,7 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, timeout_s:
         rec["submitted_s"] = time.time() - t0
         if single_alongside:
             single = single_node_run(study, work / "single", work / "single.log")
-        rc, wall, lines, kill = run_job(cluster, command, results, t0, KILL_IN, load_study(study).expand()[KILL_IN - 1],
-                                        timeout_s)
+        rc, wall, lines, kill = run_job(cluster, command, results, t0, study, KILL_IN, timeout_s)
         rec.update(exit_status=rc, job_wall_s=wall, log=[[round(t, 1), line] for t, line in lines],
                    kill=None if kill is None else kill.__dict__)
         rec["job"] = job_info(cluster.url, lines)
@@ -543,7 +528,7 @@ def run(work: Path, study: Path, dashboard_port: int, gpu_nodes: int, timeout_s:
             shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     out = next((p for p in sorted(results.iterdir()) if p.is_dir()), None) if results.exists() else None
     rec["out"] = str(out) if out else None
-    order = [c.name for c in progress_of([(t, line) for t, line in rec.get("log", [])])]
+    order = cell_names(rec.get("log", []))
     rec["layouts"] = dict(sorted(cell_layouts(out).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order
                                  else len(order))) if out else {}
     started = time.time()
@@ -615,11 +600,11 @@ def round_lines(rec: dict[str, Any], cell: int) -> list[tuple[int, float, str]]:
     return out
 
 
-def kill_cell(rec: dict[str, Any]) -> CellProgress | None:
-    """The cell the node was killed in, with its round lines (times as read from the log)."""
+def kill_cell(rec: dict[str, Any]) -> str | None:
+    """The name of the cell the node was killed in, as the log started it."""
     kill = rec.get("kill")
-    cells = progress_of([(t, line) for t, line in rec.get("log", [])])
-    return cells[kill["cell"] - 1] if kill and len(cells) >= kill["cell"] else None
+    names = cell_names(rec.get("log", []))
+    return names[kill["cell"] - 1] if kill and len(names) >= kill["cell"] else None
 
 
 # ----- the record ------------------------------------------------------------------------------------
@@ -681,7 +666,7 @@ def record_markdown(rec: dict[str, Any], argv: list[str]) -> str:
                 if kill["while_training"] else "though its client worker's process was not seen computing")
         lines += [f"{short.get(kill['node_id'], kill['node_id'][-5:])} was killed at {kill['t']:.0f} s (its "
                   f"raylet, the raylet's processes and its log monitor: {len(kill['pids'])} processes, SIGKILL) in "
-                  f"cell {kill['cell']} (`{cell.name if cell else '?'}`) with {kill['rounds_done']} of its "
+                  f"cell {kill['cell']} (`{cell or '?'}`) with {kill['rounds_done']} of its "
                   f"{kill['cell_rounds']} rounds done, {when}. The cluster marked the node dead at "
                   f"{_s(dead)} s. What the job logged about its client worker:", ""]
         found = [(m, line.split(": ", 1)[-1]) for _, line in log if (m := RESTART_LINE.search(line))]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.cluster_local import checks, rounds_done
+from benchmarks.cluster_local import Kill, checks, kill_cell, rounds_done
 from skymask_ray.run_folder import Checkpoint, RunFolder
 
 MID = "a worker node was killed in the middle of a cell"
@@ -17,19 +17,18 @@ CELL = "synthetic-mlp-n12-m0.25-min_max-skymask-s0"
 
 
 def record(rounds_done: int | None, restart_round: int | None) -> dict:
-    log = [[1.0, "[2/3] " + CELL]]
+    log = [[0.5, "[1/3] " + CELL.replace("skymask", "median")], [1.0, "[2/3] " + CELL]]
     if restart_round is not None:
         log.append([2.0, f"WARNING skymask_ray.clients.pool: round {restart_round}: client worker 1 lost its node "
                          f"f00003; a new worker trains its clients for this call"])
-    kill = None if rounds_done is None else {"node_id": "n3", "kind": "worker.cpu", "t": 1.5, "cell": 2,
-                                             "while_training": True, "pids": [1], "rounds_done": rounds_done,
-                                             "cell_rounds": 6}
-    return {"log": log, "kill": kill}
+    kill = None if rounds_done is None else Kill("n3", "worker.cpu", 1.5, 2, True, [1], rounds_done, 6)
+    return {"log": log, "kill": None if kill is None else kill.__dict__}
 
 
 def test_a_kill_between_the_cells_first_and_last_round_with_a_later_restart_passes():
     got = checks(record(2, 3))
     assert got[MID] and got[RESTART]
+    assert kill_cell(record(2, 3)) == CELL
 
 
 def test_a_kill_before_the_first_round_or_after_the_last_is_not_mid_cell():
